@@ -1,0 +1,58 @@
+# Quick start: `make demo`, then `make test`. Everything is installed into this folder (.venv, .driver,
+# node_modules); the first run takes a minute or two, later runs skip what is already done.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := node_modules/.bin
+TURSODB := node_modules/@tursodatabase/cli-linux-x64-gnu/tursodb
+PYRIGHT := $(BIN)/pyright
+export TURSODB_BIN := $(CURDIR)/$(TURSODB)
+
+
+
+.PHONY: setup test typecheck unit demo bench bench-smoke clean
+
+setup: $(VENV)/.installed .driver/.linked $(TURSODB) $(PYRIGHT)
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+.driver/.installed: requirements-driver.txt $(VENV)/.installed
+	rm -rf .driver
+	$(PY) -m pip install --quiet --no-deps --target .driver -r requirements-driver.txt
+	@touch $@
+
+.driver/.linked: .driver/.installed scripts/link_driver.py
+	$(PY) scripts/link_driver.py
+	@touch $@
+
+$(TURSODB) $(PYRIGHT): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $(TURSODB) $(PYRIGHT)
+
+test: setup typecheck unit
+
+typecheck: setup
+	$(PY) -m mypy turso/lib_sync_aio.py
+	$(PY) -m mypy tests examples
+	$(PYRIGHT) --pythonpath $(PY)
+	$(PY) -m mypy.stubtest turso.lib_sync_aio --allowlist stubtest-allowlist.txt
+
+unit: setup
+	$(PY) -m pytest
+
+demo: setup
+	$(PY) examples/demo.py
+
+$(VENV)/.bench-installed: requirements-bench.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	@touch $@
+
+bench: setup $(VENV)/.bench-installed
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .driver node_modules .mypy_cache .pytest_cache
+	find turso -maxdepth 1 -type l -delete

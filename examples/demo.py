@@ -1,0 +1,87 @@
+"""`make demo`: two async replicas of one database, a write pushed from one and pulled into the other.
+
+By default it starts a local `tursodb --sync-server` on 127.0.0.1 (stopped at the end, also on Ctrl-C). With
+TURSO_DATABASE_URL (and TURSO_AUTH_TOKEN) set, it uses that remote instead and writes to a table named
+turso_sync_aio_demo there.
+"""
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Generator
+from pathlib import Path
+
+import turso.aio.sync
+from turso.lib_sync_aio import ConnectionSync, SyncStats
+from tests.sync_server import SyncServer
+
+
+@contextlib.contextmanager
+def remote_database(workdir: Path) -> Generator[tuple[str, str | None], None, None]:
+    """The (url, auth token) to sync with: Turso Cloud if configured, else a local sync server for the demo's run."""
+    url = os.environ.get("TURSO_DATABASE_URL")
+    if url:
+        print(f"remote: {url} (from TURSO_DATABASE_URL)")
+        yield url, os.environ.get("TURSO_AUTH_TOKEN")
+        return
+    with SyncServer(workdir / "remote.db") as server:
+        print(f"remote: local tursodb --sync-server at {server.url}")
+        yield server.url, None
+    print("remote: local sync server stopped")
+
+
+def describe(stats: SyncStats) -> str:
+    return (
+        f"pending changes={stats.cdc_operations} wal={stats.main_wal_size}B revision={stats.revision} "
+        f"sent={stats.network_sent_bytes}B received={stats.network_received_bytes}B"
+    )
+
+
+async def count_notes(conn: ConnectionSync) -> int:
+    cursor = await conn.execute("SELECT count(*) FROM turso_sync_aio_demo")
+    row = await cursor.fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+async def run(url: str, token: str | None, workdir: Path) -> None:
+    started = time.perf_counter()
+    async with turso.aio.sync.connect(str(workdir / "alice.db"), url, auth_token=token) as alice:
+        await alice.execute(
+            "CREATE TABLE IF NOT EXISTS turso_sync_aio_demo(id INTEGER PRIMARY KEY, author TEXT, body TEXT)"
+        )
+        await alice.commit()
+        await alice.push()
+        async with turso.aio.sync.connect(str(workdir / "bob.db"), url, auth_token=token) as bob:
+            print(f"bob opened his replica with {await count_notes(bob)} notes")
+
+            notes = [("alice", f"note {n} written at {time.strftime('%H:%M:%S')}") for n in range(3)]
+            await alice.executemany("INSERT INTO turso_sync_aio_demo(author, body) VALUES (?, ?)", notes)
+            await alice.commit()
+            print(f"alice wrote {len(notes)} notes locally: {describe(await alice.stats())}")
+            await alice.push()
+            print(f"alice pushed:                 {describe(await alice.stats())}")
+
+            changed = await bob.pull()
+            print(f"bob pulled (new changes: {changed}); he now has {await count_notes(bob)} notes")
+            cursor = await bob.execute("SELECT author, body FROM turso_sync_aio_demo ORDER BY id DESC LIMIT 3")
+            for author, body in reversed(await cursor.fetchall()):
+                print(f"  {author}: {body}")
+            print(f"bob pulled again (new changes: {await bob.pull()})")
+            await bob.checkpoint()
+            print(f"bob after checkpoint:         {describe(await bob.stats())}")
+    print(f"done in {time.perf_counter() - started:.2f}s; both replicas closed, their worker threads stopped")
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="turso-sync-aio-demo-") as workdir:
+        with remote_database(Path(workdir)) as (url, token):
+            try:
+                asyncio.run(run(url, token, Path(workdir)))
+            except KeyboardInterrupt:
+                print("interrupted")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Fixtures: a real sync server per test, a replica path, and a guard that fails any test leaving a worker behind."""
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.sync_server import SyncServer
+
+# How long a worker may take to exit after the test: the lifecycle promises "within a few seconds at most".
+WORKER_EXIT_SECONDS = 5.0
+
+
+def turso_threads() -> set[threading.Thread]:
+    """The driver's worker threads that are alive now (the Worker names its threads turso-...)."""
+    return {thread for thread in threading.enumerate() if thread.name.startswith("turso")}
+
+
+@pytest.fixture
+def sync_server(tmp_path: Path) -> Iterator[SyncServer]:
+    """A fresh `tursodb --sync-server` on a free loopback port, its data in a file so that it survives a restart."""
+    with SyncServer(tmp_path / "remote.db") as server:
+        yield server
+
+
+@pytest.fixture
+def replica_path(tmp_path: Path) -> str:
+    """Where a test's local replica lives (the file does not exist yet)."""
+    return str(tmp_path / "replica.db")
+
+
+@pytest.fixture(autouse=True)
+def no_worker_left_behind() -> Iterator[None]:
+    """Fail the test if it leaves a turso worker thread running that was not there before it."""
+    before = turso_threads()
+    yield
+    deadline = time.monotonic() + WORKER_EXIT_SECONDS
+    while (leaked := turso_threads() - before) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not leaked, f"worker threads left running after the test: {sorted(t.name for t in leaked)}"

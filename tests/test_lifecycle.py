@@ -1,0 +1,154 @@
+"""Lifecycle of a ConnectionSync: opening, closing, failed opens, use after close, and where things run."""
+
+import threading
+from pathlib import Path
+
+import pytest
+
+import turso
+import turso.aio.sync
+import turso.lib_sync
+import turso.lib_sync_aio
+from turso.lib_sync_aio import ConnectionSync, connect_sync
+from tests.conftest import turso_threads
+from tests.sync_server import SyncServer, free_port
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def test_public_entry_resolves_to_our_module_in_the_checkout() -> None:
+    assert turso.aio.sync.connect is connect_sync
+    assert Path(turso.lib_sync_aio.__file__).resolve() == CHECKOUT / "turso" / "lib_sync_aio.py"
+
+
+async def test_await_opens_and_returns_the_sync_connection(sync_server: SyncServer, replica_path: str) -> None:
+    baseline = turso_threads()
+    conn = await connect_sync(replica_path, sync_server.url)
+    try:
+        assert isinstance(conn, ConnectionSync)
+        assert len(turso_threads() - baseline) == 1
+        assert await conn.pull() is False
+    finally:
+        await conn.close()
+    assert turso_threads() == baseline
+
+
+async def test_connect_starts_no_thread_until_awaited(sync_server: SyncServer, replica_path: str) -> None:
+    baseline = turso_threads()
+    conn = connect_sync(replica_path, sync_server.url)
+    assert turso_threads() == baseline
+    assert not Path(replica_path).exists()
+    await conn.close()
+    with pytest.raises(turso.ProgrammingError, match="closed"):
+        await conn
+
+
+async def test_blocking_connection_is_created_on_the_worker_thread(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    opened_on: list[threading.Thread] = []
+
+    def connector() -> turso.lib_sync.ConnectionSync:
+        opened_on.append(threading.current_thread())
+        # The blocking driver's own signature has one parameter of unknown type (its native cipher enum).
+        return turso.lib_sync.connect_sync(replica_path, sync_server.url)  # pyright: ignore[reportUnknownMemberType]
+
+    async with ConnectionSync(connector) as conn:
+        assert await conn.pull() is False
+        worker = opened_on[0]
+        assert worker is not threading.main_thread()
+        assert worker in turso_threads()
+    assert opened_on == [worker]
+    assert not worker.is_alive()
+
+
+async def test_async_with_on_an_awaited_connection_opens_once(sync_server: SyncServer, replica_path: str) -> None:
+    baseline = turso_threads()
+    async with await connect_sync(replica_path, sync_server.url) as conn:
+        assert len(turso_threads() - baseline) == 1
+        await conn.push()
+    assert turso_threads() == baseline
+
+
+async def test_close_is_idempotent_and_the_worker_has_exited_when_it_returns(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    baseline = turso_threads()
+    conn = await connect_sync(replica_path, sync_server.url)
+    await conn.close()
+    assert turso_threads() == baseline  # no waiting: close() returns after the thread is gone
+    await conn.close()
+    assert turso_threads() == baseline
+
+
+async def test_async_with_closes_when_the_body_raises(sync_server: SyncServer, replica_path: str) -> None:
+    baseline = turso_threads()
+    conn = connect_sync(replica_path, sync_server.url)
+    with pytest.raises(RuntimeError, match="body failed"):
+        async with conn:
+            await conn.execute("CREATE TABLE t(x)")
+            raise RuntimeError("body failed")
+    assert turso_threads() == baseline
+    with pytest.raises(turso.ProgrammingError):
+        await conn.pull()
+
+
+async def test_failed_connect_raises_the_driver_error_and_leaves_no_thread(replica_path: str) -> None:
+    baseline = turso_threads()
+    nobody_listens = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(turso.DatabaseError, match="Connection refused"):
+        await connect_sync(replica_path, nobody_listens)
+    assert turso_threads() == baseline
+    with pytest.raises(turso.DatabaseError):
+        async with connect_sync(replica_path, nobody_listens):
+            pytest.fail("the body must not run when opening failed")
+    assert turso_threads() == baseline
+
+
+async def test_bad_url_raises_from_the_await_and_leaves_no_thread(replica_path: str) -> None:
+    baseline = turso_threads()
+    conn = connect_sync(replica_path, "ftp://127.0.0.1/db")
+    with pytest.raises(turso.ProgrammingError, match="not a sync URL"):
+        await conn
+    assert turso_threads() == baseline
+
+
+@pytest.mark.parametrize("operation", ["pull", "push", "checkpoint", "stats", "execute", "commit", "rollback"])
+async def test_every_operation_after_close_raises_programming_error(
+    sync_server: SyncServer, replica_path: str, operation: str
+) -> None:
+    conn = await connect_sync(replica_path, sync_server.url)
+    await conn.close()
+    calls = {
+        "pull": conn.pull,
+        "push": conn.push,
+        "checkpoint": conn.checkpoint,
+        "stats": conn.stats,
+        "execute": lambda: conn.execute("SELECT 1"),
+        "commit": conn.commit,
+        "rollback": conn.rollback,
+    }
+    with pytest.raises(turso.ProgrammingError, match="closed"):
+        await calls[operation]()
+
+
+async def test_cursor_and_settings_after_close_raise_programming_error(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    conn = await connect_sync(replica_path, sync_server.url)
+    cursor = conn.cursor()
+    await conn.close()
+    with pytest.raises(turso.ProgrammingError):
+        await cursor.execute("SELECT 1")
+    with pytest.raises(turso.ProgrammingError):
+        conn.cursor()
+    with pytest.raises(turso.ProgrammingError):
+        conn.isolation_level = None
+
+
+async def test_operations_before_opening_raise_programming_error(replica_path: str) -> None:
+    conn = connect_sync(replica_path, "http://127.0.0.1:1")
+    with pytest.raises(turso.ProgrammingError, match="not open"):
+        await conn.pull()
+    with pytest.raises(turso.ProgrammingError, match="not open"):
+        await conn.execute("SELECT 1")

@@ -1,0 +1,171 @@
+"""Sync behaviour against a real `tursodb --sync-server`: bootstrap, pull, push, checkpoint, stats, convergence."""
+
+import asyncio
+from pathlib import Path
+
+import turso
+from turso.lib_sync_aio import ConnectionSync, connect_sync
+from tests.conftest import turso_threads
+from tests.sync_server import SyncServer
+
+
+async def rows(conn: ConnectionSync, sql: str) -> list[tuple[object, ...]]:
+    cursor = await conn.execute(sql)
+    return [tuple(row) for row in await cursor.fetchall()]
+
+
+async def test_bootstrap_copies_a_non_empty_remote(sync_server: SyncServer, replica_path: str) -> None:
+    sync_server.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)")
+    for body in ("one", "two", "three"):
+        sync_server.execute("INSERT INTO notes(body) VALUES (?)", (body,))
+
+    async with connect_sync(replica_path, sync_server.url) as conn:
+        assert await rows(conn, "SELECT id, body FROM notes ORDER BY id") == sync_server.execute(
+            "SELECT id, body FROM notes ORDER BY id"
+        )
+        assert len(await rows(conn, "SELECT * FROM notes")) == 3
+
+
+async def test_pull_returns_true_when_changes_were_applied_then_false(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    sync_server.execute("CREATE TABLE t(x INTEGER)")
+    async with connect_sync(replica_path, sync_server.url) as conn:
+        assert await conn.pull() is False
+        sync_server.execute("INSERT INTO t VALUES (42)")
+
+        assert await conn.pull() is True
+        assert await rows(conn, "SELECT x FROM t") == [(42,)]
+        assert await conn.pull() is False
+
+
+async def test_push_makes_local_rows_visible_on_the_server(sync_server: SyncServer, replica_path: str) -> None:
+    sync_server.execute("CREATE TABLE t(x INTEGER)")
+    async with connect_sync(replica_path, sync_server.url) as conn:
+        await conn.executemany("INSERT INTO t VALUES (?)", [(1,), (2,), (3,)])
+        await conn.commit()
+        assert sync_server.execute("SELECT x FROM t") == []
+
+        await conn.push()
+
+    assert sync_server.execute("SELECT x FROM t ORDER BY x") == [(1,), (2,), (3,)]
+
+
+async def test_stats_count_pending_changes_and_checkpoint_empties_the_wal(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    sync_server.execute("CREATE TABLE t(x INTEGER)")
+    async with connect_sync(replica_path, sync_server.url) as conn:
+        before = await conn.stats()
+        assert before.last_pull_unix_time is not None  # the bootstrap counts as a pull
+        assert before.last_push_unix_time is None
+        assert before.cdc_operations == 0
+
+        await conn.execute("INSERT INTO t VALUES (1)")
+        await conn.execute("INSERT INTO t VALUES (2)")
+        await conn.commit()
+        written = await conn.stats()
+        assert written.cdc_operations >= 2
+        assert written.main_wal_size > 0
+
+        await conn.push()
+        pushed = await conn.stats()
+        assert pushed.cdc_operations == 0
+        assert pushed.last_push_unix_time is not None
+        assert pushed.network_sent_bytes > before.network_sent_bytes
+        assert pushed.network_received_bytes >= before.network_received_bytes
+
+        await conn.checkpoint()
+        assert (await conn.stats()).main_wal_size == 0
+        assert await rows(conn, "SELECT x FROM t ORDER BY x") == [(1,), (2,)]
+
+
+async def test_two_replicas_converge_through_push_and_pull(sync_server: SyncServer, tmp_path: Path) -> None:
+    sync_server.execute("CREATE TABLE t(origin TEXT, x INTEGER)")
+    async with connect_sync(str(tmp_path / "a.db"), sync_server.url) as first, connect_sync(
+        str(tmp_path / "b.db"), sync_server.url
+    ) as second:
+        await first.execute("INSERT INTO t VALUES ('a', 1)")
+        await first.commit()
+        await first.push()
+        await second.execute("INSERT INTO t VALUES ('b', 2)")
+        await second.commit()
+        await second.push()
+
+        assert await first.pull() is True
+        await second.pull()
+
+        expected = [("a", 1), ("b", 2)]
+        assert await rows(first, "SELECT origin, x FROM t ORDER BY x") == expected
+        assert await rows(second, "SELECT origin, x FROM t ORDER BY x") == expected
+        assert sync_server.execute("SELECT origin, x FROM t ORDER BY x") == expected
+
+
+async def test_file_backed_replica_reopens_with_its_rows_while_the_server_is_down(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    sync_server.execute("CREATE TABLE t(x INTEGER)")
+    sync_server.execute("INSERT INTO t VALUES (1)")
+    async with connect_sync(replica_path, sync_server.url) as conn:
+        await conn.execute("INSERT INTO t VALUES (2)")
+        await conn.commit()
+    sync_server.stop()
+
+    async with connect_sync(replica_path, sync_server.url) as reopened:
+        assert await rows(reopened, "SELECT x FROM t ORDER BY x") == [(1,), (2,)]
+        assert (await reopened.stats()).cdc_operations >= 1  # the unpushed row is still pending
+
+
+async def test_reopen_without_remote_url_uses_the_url_saved_in_the_replica(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    sync_server.execute("CREATE TABLE t(x INTEGER)")
+    async with connect_sync(replica_path, sync_server.url):
+        pass
+    sync_server.execute("INSERT INTO t VALUES (7)")
+
+    async with connect_sync(replica_path) as reopened:
+        assert await reopened.pull() is True
+        assert await rows(reopened, "SELECT x FROM t") == [(7,)]
+
+
+async def test_32_replicas_sync_concurrently_in_one_event_loop(sync_server: SyncServer, tmp_path: Path) -> None:
+    sync_server.execute("CREATE TABLE t(replica INTEGER)")
+    baseline = turso_threads()
+    replicas = await asyncio.gather(*(connect_sync(str(tmp_path / f"r{n}.db"), sync_server.url) for n in range(32)))
+    try:
+        assert len(turso_threads() - baseline) == 32
+
+        async def write_and_push(number: int, conn: ConnectionSync) -> None:
+            await conn.execute("INSERT INTO t VALUES (?)", (number,))
+            await conn.commit()
+            await conn.push()
+
+        await asyncio.gather(*(write_and_push(n, conn) for n, conn in enumerate(replicas)))
+        assert sorted(sync_server.execute("SELECT replica FROM t")) == [(n,) for n in range(32)]
+
+        await asyncio.gather(*(conn.pull() for conn in replicas))
+        for conn in replicas:
+            assert await rows(conn, "SELECT count(*) FROM t") == [(32,)]
+    finally:
+        await asyncio.gather(*(conn.close() for conn in replicas))
+    assert turso_threads() == baseline
+
+
+async def test_inherited_sql_api_works_on_the_sync_connection(sync_server: SyncServer, replica_path: str) -> None:
+    async with connect_sync(replica_path, sync_server.url) as conn:
+        assert conn.isolation_level == "DEFERRED"
+        await conn.executescript("CREATE TABLE t(x INTEGER, y TEXT); CREATE INDEX t_x ON t(x);")
+        cursor = conn.cursor()
+        await cursor.execute("INSERT INTO t VALUES (?, ?)", (1, "a"))
+        assert cursor.rowcount == 1
+        await conn.commit()
+        await conn.execute("INSERT INTO t VALUES (2, 'b')")
+        await conn.rollback()
+        results = await conn.batch(["SELECT count(*) FROM t"])
+        assert len(results) == 1
+
+        conn.row_factory = turso.Row
+        fetched = await (await conn.execute("SELECT x, y FROM t")).fetchone()
+        assert fetched is not None and fetched["y"] == "a"
+        assert conn.row_factory is turso.Row

@@ -1,0 +1,497 @@
+"""Asyncio API for Turso sync replicas.
+
+A sync replica is a local SQLite-compatible database file that Turso keeps in sync with a remote database: `pull`
+brings remote changes in, `push` sends local ones out. This module makes the blocking sync driver
+(`turso.lib_sync`) usable from asyncio: every operation runs on one worker thread per connection, in the order it
+was awaited, so the event loop never blocks on the disk or the network.
+
+    import turso.aio.sync
+
+    async with turso.aio.sync.connect("app.db", "libsql://db-org.turso.io", auth_token=token) as conn:
+        await conn.execute("INSERT INTO notes(body) VALUES (?)", ("hello",))
+        await conn.commit()
+        await conn.push()          # send local changes to the remote
+        changed = await conn.pull()  # True if remote changes were applied
+
+Lifecycle: the worker thread starts when the connection is first awaited (or entered with `async with`) and has
+exited when `close()` returns. It also stops after a failed or cancelled open, when the connection is garbage
+collected without `close()` (with a ResourceWarning), and when its event loop closes.
+"""
+
+from typing import Any, Callable, Generator, Optional, Protocol, TypeVar, Union, cast, runtime_checkable
+from queue import SimpleQueue
+import asyncio
+import enum
+import glob
+import os
+import traceback
+import urllib.parse
+import warnings
+import weakref
+from types import TracebackType
+
+from .worker import STOP_RUNNING_SENTINEL, Worker
+from .lib import Error, OperationalError, ProgrammingError
+from .lib_sync import (
+    ConnectionSync as BlockingConnectionSync,
+    PartialSyncOpts,
+    RemoteEncryptionCipher,  # pyright: ignore[reportUnknownVariableType]  # native enum, no type information
+    connect_sync as blocking_connect_sync,  # pyright: ignore[reportUnknownVariableType]  # (its cipher parameter)
+)
+from .lib import Connection as BlockingConnection
+from .lib_aio import (
+    Connection as NonBlockingConnection,
+)
+
+_T = TypeVar("_T")
+
+# A job for the worker thread: the future it settles and the function it runs. The Worker reads jobs from this queue.
+_Job = tuple[asyncio.Future[Any], Callable[[], Any]]
+
+# URL schemes the sync driver can reach; libsql:// and turso:// are rewritten to https:// by the driver.
+_REMOTE_SCHEMES = ("libsql", "turso", "https", "http")
+
+
+@runtime_checkable
+class SyncStats(Protocol):
+    """What `ConnectionSync.stats()` reports about a replica; use it to annotate code that reads the stats.
+
+    The object comes from the driver's native extension, which ships no type information; this Protocol
+    describes its read-only fields.
+    """
+
+    @property
+    def cdc_operations(self) -> int:
+        """Local changes recorded since the last push (0 means there is nothing to push)."""
+        ...
+
+    @property
+    def main_wal_size(self) -> int:
+        """Bytes in the replica's write-ahead log; `checkpoint()` brings it back to 0."""
+        ...
+
+    @property
+    def revert_wal_size(self) -> int:
+        """Bytes the sync engine keeps to undo local changes before it applies remote ones."""
+        ...
+
+    @property
+    def last_pull_unix_time(self) -> Optional[int]:
+        """When the last pull (or the bootstrap) finished, in Unix seconds; None if it never happened."""
+        ...
+
+    @property
+    def last_push_unix_time(self) -> Optional[int]:
+        """When the last push finished, in Unix seconds; None if this replica never pushed."""
+        ...
+
+    @property
+    def revision(self) -> Optional[str]:
+        """The remote revision the replica last synced with; None before the first sync."""
+        ...
+
+    @property
+    def network_sent_bytes(self) -> int:
+        """Bytes sent to the remote by this replica since it was opened."""
+        ...
+
+    @property
+    def network_received_bytes(self) -> int:
+        """Bytes received from the remote by this replica since it was opened."""
+        ...
+
+
+class _State(enum.Enum):
+    # Made by connect_sync(): no worker thread yet; awaiting the connection opens it.
+    UNOPENED = "unopened"
+    # The worker thread runs; the replica is opening or open.
+    OPENED = "opened"
+    # close() began, or opening failed or was cancelled: no new work is accepted.
+    CLOSED = "closed"
+
+
+class ConnectionSync(NonBlockingConnection):
+    """An asyncio connection to a sync replica: the inherited async SQL API plus pull, push, checkpoint and stats.
+
+    Make one with `connect_sync(...)` (also known as `turso.aio.sync.connect`) and open it with `await` or
+    `async with`; it then belongs to that event loop. Operations run one at a time on the connection's worker
+    thread, in the order they were called. Any operation after `close()` raises `turso.ProgrammingError`.
+    """
+
+    def __init__(self, connector: Callable[[], BlockingConnectionSync]) -> None:
+        """Wrap `connector`, which opens the blocking sync connection; prefer `connect_sync(...)` to calling this.
+
+        The connector runs on the worker thread, once, when the connection is first awaited.
+        """
+        # NonBlockingConnection.__init__ is not called on purpose: it would start its worker at once, bound to
+        # whatever asyncio.get_event_loop() returns at that moment, and would hand the worker the raw loop. We start
+        # the worker when the connection is awaited, on the running loop, and give it a _WorkerLoop.
+        self._connector: Callable[[], BlockingConnectionSync] = connector
+        self._queue: SimpleQueue[_Job] = SimpleQueue()
+        self._conn = None
+        self._state = _State.UNOPENED
+        # Settled by the worker's last job, just before its thread exits; made when the worker starts.
+        self._stopped: Optional[asyncio.Future[None]] = None
+        # Mirrors of the blocking connection's settings, read on the worker once it is open.
+        self._isolation_level_cache: Optional[str] = None
+        self._row_factory_cache: Any = None
+        self._text_factory_cache: Any = None
+        self._autocommit_cache: object | bool | None = None
+
+    # internal worker is stopped here, and on every other way out: failed or cancelled open, garbage collection
+    # (__del__), and the event loop closing (_WorkerLoop)
+    async def close(self) -> None:
+        """Close the replica and stop the worker thread.
+
+        Work called before close() still runs first; work called after it raises `turso.ProgrammingError`. Safe to
+        call more than once, also from several tasks: every call returns once the worker thread has exited.
+        """
+        stopped = self._stopped
+        if stopped is None:
+            # Never opened: there is no worker to stop.
+            self._state = _State.CLOSED
+            return
+        self._begin_close()
+        await asyncio.shield(stopped)
+        # The worker settles `stopped` as its very last step, so this join returns at once.
+        self._worker.join()
+
+    # typed so that the awaited value is ConnectionSync: the base class would type it as the plain Connection and
+    # hide pull/push/checkpoint/stats
+    def __await__(self) -> Generator[Any, None, "ConnectionSync"]:
+        """`conn = await connect_sync(...)` opens the replica on the worker thread and gives back this connection."""
+        return self._open().__await__()
+
+    async def __aenter__(self) -> "ConnectionSync":
+        """`async with connect_sync(...) as conn:` opens the replica; leaving the block closes it."""
+        return await self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[type[BaseException]] = None,
+        exc_value: Optional[BaseException] = None,
+        traceback: Optional[TracebackType] = None,
+    ) -> None:
+        """Close the connection when the `async with` block ends, also when it raised."""
+        await self.close()
+
+    async def pull(self) -> bool:
+        """Pull remote changes into the replica.
+
+        Returns True if new changes were applied and False if the remote had none (decided by the changes'
+        `.empty()`). Local changes that were not pushed yet are kept.
+        """
+        return await self._run(lambda: self._blocking().pull())
+
+    async def push(self) -> None:
+        """Push the local changes (everything committed since the last push) to the remote."""
+        await self._run(lambda: self._blocking().push())
+
+    async def checkpoint(self) -> None:
+        """Checkpoint the replica's write-ahead log into the database file (`stats().main_wal_size` drops to 0)."""
+        await self._run(lambda: self._blocking().checkpoint())
+
+    async def stats(self) -> SyncStats:
+        """Report the replica's sync counters: pending local changes, WAL sizes, last sync times, network bytes."""
+        return await self._run(self._read_stats)
+
+    def __del__(self) -> None:
+        # Unclosed connection being garbage collected: warn like asyncio and aiosqlite do, then let the worker close
+        # the blocking connection and exit. Nothing here touches the event loop, which may be closed or elsewhere.
+        if self._state is not _State.OPENED:
+            return
+        self._state = _State.CLOSED
+        warnings.warn(
+            "ConnectionSync was never closed; use `async with connect_sync(...)` or `await conn.close()`",
+            ResourceWarning,
+            source=self,
+        )
+        self._queue_last_job(_closer(self._conn, stop=True))
+
+    async def _open(self) -> "ConnectionSync":
+        if self._state is _State.CLOSED:
+            raise ProgrammingError("Cannot open a closed connection; make a new one with connect_sync()")
+        if self._state is _State.UNOPENED:
+            self._start_worker(asyncio.get_running_loop())
+        try:
+            await asyncio.shield(self._open_future)
+        except asyncio.CancelledError:
+            # The worker cannot be interrupted mid-bootstrap: it closes the replica and exits once opening ends.
+            self._begin_close()
+            raise
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    def _start_worker(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._state = _State.OPENED
+        self._stopped = loop.create_future()
+        self._open_future = loop.create_future()
+        # The callback is held weakly, so that an unclosed connection can still be collected while its worker idles.
+        self._worker_loop = _WorkerLoop(loop, weakref.WeakMethod(self._stop_after_loop_closed))
+        # Two casts for the driver's Worker: its queue annotation also admits None items (we never send one), and it
+        # only calls call_soon_threadsafe on its loop, which is all _WorkerLoop provides.
+        self._worker = Worker(
+            cast("SimpleQueue[Optional[_Job]]", self._queue), cast(asyncio.AbstractEventLoop, self._worker_loop)
+        )
+        self._queue.put_nowait((self._open_future, _ReleasingCall(self._open_blocking)))
+        self._worker.start()
+
+    def _open_blocking(self) -> None:
+        # Runs on the worker: open the blocking connection and mirror its settings for the property getters.
+        blocking = self._connector()
+        self._conn = blocking
+        self._isolation_level_cache = blocking.isolation_level
+        self._row_factory_cache = blocking.row_factory
+        self._text_factory_cache = blocking.text_factory
+        self._autocommit_cache = blocking.autocommit
+
+    def _begin_close(self) -> None:
+        # Queue the worker's last job (close the blocking connection, settle _stopped, exit) unless already queued.
+        if self._state is not _State.OPENED:
+            return
+        self._state = _State.CLOSED
+        stopped = cast("asyncio.Future[None]", self._stopped)
+        worker_loop = self._worker_loop
+
+        def close_and_stop() -> object:
+            try:
+                _closer(self._conn, stop=False)()
+            except Exception as error:
+                worker_loop.call_soon_threadsafe(stopped.set_exception, error)
+            else:
+                worker_loop.call_soon_threadsafe(stopped.set_result, None)
+            return STOP_RUNNING_SENTINEL
+
+        self._queue_last_job(close_and_stop)
+
+    def _queue_last_job(self, func: Callable[[], object]) -> None:
+        # The last job returns STOP_RUNNING_SENTINEL, on which the Worker exits without settling the job's future.
+        self._queue.put_nowait((cast("asyncio.Future[None]", self._stopped), _ReleasingCall(func)))
+
+    def _stop_after_loop_closed(self) -> None:
+        # Runs on the worker when a result could not be delivered because the loop has closed: nobody is left to
+        # await this connection's results, so the worker closes the blocking connection and exits.
+        if self._state is not _State.OPENED:
+            return
+        self._state = _State.CLOSED
+        self._queue_last_job(_closer(self._conn, stop=True))
+
+    def _blocking(self) -> BlockingConnectionSync:
+        # Runs on the worker, after the open job (jobs run in order); None only if opening failed.
+        if self._conn is None:
+            raise ProgrammingError("Connection is not open")
+        return cast(BlockingConnectionSync, self._conn)
+
+    def _read_stats(self) -> SyncStats:
+        # Runs on the worker. The driver's stats object comes from its native extension, which has no types.
+        return cast(SyncStats, self._blocking().stats())  # pyright: ignore[reportUnknownMemberType]
+
+    def _check_usable(self) -> None:
+        if self._state is _State.UNOPENED:
+            raise ProgrammingError("Connection is not open; use `await connect_sync(...)` or `async with` first")
+        if self._state is _State.CLOSED:
+            raise ProgrammingError("Cannot operate on a closed connection")
+        try:
+            running: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not self._loop:
+            raise ProgrammingError("ConnectionSync can only be used from the event loop that opened it")
+
+    def _submit(self, func: Callable[[], _T]) -> "asyncio.Future[_T]":
+        # The scheduling pattern of the whole driver: a future for the result, then the job on the unbounded queue.
+        self._check_usable()
+        future: asyncio.Future[_T] = self._loop.create_future()
+        self._queue.put_nowait((future, _ReleasingCall(func)))
+        return future
+
+    async def _run(self, func: Callable[[], _T]) -> _T:
+        # The await is shielded: cancelling it (or timing it out) leaves the job in the queue, where it still runs in
+        # order; only its result is dropped. So the worker never settles a cancelled future.
+        return await asyncio.shield(self._submit(func))
+
+    def _run_nowait(self, func: Callable[[], Any]) -> None:
+        # Queue a job without awaiting it (the inherited cursor creation and property setters use this).
+        self._submit(func)
+
+
+class _WorkerLoop:
+    """The event loop as the driver's Worker sees it.
+
+    The Worker hands each result back with `loop.call_soon_threadsafe(future.set_result, result)`. Once the loop has
+    closed, that call raises RuntimeError in the worker thread, which would print a traceback and leave the worker
+    running for nobody. Here a closed loop instead calls `on_loop_closed`, which stops the worker.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_loop_closed: "weakref.WeakMethod[Callable[[], None]]",
+    ) -> None:
+        self._loop = loop
+        self._on_loop_closed = on_loop_closed
+
+    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            if not self._loop.is_closed():
+                raise
+            on_loop_closed = self._on_loop_closed()
+            if on_loop_closed is not None:
+                on_loop_closed()
+
+
+class _ReleasingCall:
+    """A job's function that lets go of it once it has run.
+
+    The Worker keeps its last job in local variables while it waits for the next one. If the job's closure (or the
+    locals in a traceback it raised) held the connection, an unclosed connection could never be collected.
+    """
+
+    __slots__ = ("_func",)
+
+    def __init__(self, func: Callable[[], Any]) -> None:
+        self._func: Optional[Callable[[], Any]] = func
+
+    def __call__(self) -> Any:
+        func, self._func = self._func, None
+        if func is None:
+            raise ProgrammingError("a worker job ran twice")
+        try:
+            return func()
+        except BaseException as error:
+            traceback.clear_frames(error.__traceback__)
+            raise
+        finally:
+            del func
+
+
+# The worker's job that closes the blocking connection; with stop=True it also ends the worker and swallows a close
+# error (nobody is left to receive it: the connection was garbage collected or its loop closed).
+def _closer(blocking: Optional[BlockingConnection], *, stop: bool) -> Callable[[], object]:
+    def close_blocking() -> object:
+        try:
+            if blocking is not None:
+                blocking.close()
+        except Exception:
+            if not stop:
+                raise
+        return STOP_RUNNING_SENTINEL if stop else None
+
+    return close_blocking
+
+
+# `object` parameters: the checks are for callers without a type checker.
+def _check_arguments(path: object, remote_url: object) -> None:
+    if not isinstance(path, str):
+        raise TypeError(f"path must be a str, not {type(path).__name__}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise OperationalError(f"cannot open sync replica {path!r}: directory {directory!r} does not exist")
+    if remote_url is None or callable(remote_url):
+        return
+    if not isinstance(remote_url, str):
+        raise TypeError(f"remote_url must be a str, a callable or None, not {type(remote_url).__name__}")
+    try:
+        parts = urllib.parse.urlsplit(remote_url)
+    except ValueError as error:
+        raise ProgrammingError(f"remote_url {remote_url!r} is not a valid URL: {error}") from None
+    if parts.scheme not in _REMOTE_SCHEMES or not parts.hostname:
+        raise ProgrammingError(
+            f"remote_url {remote_url!r} is not a sync URL: expected libsql://HOST, https://HOST or http://HOST:PORT"
+        )
+
+
+# The database file and the files the sync engine keeps beside it (-wal, -info, -changes, temporary writes).
+def _replica_files(path: str) -> set[str]:
+    pattern = glob.escape(path)
+    return {*glob.glob(pattern), *glob.glob(pattern + "-*"), *glob.glob(pattern + ".tmp.*")}
+
+
+def _describe_remote(remote_url: Optional[Union[str, Callable[[], Optional[str]]]]) -> str:
+    if remote_url is None:
+        return "the remote saved in the replica"
+    if callable(remote_url):
+        return "the URL from the remote_url callable"
+    return remote_url
+
+
+# Runs on the worker: check the arguments, open the replica, and on failure remove the files this attempt created
+# (never files that were there before) and say which replica and remote failed.
+def _open_replica(
+    path: str,
+    remote_url: Optional[Union[str, Callable[[], Optional[str]]]],
+    open_blocking: Callable[[], BlockingConnectionSync],
+) -> BlockingConnectionSync:
+    _check_arguments(path, remote_url)
+    existing = _replica_files(path)
+    try:
+        return open_blocking()
+    except BaseException as error:
+        for leftover in _replica_files(path) - existing:
+            try:
+                os.remove(leftover)
+            except OSError:
+                pass
+        if isinstance(error, Error):
+            message = f"cannot open sync replica {path!r} from {_describe_remote(remote_url)}: {error}"
+            raise type(error)(message) from error
+        raise
+
+
+# not async: it returns an awaitable ConnectionSync; same signature as turso.lib_sync.connect_sync
+def connect_sync(
+    path: str,
+    remote_url: Optional[Union[str, Callable[[], Optional[str]]]] = None,
+    *,
+    auth_token: Optional[Union[str, Callable[[], Optional[str]]]] = None,
+    client_name: Optional[str] = None,
+    long_poll_timeout_ms: Optional[int] = None,
+    bootstrap_if_empty: bool = True,
+    partial_sync_experimental: Optional[PartialSyncOpts] = None,
+    experimental_features: Optional[str] = None,
+    isolation_level: Optional[str] = "DEFERRED",
+    remote_encryption_key: Optional[str] = None,
+    remote_encryption_cipher: Optional[RemoteEncryptionCipher] = None,  # pyright: ignore[reportUnknownParameterType]
+    push_operations_threshold: Optional[int] = None,
+    pull_bytes_threshold: Optional[int] = None,
+    logical_mvcc_pull: Optional[bool] = None,
+) -> ConnectionSync:
+    """Make an asyncio connection to the sync replica at `path`, kept in sync with `remote_url`.
+
+    Returns the connection unopened, at once: `await` it or use `async with`, which opens the replica on the
+    connection's worker thread (and, if the local file is empty and `bootstrap_if_empty` is set, downloads the
+    remote database first). Errors from opening (nothing listening, a URL that is not a sync URL, a refused token,
+    a missing directory) are raised by that await, and leave no thread and no new files behind.
+
+    The parameters are those of `turso.lib_sync.connect_sync`: `remote_url` (libsql://, https:// or http:// URL,
+    or a callable evaluated per request; None reuses the URL saved in an existing replica), `auth_token` (string
+    or callable, sent as a Bearer token), `client_name`, `long_poll_timeout_ms` (how long a pull may wait for new
+    changes), `bootstrap_if_empty`, `partial_sync_experimental`, `experimental_features`, `isolation_level`,
+    `remote_encryption_key` and `remote_encryption_cipher` (encrypted Turso Cloud databases),
+    `push_operations_threshold`, `pull_bytes_threshold` and `logical_mvcc_pull`.
+    """
+
+    def open_blocking() -> BlockingConnectionSync:
+        return blocking_connect_sync(
+            path,
+            remote_url,
+            auth_token=auth_token,
+            client_name=client_name,
+            long_poll_timeout_ms=long_poll_timeout_ms,
+            bootstrap_if_empty=bootstrap_if_empty,
+            partial_sync_experimental=partial_sync_experimental,
+            experimental_features=experimental_features,
+            isolation_level=isolation_level,
+            remote_encryption_key=remote_encryption_key,
+            remote_encryption_cipher=remote_encryption_cipher,
+            push_operations_threshold=push_operations_threshold,
+            pull_bytes_threshold=pull_bytes_threshold,
+            logical_mvcc_pull=logical_mvcc_pull,
+        )
+
+    return ConnectionSync(lambda: _open_replica(path, remote_url, open_blocking))
