@@ -5,8 +5,6 @@ brings remote changes in, `push` sends local ones out. This module makes the blo
 (`turso.lib_sync`) usable from asyncio: every operation runs on one worker thread per connection, in the order it
 was awaited, so the event loop never blocks on the disk or the network.
 
-    import turso.aio.sync
-
     async with turso.aio.sync.connect("app.db", "libsql://db-org.turso.io", auth_token=token) as conn:
         await conn.execute("INSERT INTO notes(body) VALUES (?)", ("hello",))
         await conn.commit()
@@ -28,17 +26,22 @@ import traceback
 import urllib.parse
 import warnings
 import weakref
+from dataclasses import dataclass
 from types import TracebackType
 
 from .worker import STOP_RUNNING_SENTINEL, Worker
-from .lib import Error, OperationalError, ProgrammingError
+from .lib import (
+    Connection as BlockingConnection,
+    Error,
+    OperationalError,
+    ProgrammingError,
+)
 from .lib_sync import (
     ConnectionSync as BlockingConnectionSync,
     PartialSyncOpts,
     RemoteEncryptionCipher,  # pyright: ignore[reportUnknownVariableType]  # native enum, no type information
     connect_sync as blocking_connect_sync,  # pyright: ignore[reportUnknownVariableType]  # (its cipher parameter)
 )
-from .lib import Connection as BlockingConnection
 from .lib_aio import (
     Connection as NonBlockingConnection,
 )
@@ -206,7 +209,7 @@ class ConnectionSync(NonBlockingConnection):
             ResourceWarning,
             source=self,
         )
-        self._queue_last_job(_closer(self._conn, stop=True))
+        self._queue_last_job(_close_quietly_and_stop(self._conn))
 
     async def _open(self) -> "ConnectionSync":
         if self._state is _State.CLOSED:
@@ -229,7 +232,6 @@ class ConnectionSync(NonBlockingConnection):
         self._state = _State.OPENED
         self._stopped = loop.create_future()
         self._open_future = loop.create_future()
-        # The callback is held weakly, so that an unclosed connection can still be collected while its worker idles.
         self._worker_loop = _WorkerLoop(loop, weakref.WeakMethod(self._stop_after_loop_closed))
         # Two casts for the driver's Worker: its queue annotation also admits None items (we never send one), and it
         # only calls call_soon_threadsafe on its loop, which is all _WorkerLoop provides.
@@ -258,7 +260,8 @@ class ConnectionSync(NonBlockingConnection):
 
         def close_and_stop() -> object:
             try:
-                _closer(self._conn, stop=False)()
+                if self._conn is not None:
+                    self._conn.close()
             except Exception as error:
                 worker_loop.call_soon_threadsafe(stopped.set_exception, error)
             else:
@@ -277,7 +280,7 @@ class ConnectionSync(NonBlockingConnection):
         if self._state is not _State.OPENED:
             return
         self._state = _State.CLOSED
-        self._queue_last_job(_closer(self._conn, stop=True))
+        self._queue_last_job(_close_quietly_and_stop(self._conn))
 
     def _blocking(self) -> BlockingConnectionSync:
         # Runs on the worker, after the open job (jobs run in order); None only if opening failed.
@@ -318,6 +321,7 @@ class ConnectionSync(NonBlockingConnection):
         self._submit(func)
 
 
+@dataclass(frozen=True)
 class _WorkerLoop:
     """The event loop as the driver's Worker sees it.
 
@@ -326,39 +330,33 @@ class _WorkerLoop:
     running for nobody. Here a closed loop instead calls `on_loop_closed`, which stops the worker.
     """
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        on_loop_closed: "weakref.WeakMethod[Callable[[], None]]",
-    ) -> None:
-        self._loop = loop
-        self._on_loop_closed = on_loop_closed
+    loop: asyncio.AbstractEventLoop
+    # Held weakly, so that an unclosed connection can still be collected (and warn) while its worker idles.
+    on_loop_closed: "weakref.WeakMethod[Callable[[], None]]"
 
     def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any) -> None:
         try:
-            self._loop.call_soon_threadsafe(callback, *args)
+            self.loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:
-            if not self._loop.is_closed():
+            if not self.loop.is_closed():
                 raise
-            on_loop_closed = self._on_loop_closed()
+            on_loop_closed = self.on_loop_closed()
             if on_loop_closed is not None:
                 on_loop_closed()
 
 
+@dataclass
 class _ReleasingCall:
     """A job's function that lets go of it once it has run.
 
     The Worker keeps its last job in local variables while it waits for the next one. If the job's closure (or the
-    locals in a traceback it raised) held the connection, an unclosed connection could never be collected.
+    locals of a traceback it raised) held the connection, an unclosed connection could never be collected.
     """
 
-    __slots__ = ("_func",)
-
-    def __init__(self, func: Callable[[], Any]) -> None:
-        self._func: Optional[Callable[[], Any]] = func
+    func: Optional[Callable[[], Any]]
 
     def __call__(self) -> Any:
-        func, self._func = self._func, None
+        func, self.func = self.func, None
         if func is None:
             raise ProgrammingError("a worker job ran twice")
         try:
@@ -370,19 +368,18 @@ class _ReleasingCall:
             del func
 
 
-# The worker's job that closes the blocking connection; with stop=True it also ends the worker and swallows a close
-# error (nobody is left to receive it: the connection was garbage collected or its loop closed).
-def _closer(blocking: Optional[BlockingConnection], *, stop: bool) -> Callable[[], object]:
-    def close_blocking() -> object:
+# The worker's last job when nobody is left to hear of a close error (the connection was garbage collected, or its
+# loop closed): close the blocking connection, ignoring errors, then end the worker.
+def _close_quietly_and_stop(blocking: Optional[BlockingConnection]) -> Callable[[], object]:
+    def close_and_stop() -> object:
         try:
             if blocking is not None:
                 blocking.close()
         except Exception:
-            if not stop:
-                raise
-        return STOP_RUNNING_SENTINEL if stop else None
+            pass
+        return STOP_RUNNING_SENTINEL
 
-    return close_blocking
+    return close_and_stop
 
 
 # `object` parameters: the checks are for callers without a type checker.
