@@ -48,8 +48,8 @@ from .lib_aio import (
 
 _T = TypeVar("_T")
 
-# A job for the worker thread: the future it settles and the function it runs. The Worker reads jobs from this queue.
-_Job = tuple[asyncio.Future[Any], Callable[[], Any]]
+# A job for the worker thread: where its outcome goes and the function it runs. The Worker reads jobs from the queue.
+_Job = tuple["_Delivery", Callable[[], Any]]
 
 # URL schemes the sync driver can reach; libsql:// and turso:// are rewritten to https:// by the driver.
 _REMOTE_SCHEMES = ("libsql", "turso", "https", "http")
@@ -130,7 +130,8 @@ class ConnectionSync(NonBlockingConnection):
         # whatever asyncio.get_event_loop() returns at that moment, and would hand the worker the raw loop. We start
         # the worker when the connection is awaited, on the running loop, and give it a _WorkerLoop.
         self._connector: Callable[[], BlockingConnectionSync] = connector
-        self._queue: SimpleQueue[_Job] = SimpleQueue()
+        # The worker's queue (named apart from the base class's _queue, which holds plain futures).
+        self._jobs: SimpleQueue[_Job] = SimpleQueue()
         self._conn = None
         self._state = _State.UNOPENED
         # Settled by the worker's last job, just before its thread exits; made when the worker starts.
@@ -233,12 +234,13 @@ class ConnectionSync(NonBlockingConnection):
         self._stopped = loop.create_future()
         self._open_future = loop.create_future()
         self._worker_loop = _WorkerLoop(loop, weakref.WeakMethod(self._stop_after_loop_closed))
-        # Two casts for the driver's Worker: its queue annotation also admits None items (we never send one), and it
-        # only calls call_soon_threadsafe on its loop, which is all _WorkerLoop provides.
+        # Two casts for the driver's Worker, which only calls cancelled/set_result/set_exception on a job's future
+        # (all that _Delivery provides) and call_soon_threadsafe on its loop (all that _WorkerLoop provides).
         self._worker = Worker(
-            cast("SimpleQueue[Optional[_Job]]", self._queue), cast(asyncio.AbstractEventLoop, self._worker_loop)
+            cast("SimpleQueue[Optional[tuple[asyncio.Future[Any], Callable[[], Any]]]]", self._jobs),
+            cast(asyncio.AbstractEventLoop, self._worker_loop),
         )
-        self._queue.put_nowait((self._open_future, _ReleasingCall(self._open_blocking)))
+        self._jobs.put_nowait((_Delivery(self._open_future), _ReleasingCall(self._open_blocking)))
         self._worker.start()
 
     def _open_blocking(self) -> None:
@@ -272,7 +274,7 @@ class ConnectionSync(NonBlockingConnection):
 
     def _queue_last_job(self, func: Callable[[], object]) -> None:
         # The last job returns STOP_RUNNING_SENTINEL, on which the Worker exits without settling the job's future.
-        self._queue.put_nowait((cast("asyncio.Future[None]", self._stopped), _ReleasingCall(func)))
+        self._jobs.put_nowait((_Delivery(cast("asyncio.Future[None]", self._stopped)), _ReleasingCall(func)))
 
     def _stop_after_loop_closed(self) -> None:
         # Runs on the worker when a result could not be delivered because the loop has closed: nobody is left to
@@ -308,13 +310,13 @@ class ConnectionSync(NonBlockingConnection):
         # The scheduling pattern of the whole driver: a future for the result, then the job on the unbounded queue.
         self._check_usable()
         future: asyncio.Future[_T] = self._loop.create_future()
-        self._queue.put_nowait((future, _ReleasingCall(func)))
+        self._jobs.put_nowait((_Delivery(future), _ReleasingCall(func)))
         return future
 
     async def _run(self, func: Callable[[], _T]) -> _T:
-        # The await is shielded: cancelling it (or timing it out) leaves the job in the queue, where it still runs in
-        # order; only its result is dropped. So the worker never settles a cancelled future.
-        return await asyncio.shield(self._submit(func))
+        # Cancelling this await (or timing it out) cancels only `future`: the job still runs, in order, and its result
+        # is dropped (see _Delivery).
+        return await self._submit(func)
 
     def _run_nowait(self, func: Callable[[], Any]) -> None:
         # Queue a job without awaiting it (the inherited cursor creation and property setters use this).
@@ -343,6 +345,30 @@ class _WorkerLoop:
             on_loop_closed = self.on_loop_closed()
             if on_loop_closed is not None:
                 on_loop_closed()
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    """Where the Worker settles a job's outcome: the caller's future, unless the caller stopped waiting.
+
+    The driver's Worker skips a job whose future is cancelled and settles the future with set_result, which raises
+    InvalidStateError in the loop if the caller was cancelled meanwhile. A cancelled await must not drop its job (a
+    cancelled INSERT or push would be lost silently, or not, depending on timing), so the Worker never sees the
+    caller's cancellation here: every job runs in order, and an outcome nobody waits for is dropped.
+    """
+
+    future: "asyncio.Future[Any]"
+
+    def cancelled(self) -> bool:
+        return False
+
+    def set_result(self, result: Any) -> None:
+        if not self.future.done():
+            self.future.set_result(result)
+
+    def set_exception(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
 
 
 @dataclass
