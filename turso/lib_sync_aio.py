@@ -323,7 +323,7 @@ class ConnectionSync(NonBlockingConnection):
         self._submit(func)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _WorkerLoop:
     """The event loop as the driver's Worker sees it.
 
@@ -347,7 +347,7 @@ class _WorkerLoop:
                 on_loop_closed()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Delivery:
     """Where the Worker settles a job's outcome: the caller's future, unless the caller stopped waiting.
 
@@ -371,7 +371,7 @@ class _Delivery:
             self.future.set_exception(error)
 
 
-@dataclass
+@dataclass(slots=True)
 class _ReleasingCall:
     """A job's function that lets go of it once it has run.
 
