@@ -1,0 +1,168 @@
+"""chart.png: the run at a glance (speedup, wall time, per-call overhead, loop lateness, footprint).
+
+matplotlib's type stubs leave `**kwargs` untyped on nearly every plotting method, which pyright's strict mode reports
+as a partially unknown member type on each call; that one rule is off in this file. Everything else stays strict.
+"""
+# pyright: reportUnknownMemberType=false
+
+from pathlib import Path
+from typing import Optional
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from benchmarks.common import BLOCKING, MB, OURS, PYTURSO, THREADS
+from benchmarks.overhead import OTHER_CORE, SAME_CORE
+from benchmarks.report import (
+    BOOTSTRAP_LATENESS_LIMIT_MS,
+    COLORS,
+    LABELS,
+    OVERHEAD_RATIO_LIMIT,
+    SPEEDUP_TARGETS,
+    Results,
+    format_us,
+    lateness_of,
+)
+from benchmarks.responsiveness import BOOTSTRAP, IDLE, PULL, LatenessResult
+
+
+def _plain_number(value: float, position: Optional[int]) -> str:
+    return f"{value:g}"
+
+
+def _speedup(axes: Axes, results: Results) -> None:
+    counts: list[int] = list(results.settings["replica_counts"])
+    speedups = {(speedup.replicas, speedup.implementation): speedup.speedup for speedup in results.speedups}
+    axes.plot(counts, counts, color="gray", linestyle=":", label="ideal (speedup = N)")
+    for name in (OURS, PYTURSO, THREADS):
+        style = "--" if name == THREADS else "-"
+        label = LABELS[name] + (" (reference)" if name == THREADS else "")
+        values = [speedups[count, name] for count in counts]
+        axes.plot(counts, values, marker="o", linestyle=style, color=COLORS[name], label=label)
+        if name == OURS:
+            for count, value in zip(counts, values):
+                axes.annotate(f"{value:.1f}x", (count, value), textcoords="offset points", xytext=(6, -12),
+                              color=COLORS[name], fontsize=8)
+    for count, target in SPEEDUP_TARGETS.items():
+        if count in counts:
+            axes.plot([count], [target], marker="_", markersize=22, markeredgewidth=2.5, color="red", linestyle="none")
+            axes.annotate(f"target ≥ {target:.0f}x", (count, target), textcoords="offset points", xytext=(-75, 6),
+                          color="red", fontsize=8)
+    axes.set_xscale("log", base=2)
+    axes.set_yscale("log", base=2)
+    axes.set_xlim(min(counts) / 1.2, max(counts) * 1.4)
+    axes.set_xticks(counts, [str(count) for count in counts])
+    axes.set_yticks(counts, [str(count) for count in counts])
+    axes.set_xlabel("replicas pulling at once (N)")
+    axes.set_ylabel("speedup over N blocking pulls in turn")
+    delay_ms = results.settings["proxy_delay"] * 1000
+    axes.set_title(f"Concurrency: speedup (proxy adds {delay_ms:.0f} ms per request)", fontsize=10)
+    axes.legend(fontsize=8, loc="upper left")
+    axes.grid(True, alpha=0.3)
+
+
+def _wall_time(axes: Axes, results: Results) -> None:
+    counts: list[int] = list(results.settings["replica_counts"])
+    walls = {(result.replicas, result.implementation): result.median_s for result in results.concurrency}
+    for name in (OURS, PYTURSO, BLOCKING, THREADS):
+        label = LABELS[name] + {BLOCKING: ", in turn", THREADS: " (reference)"}.get(name, ", asyncio.gather")
+        style = "--" if name == THREADS else "-"
+        values = [walls[count, name] * 1000 for count in counts]
+        axes.plot(counts, values, marker="o", linestyle=style, color=COLORS[name], label=label)
+    axes.set_xscale("log", base=2)
+    axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(FuncFormatter(_plain_number))
+    axes.yaxis.set_minor_formatter(FuncFormatter(_plain_number))
+    axes.tick_params(axis="y", which="minor", labelsize=7)
+    axes.set_xticks(counts, [str(count) for count in counts])
+    axes.set_xlabel("replicas (N)")
+    axes.set_ylabel("wall time for N pulls (ms, median, log scale)")
+    axes.set_title("Concurrency: wall time, one new row per replica", fontsize=10)
+    axes.legend(fontsize=8, loc="upper left")
+    axes.grid(True, which="both", alpha=0.3)
+
+
+def _overhead(axes: Axes, results: Results) -> None:
+    medians = {(result.implementation, result.operation, result.placement): result.median_us
+               for result in results.overhead}
+    keys = list(results.overhead_ours_over_pyturso)
+    ratios = [results.overhead_ours_over_pyturso[key] for key in keys]
+    colors = [COLORS[OURS] if key.endswith(SAME_CORE) else "#aec7e8" for key in keys]
+    bars = axes.bar(range(len(keys)), ratios, color=colors)
+    labels: list[str] = []
+    for key in keys:
+        operation, placement = key.split(", ")
+        ours, theirs = medians[OURS, operation, placement], medians[PYTURSO, operation, placement]
+        labels.append(f"{format_us(ours)}\nvs {format_us(theirs)}")
+    axes.bar_label(bars, labels, fontsize=7, padding=2)
+    axes.axhline(1.0, color="gray", linewidth=1)
+    axes.axhline(OVERHEAD_RATIO_LIMIT, color="red", linestyle="--", linewidth=1,
+                 label=f"target: ≤ {OVERHEAD_RATIO_LIMIT:.2f}x")
+    axes.set_ylim(0.8, max(*ratios, OVERHEAD_RATIO_LIMIT) + 0.12)
+    names = {SAME_CORE: "same core", OTHER_CORE: "other core"}
+    ticks = [f"{key.split(', ')[0]}()\n{names[key.split(', ')[1]]}" for key in keys]
+    axes.set_xticks(range(len(keys)), ticks, fontsize=8)
+    axes.set_ylabel("ours / pyturso's module (median time per call)")
+    axes.set_title("Per-call overhead vs pyturso's module (worker thread on the loop's core or another;\n"
+                   "pull and push include a ~10 ms round trip to the local server)", fontsize=10)
+    axes.legend(fontsize=8, loc="upper right")
+    axes.grid(True, axis="y", alpha=0.3)
+
+
+def _cdf(axes: Axes, results: list[LatenessResult], phase: str, title: str) -> None:
+    for name in (OURS, PYTURSO, "none"):
+        found = lateness_of(results, name, phase if name != "none" else IDLE)
+        values = sorted(max(value, 0.01) for value in found.lateness_ms)
+        fractions = [(index + 1) / len(values) for index in range(len(values))]
+        label = f"{LABELS[name]} (max {found.max_ms:.1f} ms, p99 {found.p99_ms:.1f} ms)"
+        axes.step(values, fractions, where="post", color=COLORS[name], label=label)
+    blocking = lateness_of(results, BLOCKING, phase)
+    target = "target: max < 15 ms" if phase == BOOTSTRAP else "15 ms (the bootstrap's target)"
+    axes.axvline(BOOTSTRAP_LATENESS_LIMIT_MS, color="red", linestyle="--", linewidth=1, label=target)
+    axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(FuncFormatter(_plain_number))
+    axes.set_xlabel("heartbeat lateness (ms, log scale)")
+    axes.set_ylabel("fraction of 1 ms heartbeats")
+    axes.set_title(title + f"\n(the blocking driver called on the loop stalls it for up to {blocking.max_ms:,.0f} ms)",
+                   fontsize=10)
+    axes.legend(fontsize=8, loc="lower right")
+    axes.grid(True, which="both", alpha=0.3)
+
+
+def _footprint(axes: Axes, results: Results) -> None:
+    replicas = [str(row.replicas) for row in results.footprint]
+    bars = axes.bar(replicas, [row.rss_added_mib for row in results.footprint], color=COLORS[OURS], width=0.5)
+    axes.bar_label(bars, [f"+{row.rss_added_mib:.0f} MiB, +{row.threads_added} threads\n"
+                          f"({row.rss_per_replica_mib:.2f} MiB per replica)" for row in results.footprint], fontsize=8)
+    axes.set_ylim(top=max(row.rss_added_mib for row in results.footprint) * 1.25 + 1)
+    axes.set_xlabel("open replicas (our module)")
+    axes.set_ylabel("resident memory added (MiB)")
+    axes.set_title("Cost of open replicas (RSS and OS threads added, fresh process)", fontsize=10)
+    axes.grid(True, axis="y", alpha=0.3)
+
+
+def write_chart(results: Results, path: Path) -> None:
+    """Six panels: speedup, wall time, per-call overhead, lateness CDFs (bootstrap, pull), footprint."""
+    figure = Figure(figsize=(18, 10.5), layout="constrained")
+    _speedup(figure.add_subplot(2, 3, 1), results)
+    _wall_time(figure.add_subplot(2, 3, 2), results)
+    _overhead(figure.add_subplot(2, 3, 3), results)
+    bootstrap_mb = max(lateness_of(results.responsiveness, OURS, BOOTSTRAP).remote_bytes) / MB
+    pull_mb = max(lateness_of(results.responsiveness, OURS, PULL).received_bytes) / MB
+    rounds = results.settings["responsiveness_rounds"]
+    _cdf(figure.add_subplot(2, 3, 4), results.responsiveness, BOOTSTRAP,
+         f"Event-loop lateness while a {bootstrap_mb:.0f} MiB remote bootstraps ({rounds} rounds)")
+    _cdf(figure.add_subplot(2, 3, 5), results.responsiveness, PULL,
+         f"Event-loop lateness during a pull of {pull_mb:.1f} MiB of new rows ({rounds} rounds)")
+    _footprint(figure.add_subplot(2, 3, 6), results)
+    verdicts = "    ".join(f"{check.short} {check.measured} {check.verdict}" for check in results.targets)
+    figure.suptitle("turso-sync-aio benchmarks" + (" (smoke run: targets not checked)" if results.smoke else ""),
+                    fontsize=14)
+    where = (
+        f"{results.machine.describe()}    files in {results.workdir}\n"
+        f"turso/lib_sync_aio.py {results.ours}    {results.started}"
+    )
+    figure.text(0.5, -0.005, f"{where}\n{verdicts}",
+                ha="center", va="top", fontsize=9)
+    figure.savefig(path, dpi=100, bbox_inches="tight")

@@ -1,0 +1,307 @@
+"""What the benchmarks share: run settings, the implementations under test, the remote database, statistics."""
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Awaitable, Callable, Protocol, TypeVar, cast
+
+import turso.lib_aio
+import turso.lib_sync
+import turso.lib_sync_aio
+from tests.sync_server import TURSODB, SyncServer
+
+_T = TypeVar("_T")
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = CHECKOUT / "benchmarks" / "results"
+# The asyncio sync module that ships inside the pinned wheel; loaded from the installed file for comparison only.
+PYTURSO_MODULE_FILE = CHECKOUT / ".driver" / "turso" / "lib_sync_aio.py"
+PYTURSO_MODULE_NAME = "turso._pyturso_lib_sync_aio"
+
+# Names of the implementations in tables, JSON and the chart.
+OURS = "ours"
+PYTURSO = "pyturso"
+BLOCKING = "blocking"
+THREADS = "threads"
+DESCRIPTIONS = {
+    OURS: "turso.lib_sync_aio (this project)",
+    PYTURSO: "lib_sync_aio.py shipped in pyturso 0.8.3, loaded from the installed wheel",
+    BLOCKING: "turso.lib_sync (blocking driver, called directly)",
+    THREADS: "turso.lib_sync from N plain threads at once (concurrency reference only)",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much work one run does; `FULL` for `make bench`, `SMOKE` for a quick check that everything still runs."""
+
+    smoke: bool
+    # Where results.json and chart.png go.
+    results_dir: Path
+    # Per-call overhead: rounds (implementations interleaved in each), and calls timed per round and operation.
+    overhead_rounds: int
+    stats_calls: int
+    sync_calls: int
+    # Loop responsiveness: rounds, size of the remote database to bootstrap, bytes of new rows for the large pull.
+    responsiveness_rounds: int
+    bootstrap_bytes: int
+    pull_bytes: int
+    # Concurrency: rounds, numbers of replicas pulling at once, delay the proxy adds to every request.
+    concurrency_rounds: int
+    replica_counts: tuple[int, ...]
+    proxy_delay: float
+    # Footprint: numbers of open replicas to measure.
+    footprint_counts: tuple[int, ...]
+
+
+MB = 1024 * 1024
+
+FULL = Settings(
+    smoke=False,
+    results_dir=RESULTS_DIR,
+    overhead_rounds=15,
+    stats_calls=300,
+    sync_calls=15,
+    responsiveness_rounds=7,
+    bootstrap_bytes=20 * MB,
+    pull_bytes=6 * MB,
+    concurrency_rounds=7,
+    replica_counts=(1, 2, 4, 8, 16, 32),
+    proxy_delay=0.050,
+    footprint_counts=(1, 32, 128),
+)
+
+SMOKE = Settings(
+    smoke=True,
+    results_dir=RESULTS_DIR / "smoke",
+    overhead_rounds=1,
+    stats_calls=20,
+    sync_calls=2,
+    responsiveness_rounds=1,
+    bootstrap_bytes=1 * MB,
+    pull_bytes=MB // 4,
+    concurrency_rounds=1,
+    replica_counts=(1, 2),
+    proxy_delay=0.050,
+    footprint_counts=(1, 2),
+)
+
+
+class AsyncReplica(Protocol):
+    """The part of an asyncio sync connection the benchmarks use (ours and pyturso's module both have it)."""
+
+    async def pull(self) -> bool: ...
+
+    async def push(self) -> None: ...
+
+    async def stats(self) -> object: ...
+
+    async def close(self) -> None: ...
+
+
+# Opens an asyncio replica at a path from a remote URL: `await connect(path, url)`.
+AsyncConnect = Callable[[str, str], Awaitable[AsyncReplica]]
+
+
+def load_pyturso_module() -> ModuleType:
+    """pyturso's own lib_sync_aio.py, loaded from the installed wheel's file as `turso._pyturso_lib_sync_aio`.
+
+    Its relative imports (`from .lib_aio import ...`) resolve to the same driver modules ours uses.
+    """
+    loaded = sys.modules.get(PYTURSO_MODULE_NAME)
+    if loaded is not None:
+        return loaded
+    spec = importlib.util.spec_from_file_location(PYTURSO_MODULE_NAME, PYTURSO_MODULE_FILE)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {PYTURSO_MODULE_FILE}")
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "turso"
+    sys.modules[PYTURSO_MODULE_NAME] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[PYTURSO_MODULE_NAME]
+        raise
+    if module.NonBlockingConnection is not turso.lib_aio.Connection:
+        raise RuntimeError("pyturso's lib_sync_aio.py did not load on the same driver")
+    return module
+
+
+def connect_ours(path: str, url: str) -> Awaitable[AsyncReplica]:
+    """Our module: `await turso.lib_sync_aio.connect_sync(path, url)`."""
+    return turso.lib_sync_aio.connect_sync(path, url)
+
+
+def connect_pyturso(path: str, url: str) -> Awaitable[AsyncReplica]:
+    """pyturso's module: `await connect_sync(path, url)` (it must be called with the event loop running)."""
+    connect = cast(Callable[[str, str], Awaitable[AsyncReplica]], load_pyturso_module().connect_sync)
+    return connect(path, url)
+
+
+ASYNC_CONNECTS: dict[str, AsyncConnect] = {OURS: connect_ours, PYTURSO: connect_pyturso}
+
+
+def connect_blocking(path: str, url: str) -> turso.lib_sync.ConnectionSync:
+    """The blocking driver, called directly."""
+    return turso.lib_sync.connect_sync(path, url)  # pyright: ignore[reportUnknownMemberType]  # (cipher parameter)
+
+
+def fill_remote(server: SyncServer, table: str, total_bytes: int, row_bytes: int = 4000) -> int:
+    """Insert random blobs into `table` on the remote until it holds about `total_bytes` more; return the rows added.
+
+    Rows go in statements of about 1 MB (`randomblob` over `generate_series`, run by the remote itself).
+    """
+    server.execute(f"CREATE TABLE IF NOT EXISTS {table}(id INTEGER PRIMARY KEY, body BLOB)")
+    rows_per_statement = max(1, MB // row_bytes)
+    rows = max(1, total_bytes // row_bytes)
+    added = 0
+    while added < rows:
+        count = min(rows_per_statement, rows - added)
+        server.execute(f"INSERT INTO {table}(body) SELECT randomblob({row_bytes}) FROM generate_series(1, {count})")
+        added += count
+    return added
+
+
+def remote_size(server: SyncServer) -> int:
+    """Bytes in the remote database (pages in use, write-ahead log included)."""
+    pages = server.execute("PRAGMA page_count")[0][0]
+    page_size = server.execute("PRAGMA page_size")[0][0]
+    assert isinstance(pages, int) and isinstance(page_size, int)
+    return pages * page_size
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The value below which `fraction` of `values` lie (linear interpolation between the closest ranks)."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * fraction
+    lower = int(position)
+    upper = min(lower + 1, len(ordered) - 1)
+    return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
+
+
+def rotated(items: list[_T], turn: int) -> list[_T]:
+    """`items` starting at position `turn` (so that no implementation always runs first in a round)."""
+    shift = turn % len(items)
+    return items[shift:] + items[:shift]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> float:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+def _pyturso_version() -> str:
+    for distribution in importlib.metadata.distributions(path=[str(CHECKOUT / ".driver")]):
+        if distribution.metadata["Name"] == "pyturso":
+            return distribution.version
+    return "unknown"
+
+
+def _tursodb_version() -> str:
+    package = TURSODB.parent / "package.json"
+    try:
+        for line in package.read_text(encoding="utf-8").splitlines():
+            if '"version"' in line:
+                return line.split(":", 1)[1].strip().strip('",')
+    except OSError:
+        pass
+    return "unknown"
+
+
+def filesystem_of(path: Path) -> str:
+    """The type of the filesystem `path` is on (from /proc/mounts), e.g. "ext4" or "tmpfs"."""
+    best, kind = "", "unknown"
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                mount_point = fields[1]
+                inside = str(path.resolve()).startswith(mount_point.rstrip("/") + "/") or mount_point == "/"
+                if inside and len(mount_point) > len(best):
+                    best, kind = mount_point, fields[2]
+    except OSError:
+        pass
+    return kind
+
+
+def describe_ours() -> str:
+    """Which turso/lib_sync_aio.py was measured: its checksum and the commit it is at (or "modified")."""
+    source = CHECKOUT / "turso" / "lib_sync_aio.py"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    try:
+        commit = subprocess.run(
+            ["git", "log", "-1", "--format=%h", "--", "turso/lib_sync_aio.py"],
+            cwd=CHECKOUT, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "turso/lib_sync_aio.py"],
+            cwd=CHECKOUT, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"sha256 {digest}"
+    return f"sha256 {digest}, last commit {commit}" + (" + uncommitted changes" if changed else "")
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Where the benchmark ran."""
+
+    cpu: str
+    cores: int
+    memory_gib: float
+    system: str
+    python: str
+    pyturso: str
+    tursodb: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.cpu}, {self.cores} cores, {self.memory_gib} GiB; {self.system}; Python {self.python}; "
+            f"pyturso {self.pyturso}; tursodb {self.tursodb}"
+        )
+
+
+def machine() -> Machine:
+    return Machine(
+        cpu=_cpu_model(),
+        cores=os.cpu_count() or 0,
+        memory_gib=_memory_gib(),
+        system=f"{platform.system()} {platform.release()}",
+        python=platform.python_version(),
+        pyturso=_pyturso_version(),
+        tursodb=_tursodb_version(),
+    )

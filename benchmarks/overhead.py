@@ -1,0 +1,176 @@
+"""Per-call overhead of `stats()`, `pull()` with nothing new and `push()` with nothing to push.
+
+One replica per implementation and placement, all of the same small remote database on a direct (not delayed) sync
+server. Each round times `calls` calls of each operation on each implementation, one by one, the implementations in a
+different order every round; the figures are the minimum and the median over every call of every round. The asyncio
+implementations are awaited from the event loop; the blocking driver is called directly on it.
+
+Where the worker thread runs matters more than anything the wrappers do: handing a call to a thread on another core
+and back costs about twice as much as on the same core on a small VM. Left to the scheduler, that placement changes
+from run to run and swamps the difference between the implementations. So each asyncio implementation is measured in
+two fixed placements (with `os.sched_setaffinity`; a worker thread inherits the affinity of the thread that starts
+it): its worker on the event loop's core, and on another core. The blocking driver has no worker and is measured with
+the loop on the same core.
+"""
+
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable, Generator
+
+import turso.lib_sync
+
+from benchmarks.common import (
+    ASYNC_CONNECTS,
+    BLOCKING,
+    OURS,
+    PYTURSO,
+    AsyncReplica,
+    Settings,
+    connect_blocking,
+    median,
+    rotated,
+)
+from tests.sync_server import SyncServer
+
+OPERATIONS = ("stats", "pull", "push")
+IMPLEMENTATIONS = [OURS, PYTURSO, BLOCKING]
+SAME_CORE = "same core"
+OTHER_CORE = "other core"
+
+
+@dataclass
+class OverheadResult:
+    """Time per call of one operation on one implementation, with its worker in one placement."""
+
+    implementation: str
+    operation: str
+    # "same core" (worker thread on the event loop's core) or "other core"; the blocking driver has no worker.
+    placement: str
+    calls: int
+    min_us: float
+    median_us: float
+    # The median of each round, in microseconds.
+    round_medians_us: list[float]
+
+
+def placements() -> dict[str, tuple[int, int]]:
+    """The placements to measure: name -> (the loop's CPU, the worker's CPU)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return {SAME_CORE: (cpus[0], cpus[0])}
+    return {SAME_CORE: (cpus[0], cpus[0]), OTHER_CORE: (cpus[0], cpus[1])}
+
+
+@contextmanager
+def pinned(cpu: int) -> Generator[None, None, None]:
+    """Run the calling thread (and the threads it starts meanwhile) on `cpu` only."""
+    original = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, original)
+
+
+def _async_call(replica: AsyncReplica, operation: str) -> Callable[[], Awaitable[object]]:
+    if operation == "stats":
+        return replica.stats
+    if operation == "pull":
+        return replica.pull
+    return replica.push
+
+
+def _blocking_call(replica: turso.lib_sync.ConnectionSync, operation: str) -> Callable[[], object]:
+    if operation == "stats":
+        return replica.stats  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]  # native stats
+    if operation == "pull":
+        return replica.pull
+    return replica.push
+
+
+async def _time_async(call: Callable[[], Awaitable[object]], calls: int) -> list[float]:
+    durations: list[float] = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        await call()
+        durations.append(time.perf_counter() - start)
+    return durations
+
+
+def _time_blocking(call: Callable[[], object], calls: int) -> list[float]:
+    durations: list[float] = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        durations.append(time.perf_counter() - start)
+    return durations
+
+
+async def measure_overhead(settings: Settings, workdir: Path) -> list[OverheadResult]:
+    """Time the three operations on the three implementations, interleaved, `settings.overhead_rounds` times."""
+    where = placements()
+    # What is measured: (implementation, placement), the blocking driver in the same-core placement only.
+    subjects = [(name, placement) for placement in where for name in IMPLEMENTATIONS if name != BLOCKING]
+    subjects.append((BLOCKING, SAME_CORE))
+    calls_by_operation = {"stats": settings.stats_calls, "pull": settings.sync_calls, "push": settings.sync_calls}
+    rounds: dict[tuple[str, str, str], list[list[float]]] = {
+        (name, placement, operation): [] for name, placement in subjects for operation in OPERATIONS
+    }
+    with SyncServer(workdir / "remote.db") as server:
+        server.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, body TEXT)")
+        server.execute("INSERT INTO t(body) SELECT 'row ' || value FROM generate_series(1, 100)")
+        replicas: dict[tuple[str, str], AsyncReplica] = {}
+        blocking = connect_blocking(str(workdir / "blocking.db"), server.url)
+        try:
+            for placement, (_, worker_cpu) in where.items():
+                with pinned(worker_cpu):
+                    for name, connect in ASYNC_CONNECTS.items():
+                        path = str(workdir / f"{name}-{placement.replace(' ', '-')}.db")
+                        replicas[name, placement] = await connect(path, server.url)
+            loop_cpu = where[SAME_CORE][0]
+            with pinned(loop_cpu):
+                # Turn -1 is a warm-up: the first calls of each kind pay for lazy set-up (connections, caches).
+                for turn in range(-1, settings.overhead_rounds):
+                    for operation in OPERATIONS:
+                        calls = calls_by_operation[operation] if turn >= 0 else 3
+                        for name, placement in rotated(subjects, max(turn, 0)):
+                            if name == BLOCKING:
+                                durations = _time_blocking(_blocking_call(blocking, operation), calls)
+                            else:
+                                durations = await _time_async(_async_call(replicas[name, placement], operation), calls)
+                            if turn >= 0:
+                                rounds[name, placement, operation].append(durations)
+        finally:
+            for replica in replicas.values():
+                await replica.close()
+            blocking.close()
+    results: list[OverheadResult] = []
+    for operation in OPERATIONS:
+        for name, placement in subjects:
+            per_round = rounds[name, placement, operation]
+            every_call = [duration * 1e6 for durations in per_round for duration in durations]
+            results.append(
+                OverheadResult(
+                    implementation=name,
+                    operation=operation,
+                    placement=placement,
+                    calls=len(every_call),
+                    min_us=round(min(every_call), 2),
+                    median_us=round(median(every_call), 2),
+                    round_medians_us=[round(median(durations) * 1e6, 2) for durations in per_round],
+                )
+            )
+    return results
+
+
+def ours_over_pyturso(results: list[OverheadResult]) -> dict[str, float]:
+    """Our median time per call divided by pyturso's module's, per "operation, placement" (1.0 = the same)."""
+    medians = {(result.implementation, result.operation, result.placement): result.median_us for result in results}
+    return {
+        f"{operation}, {placement}": medians[OURS, operation, placement] / medians[PYTURSO, operation, placement]
+        for (name, operation, placement) in medians
+        if name == OURS
+    }

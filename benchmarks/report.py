@@ -1,0 +1,228 @@
+"""The benchmark's outputs: targets checked, Markdown tables on stdout, results.json and chart.png."""
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import BLOCKING, DESCRIPTIONS, MB, OURS, PYTURSO, THREADS, Machine, Settings, median
+from benchmarks.concurrency import ConcurrencyResult, Speedup
+from benchmarks.footprint import FootprintRow
+from benchmarks.overhead import OTHER_CORE, SAME_CORE, OverheadResult, ours_over_pyturso
+from benchmarks.responsiveness import BOOTSTRAP, IDLE, PULL, LatenessResult
+
+# The targets: our median per call at most this many times pyturso's module's; our largest loop lateness during the
+# bootstrap of the large database below this (ms); at least these speedups over sequential blocking pulls.
+OVERHEAD_RATIO_LIMIT = 1.10
+BOOTSTRAP_LATENESS_LIMIT_MS = 15.0
+SPEEDUP_TARGETS = {8: 5.0, 32: 15.0}
+
+COLORS = {OURS: "#1f77b4", PYTURSO: "#ff7f0e", BLOCKING: "#7f7f7f", THREADS: "#9467bd", "none": "#2ca02c"}
+LABELS = {
+    OURS: "ours",
+    PYTURSO: "pyturso's lib_sync_aio",
+    BLOCKING: "blocking driver",
+    THREADS: "blocking driver, N threads",
+    "none": "idle loop (floor)",
+}
+
+
+@dataclass
+class TargetCheck:
+    """One target, what this run measured, and the verdict ("PASS", "FAIL", or "not checked" in a smoke run)."""
+
+    short: str
+    target: str
+    measured: str
+    verdict: str
+
+
+@dataclass
+class Results:
+    """Everything one run measured (written to results.json)."""
+
+    machine: Machine
+    # The turso/lib_sync_aio.py measured (checksum and commit).
+    ours: str
+    # Where the replicas and the remotes' files were, and on what filesystem.
+    workdir: str
+    smoke: bool
+    started: str
+    duration_s: float
+    settings: dict[str, Any]
+    overhead: list[OverheadResult]
+    # Our median time per call divided by pyturso's module's, per operation.
+    overhead_ours_over_pyturso: dict[str, float]
+    responsiveness: list[LatenessResult]
+    concurrency: list[ConcurrencyResult]
+    speedups: list[Speedup]
+    footprint: list[FootprintRow]
+    targets: list[TargetCheck]
+
+
+def check_targets(
+    smoke: bool,
+    overhead: list[OverheadResult],
+    responsiveness: list[LatenessResult],
+    speedups: list[Speedup],
+) -> list[TargetCheck]:
+    """Compare this run with the targets; a smoke run reports the figures but checks nothing."""
+    # (short name, the target in words, what was measured, whether it meets the target)
+    checks: list[tuple[str, str, str, bool]] = []
+    for key, ratio in ours_over_pyturso(overhead).items():
+        operation, placement = key.split(", ")
+        checks.append(
+            (f"{operation} ({placement})",
+             f"{operation}(), worker on {placement}: our median per call <= {OVERHEAD_RATIO_LIMIT:.2f}x pyturso's",
+             f"{ratio:.3f}x", ratio <= OVERHEAD_RATIO_LIMIT)
+        )
+    bootstrap = lateness_of(responsiveness, OURS, BOOTSTRAP)
+    size_mb = max(bootstrap.remote_bytes) / MB
+    checks.append(
+        ("bootstrap lateness",
+         f"loop lateness max < {BOOTSTRAP_LATENESS_LIMIT_MS:.0f} ms during the {size_mb:.0f} MiB bootstrap (ours)",
+         f"{bootstrap.max_ms:.2f} ms", bootstrap.max_ms < BOOTSTRAP_LATENESS_LIMIT_MS)
+    )
+    for count, target in SPEEDUP_TARGETS.items():
+        for speedup in speedups:
+            if speedup.replicas == count and speedup.implementation == OURS:
+                checks.append(
+                    (f"speedup N={count}",
+                     f"{count} replicas pull >= {target:.0f}x faster than {count} blocking pulls in turn (ours)",
+                     f"{speedup.speedup:.2f}x", speedup.speedup >= target)
+                )
+    return [
+        TargetCheck(short, target, measured, "not checked" if smoke else ("PASS" if passed else "FAIL"))
+        for short, target, measured, passed in checks
+    ]
+
+
+def lateness_of(results: list[LatenessResult], implementation: str, phase: str) -> LatenessResult:
+    for result in results:
+        if result.implementation == implementation and result.phase == phase:
+            return result
+    raise KeyError((implementation, phase))
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + " |"
+
+    return [line(headers), "|" + "|".join("-" * (width + 2) for width in widths) + "|", *(line(row) for row in rows)]
+
+
+def format_us(value: float) -> str:
+    return f"{value / 1000:,.2f} ms" if value >= 1000 else f"{value:,.1f} µs"
+
+
+def tables(results: Results) -> str:
+    """The run as Markdown tables (printed on stdout, and ready for the README)."""
+    out: list[str] = []
+    out.append(f"Machine: {results.machine.describe()}")
+    out.append(f"Ours: turso/lib_sync_aio.py, {results.ours}")
+    out.append(
+        f"Run: {results.started}, {results.duration_s:.0f} s" + (" (smoke)" if results.smoke else "")
+        + f"; files in {results.workdir}"
+    )
+    out.append("")
+    overhead = {(result.implementation, result.operation, result.placement): result for result in results.overhead}
+    rounds = results.settings["overhead_rounds"]
+    out.append(
+        f"Per-call overhead: min / median over every call of {rounds} interleaved rounds; the worker thread pinned to "
+        "the event loop's core or to another core"
+    )
+    out.append("")
+    rows: list[list[str]] = []
+    labels = {"stats": "stats()", "pull": "pull(), nothing new", "push": "push(), nothing to push"}
+    for operation, label in labels.items():
+        for placement in (SAME_CORE, OTHER_CORE):
+            if (OURS, operation, placement) not in overhead:
+                continue
+            row = [label, placement]
+            for name in (OURS, PYTURSO, BLOCKING):
+                found = overhead.get((name, operation, placement))
+                row.append("" if found is None else f"{format_us(found.min_us)} / {format_us(found.median_us)}")
+            row.append(f"{results.overhead_ours_over_pyturso[f'{operation}, {placement}']:.3f}x")
+            rows.append(row)
+    out += _table(
+        ["operation", "worker on", "ours", "pyturso module", "blocking, direct", "ours / pyturso (medians)"], rows
+    )
+    out.append("")
+    bootstrap_bytes = max(lateness_of(results.responsiveness, OURS, BOOTSTRAP).remote_bytes) / MB
+    pull_bytes = max(lateness_of(results.responsiveness, OURS, PULL).received_bytes) / MB
+    out.append(
+        f"Event-loop lateness of a 1 ms heartbeat ({results.settings['responsiveness_rounds']} rounds; bootstrap of a "
+        f"{bootstrap_bytes:.1f} MiB remote, pull of {pull_bytes:.1f} MiB of new rows)"
+    )
+    out.append("")
+    rows = []
+    for phase in (BOOTSTRAP, PULL):
+        for name in (OURS, PYTURSO, BLOCKING):
+            lateness = lateness_of(results.responsiveness, name, phase)
+            rows.append(
+                [phase, LABELS[name], f"{lateness.max_ms:.2f}", f"{median(lateness.round_max_ms):.2f}",
+                 f"{lateness.p99_ms:.2f}", f"{lateness.median_ms:.2f}", f"{median(lateness.durations_s) * 1000:.0f}",
+                 str(lateness.samples)]
+            )
+    idle = lateness_of(results.responsiveness, "none", IDLE)
+    rows.append(["idle", LABELS["none"], f"{idle.max_ms:.2f}", f"{idle.max_ms:.2f}", f"{idle.p99_ms:.2f}",
+                 f"{idle.median_ms:.2f}", f"{idle.durations_s[0] * 1000:.0f}", str(idle.samples)])
+    out += _table(
+        ["phase", "implementation", "max ms", "median round max ms", "p99 ms", "median ms", "duration ms", "beats"],
+        rows,
+    )
+    out.append("")
+    delay_ms = results.settings["proxy_delay"] * 1000
+    out.append(
+        f"Concurrency: N replicas pulling one new row each through a proxy adding {delay_ms:.0f} ms per request "
+        f"(wall time, median of {results.settings['concurrency_rounds']} rounds)"
+    )
+    out.append("")
+    walls = {(result.replicas, result.implementation): result for result in results.concurrency}
+    speedups = {(speedup.replicas, speedup.implementation): speedup.speedup for speedup in results.speedups}
+    rows = []
+    for count in results.settings["replica_counts"]:
+        rows.append(
+            [str(count)]
+            + [f"{walls[count, name].median_s * 1000:,.0f} ms" for name in (OURS, PYTURSO, BLOCKING, THREADS)]
+            + [f"{speedups[count, name]:.2f}x" for name in (OURS, PYTURSO, THREADS)]
+            + [f"{walls[count, OURS].cpu_ms_per_pull:.1f}"]
+        )
+    out += _table(
+        ["N", "ours, gather", "pyturso, gather", "blocking, in turn", "blocking, N threads", "speedup ours",
+         "speedup pyturso", "speedup threads", "CPU ms per pull (ours)"],
+        rows,
+    )
+    if not all(result.all_pulled_new for result in results.concurrency):
+        out.append("WARNING: some pulls found nothing new")
+    out.append("")
+    out.append("Cost per open replica (our module; a fresh process; RSS compared with no replica open)")
+    out.append("")
+    rows = [
+        [str(row.replicas), str(row.threads), f"+{row.threads_added}", f"{row.rss_mib:.1f}",
+         f"+{row.rss_added_mib:.1f}", f"{row.rss_per_replica_mib:.2f}"]
+        for row in results.footprint
+    ]
+    out += _table(["open replicas", "threads", "added", "RSS MiB", "added MiB", "MiB per replica"], rows)
+    out.append("")
+    out.append("Targets" + (" (smoke run: not checked)" if results.smoke else ""))
+    out.append("")
+    out += _table(["target", "measured", "verdict"], [[c.target, c.measured, c.verdict] for c in results.targets])
+    return "\n".join(out)
+
+
+def write_json(results: Results, path: Path) -> None:
+    path.write_text(json.dumps(asdict(results), indent=1) + "\n", encoding="utf-8")
+
+
+def describe_implementations() -> str:
+    return "\n".join(f"  {name}: {description}" for name, description in DESCRIPTIONS.items())
+
+
+def settings_dict(settings: Settings) -> dict[str, Any]:
+    values = asdict(settings)
+    values["results_dir"] = str(settings.results_dir)
+    return values
+
