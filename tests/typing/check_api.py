@@ -1,90 +1,140 @@
-"""Application-style code checked (never run) by mypy --strict and pyright strict: every public call has a concrete type.
+"""Application-style code, checked (never run) by mypy --strict and pyright strict: every public call is typed.
 
-Both entry points are covered: `turso.lib_sync_aio.connect_sync` and `turso.aio.sync.connect`, opened with `await`
-and with `async with`.
+Both entry points are covered, `turso.lib_sync_aio.connect_sync` and `turso.aio.sync.connect`, each opened with
+`await` and with `async with`. An `assert_type` that stops holding fails `make typecheck`.
 """
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from typing_extensions import assert_type
 
 import turso
 import turso.aio.sync
-from turso.lib_aio import Cursor
+from turso.lib import BatchResult
+from turso.lib_aio import Connection, Cursor
+from turso.lib_sync import PartialSyncOpts, PartialSyncPrefixBootstrap
 from turso.lib_sync_aio import ConnectionSync, SyncStats, connect_sync
 
 if TYPE_CHECKING:
+    # Stub-only Protocol: there is no runtime class to import.
     from turso.lib_sync_aio import AsyncSyncOperations
 
 
 async def sync_through_the_protocol(replica: "AsyncSyncOperations") -> bool:
     # Application code may depend on the Protocol instead of the concrete class.
-    await replica.push()
-    await replica.checkpoint()
+    assert_type(await replica.push(), None)
+    assert_type(await replica.checkpoint(), None)
     assert_type(await replica.stats(), SyncStats)
-    return await replica.pull()
+    changed = await replica.pull()
+    assert_type(changed, bool)
+    return changed
 
 
-def read_counters(stats: SyncStats) -> None:
+def read_counters(stats: SyncStats) -> int:
     assert_type(stats.cdc_operations, int)
     assert_type(stats.main_wal_size, int)
     assert_type(stats.revert_wal_size, int)
-    assert_type(stats.last_pull_unix_time, Optional[int])
-    assert_type(stats.last_push_unix_time, Optional[int])
-    assert_type(stats.revision, Optional[str])
+    assert_type(stats.last_pull_unix_time, int | None)
+    assert_type(stats.last_push_unix_time, int | None)
+    assert_type(stats.revision, str | None)
     assert_type(stats.network_sent_bytes, int)
     assert_type(stats.network_received_bytes, int)
+    return stats.cdc_operations
 
 
-async def use_every_call(conn: ConnectionSync) -> None:
+def narrow_at_runtime(value: object) -> int | None:
+    # SyncStats is a runtime_checkable Protocol, importable at runtime: isinstance narrows to it.
+    if isinstance(value, SyncStats):
+        assert_type(value, SyncStats)
+        return value.last_push_unix_time
+    return None
+
+
+async def use_the_sync_operations(conn: ConnectionSync) -> None:
     assert_type(await conn.pull(), bool)
     assert_type(await conn.push(), None)
     assert_type(await conn.checkpoint(), None)
-    stats = await conn.stats()
-    assert_type(stats, SyncStats)
-    read_counters(stats)
+    assert_type(await conn.stats(), SyncStats)
+    # The stats object satisfies the SyncStats Protocol, also where it is annotated explicitly.
+    counters: SyncStats = await conn.stats()
+    assert_type(read_counters(counters), int)
 
-    # The inherited async SQL API stays typed on the sync connection.
-    cursor = await conn.execute("SELECT ?", (1,))
-    assert_type(cursor, Cursor)
-    assert_type(await cursor.fetchone(), Any)
-    assert_type(await cursor.fetchall(), list[Any])
-    assert_type(await cursor.fetchmany(2), list[Any])
-    assert_type(cursor.rowcount, int)
-    assert_type(cursor.lastrowid, Optional[int])
-    assert_type(await conn.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)]), Cursor)
-    assert_type(await conn.executescript("CREATE TABLE u(x)"), Cursor)
-    assert_type(conn.cursor(), Cursor)
-    assert_type(await conn.commit(), None)
-    assert_type(await conn.rollback(), None)
-    assert_type(conn.isolation_level, Optional[str])
-    conn.isolation_level = None
-    assert_type(await conn.close(), None)
-
-    # ConnectionSync satisfies the Protocol: this assignment is checked.
+    # ConnectionSync satisfies AsyncSyncOperations: passing it and assigning it are both checked.
+    assert_type(await sync_through_the_protocol(conn), bool)
     operations: AsyncSyncOperations = conn
     assert_type(await sync_through_the_protocol(operations), bool)
 
 
-async def open_with_await_through_our_module(token: str) -> None:
-    pending = connect_sync("app.db", "libsql://db-org.turso.io", auth_token=token, long_poll_timeout_ms=1000)
+async def use_the_inherited_sql_api(conn: ConnectionSync) -> None:
+    # The async SQL API of turso.lib_aio.Connection, with the base class's own types (rows are Any there).
+    cursor = await conn.execute("SELECT ?", (1,))
+    assert_type(cursor, Cursor)
+    assert_type(await conn.execute("SELECT :x", {"x": 1}), Cursor)
+    assert_type(await cursor.fetchone(), Any)
+    assert_type(await cursor.fetchall(), list[Any])
+    assert_type(await cursor.fetchmany(2), list[Any])
+    assert_type(cursor.rowcount, int)
+    assert_type(cursor.lastrowid, int | None)
+    assert_type(cursor.description, tuple[tuple[str, None, None, None, None, None, None], ...] | None)
+    # The base class types a cursor's connection as the plain async Connection.
+    assert_type(cursor.connection, Connection)
+    assert_type(await cursor.close(), None)
+    assert_type(await conn.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)]), Cursor)
+    assert_type(await conn.executescript("CREATE TABLE u(x)"), Cursor)
+    assert_type(await conn.batch(["SELECT 1", ("SELECT ?", (1,))]), list[BatchResult])
+    assert_type(conn.cursor(), Cursor)
+    async with conn.cursor() as entered_cursor:
+        assert_type(entered_cursor, Cursor)
+        assert_type(await entered_cursor.execute("SELECT 1"), Cursor)
+    assert_type(await conn.commit(), None)
+    assert_type(await conn.rollback(), None)
+    assert_type(conn.isolation_level, str | None)
+    conn.isolation_level = None
+    conn.isolation_level = "IMMEDIATE"
+    assert_type(conn.autocommit, object | bool | None)
+    assert_type(conn.row_factory, Any)
+    assert_type(conn.text_factory, Any)
+    assert_type(await conn.close(), None)
+
+
+async def open_with_await_through_our_module(token: str, partial: PartialSyncPrefixBootstrap) -> None:
+    pending = connect_sync(
+        "app.db",
+        "libsql://db-org.turso.io",
+        auth_token=token,
+        client_name="app",
+        long_poll_timeout_ms=1000,
+        bootstrap_if_empty=False,
+        partial_sync_experimental=PartialSyncOpts(bootstrap_strategy=partial),
+        experimental_features=None,
+        isolation_level=None,
+        remote_encryption_key=None,
+        push_operations_threshold=100,
+        pull_bytes_threshold=1 << 20,
+        logical_mvcc_pull=False,
+    )
     assert_type(pending, ConnectionSync)
     conn = await pending
     assert_type(conn, ConnectionSync)
-    await use_every_call(conn)
+    await use_the_sync_operations(conn)
+    await use_the_inherited_sql_api(conn)
 
 
 async def open_with_async_with_through_our_module() -> None:
     async with connect_sync("app.db", lambda: "http://127.0.0.1:8080", auth_token=lambda: None) as conn:
         assert_type(conn, ConnectionSync)
         assert_type(await conn.pull(), bool)
+    # `async with await connect_sync(...)` works too and keeps the type.
+    async with await connect_sync("app.db") as reopened:
+        assert_type(reopened, ConnectionSync)
 
 
 async def open_with_await_through_the_public_entry() -> None:
+    assert_type(turso.aio.sync.connect("app.db"), ConnectionSync)
     conn = await turso.aio.sync.connect("app.db", "http://127.0.0.1:8080", bootstrap_if_empty=False)
     assert_type(conn, ConnectionSync)
     assert_type(await conn.stats(), SyncStats)
-    await conn.close()
+    assert_type(await conn.close(), None)
 
 
 async def open_with_async_with_through_the_public_entry() -> None:
@@ -92,9 +142,12 @@ async def open_with_async_with_through_the_public_entry() -> None:
         assert_type(conn, ConnectionSync)
         assert_type(await conn.pull(), bool)
         assert_type(await conn.push(), None)
+        assert_type(await conn.checkpoint(), None)
+        assert_type(await conn.stats(), SyncStats)
+        assert_type(await conn.execute("SELECT 1"), Cursor)
 
 
-async def catch_driver_errors() -> Optional[ConnectionSync]:
+async def catch_driver_errors() -> ConnectionSync | None:
     try:
         return await connect_sync("app.db", "http://127.0.0.1:1")
     except turso.ProgrammingError:

@@ -1,27 +1,90 @@
-"""Misuse that both checkers must reject. Each line carries the precise ignore of each checker; with
-warn_unused_ignores (mypy) and reportUnnecessaryTypeIgnoreComment (pyright), a line that stopped being an error
-would fail the type gates."""
+"""Misuse that both checkers must reject (checked, never run).
 
-from turso.lib_sync_aio import ConnectionSync, connect_sync
+Each line carries the precise ignore of each checker: `# type: ignore[code]` for mypy and
+`# pyright: ignore[rule]` for pyright. mypy runs with warn_unused_ignores and pyright with
+reportUnnecessaryTypeIgnoreComment (and enableTypeIgnoreComments off, so pyright reads only its own comments): a
+line that stopped being exactly that error for either checker fails `make typecheck`.
+"""
+
+from typing import TYPE_CHECKING
+
+from typing_extensions import assert_type
+
+import turso.aio.sync
+import turso.lib_aio
+import turso.lib_sync
+from turso.lib_sync_aio import ConnectionSync, SyncStats, connect_sync
+
+if TYPE_CHECKING:
+    from turso.lib_sync_aio import AsyncSyncOperations
 
 
-async def misuse(conn: ConnectionSync) -> None:
-    # A wrong argument type.
+def needs_operations(replica: "AsyncSyncOperations") -> None: ...
+
+
+def wrong_arguments() -> None:
+    # A path that is not a str, through both entry points.
     connect_sync(42)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
-    # A misspelt option.
+    turso.aio.sync.connect(b"app.db")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    # No path at all.
+    connect_sync()  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    # A misspelt option, through both entry points.
     connect_sync("app.db", auth_tokn="secret")  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
-    # A keyword-only option passed by position.
+    turso.aio.sync.connect("app.db", auth_tokn="secret")  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    # A keyword-only option (auth_token) passed by position.
     connect_sync("app.db", "http://127.0.0.1:8080", "secret")  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
-    # An option of the wrong type.
+    # Options of the wrong type.
     connect_sync("app.db", long_poll_timeout_ms="1s")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
-    # push() returns nothing.
-    pushed: int = await conn.push()  # type: ignore[assignment, func-returns-value]  # pyright: ignore[reportAssignmentType]
+    connect_sync("app.db", remote_url=8080)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    connect_sync("app.db", bootstrap_if_empty=None)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+async def wrong_results(conn: ConnectionSync) -> None:
+    # push() and checkpoint() return nothing.
+    pushed: int = await conn.push()  # type: ignore[func-returns-value, assignment]  # pyright: ignore[reportAssignmentType]
+    checkpointed: int = await conn.checkpoint()  # type: ignore[func-returns-value, assignment]  # pyright: ignore[reportAssignmentType]
     # pull() gives a bool, not a str.
     changed: str = await conn.pull()  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+    # assert_type is enforced by both checkers: pull() is not an int.
+    assert_type(await conn.pull(), int)  # type: ignore[assert-type]  # pyright: ignore[reportAssertTypeFailure]
+    # Forgetting `await`: a coroutine is not the result.
+    fresh: int = conn.pull()  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+    conn.push()  # type: ignore[unused-coroutine]  # pyright: ignore[reportUnusedCoroutine]
+    # The awaited connection is a ConnectionSync, not an int.
+    opened: int = await connect_sync("app.db")  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+    async with turso.aio.sync.connect("app.db") as entered:
+        entered_count: int = entered  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+    # turso.aio.sync.ConnectionSync is the driver's *blocking* class, not what connect() gives.
+    blocking: turso.aio.sync.ConnectionSync = await turso.aio.sync.connect("app.db")  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+    print(pushed, checkpointed, changed, fresh, opened, entered_count, blocking)
+
+
+async def wrong_stats(conn: ConnectionSync) -> None:
+    stats = await conn.stats()
     # The stats fields are read-only.
-    (await conn.stats()).cdc_operations = 0  # type: ignore[misc]  # pyright: ignore[reportAttributeAccessIssue]
-    # A coroutine is not the result: forgetting `await`.
-    fresh: bool = conn.pull()  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+    stats.cdc_operations = 0  # type: ignore[misc]  # pyright: ignore[reportAttributeAccessIssue]
+    # Optional fields must be checked for None.
+    pulled_at: int = stats.last_pull_unix_time  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+    revision: int = stats.revision  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+    # No such field (a misspelt cdc_operations).
+    print(stats.cdc_operation)  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType, reportUnknownArgumentType]
+    # Any object is not a SyncStats.
+    made_up: SyncStats = object()  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+    print(pulled_at, revision, made_up)
+
+
+async def wrong_methods(conn: ConnectionSync) -> None:
+    # pull() takes no arguments.
+    await conn.pull(True)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
     # No such method.
     await conn.sync()  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
-    print(pushed, changed, fresh)
+    # The inherited SQL API keeps its parameter types.
+    await conn.execute(42)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    conn.isolation_level = 5  # type: ignore[assignment]  # pyright: ignore[reportAttributeAccessIssue]
+
+
+def not_the_protocol(plain: turso.lib_aio.Connection, blocking: turso.lib_sync.ConnectionSync) -> None:
+    # The plain async connection has no sync operations.
+    needs_operations(plain)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    # The blocking sync connection has them, but not awaitable.
+    needs_operations(blocking)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
