@@ -230,8 +230,6 @@ class ConnectionSync(NonBlockingConnection):
 
     def _start_worker(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._state = _State.OPENED
-        self._stopped = loop.create_future()
         self._open_future = loop.create_future()
         self._worker_loop = _WorkerLoop(loop, weakref.WeakMethod(self._stop_after_loop_closed))
         # Two casts for the driver's Worker, which only calls cancelled/set_result/set_exception on a job's future
@@ -241,7 +239,14 @@ class ConnectionSync(NonBlockingConnection):
             cast(asyncio.AbstractEventLoop, self._worker_loop),
         )
         self._jobs.put_nowait((_Delivery(self._open_future), _ReleasingCall(self._open_blocking)))
-        self._worker.start()
+        try:
+            self._worker.start()
+        except BaseException:
+            # The OS refused a thread: nothing runs, so there is nothing to stop, and close() must not wait for it.
+            self._state = _State.CLOSED
+            raise
+        self._stopped = loop.create_future()
+        self._state = _State.OPENED
 
     def _open_blocking(self) -> None:
         # Runs on the worker: open the blocking connection and mirror its settings for the property getters.
