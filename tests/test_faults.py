@@ -456,6 +456,25 @@ async def test_operations_after_close_fail_at_once(sync_server: SyncServer, repl
         assert time.monotonic() - started < 0.5
 
 
+async def test_a_job_raising_system_exit_fails_its_call_and_the_connection_still_closes(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    baseline = turso_threads()
+    conn = await open_replica(replica_path, sync_server.url)
+
+    def exit_instead_of_building_a_row(cursor: object, row: object) -> object:
+        raise SystemExit(3)
+
+    conn.row_factory = exit_instead_of_building_a_row
+    cursor = await asyncio.wait_for(conn.execute("SELECT 1"), AWAIT_SECONDS)
+    with pytest.raises(turso.InternalError, match="SystemExit"):
+        await asyncio.wait_for(cursor.fetchone(), AWAIT_SECONDS)
+    conn.row_factory = None
+    assert await rows(conn, "SELECT 2") == [(2,)]  # the worker survived
+    await asyncio.wait_for(conn.close(), AWAIT_SECONDS)
+    assert not new_threads(baseline)
+
+
 async def test_close_twice_is_fine(sync_server: SyncServer, replica_path: str) -> None:
     baseline = turso_threads()
     conn = await open_replica(replica_path, sync_server.url)

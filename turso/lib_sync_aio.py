@@ -33,6 +33,7 @@ from .worker import STOP_RUNNING_SENTINEL, Worker
 from .lib import (
     Connection as BlockingConnection,
     Error,
+    InternalError,
     OperationalError,
     ProgrammingError,
 )
@@ -392,9 +393,14 @@ class _ReleasingCall:
             raise ProgrammingError("a worker job ran twice")
         try:
             return func()
-        except BaseException as error:
+        except Exception as error:
             traceback.clear_frames(error.__traceback__)
             raise
+        except BaseException as error:
+            # The Worker only catches Exception: SystemExit (say, from a row_factory) would end its thread and leave
+            # this await and close() waiting forever. Hand it to the caller as an error instead.
+            traceback.clear_frames(error.__traceback__)
+            raise InternalError(f"a worker job raised {error!r}") from error
         finally:
             del func
 
