@@ -587,8 +587,15 @@ async def test_cancelled_stats_logs_nothing_and_next_call_works(sync_server: Syn
     async with await open_replica(replica_path, sync_server.url) as conn:
         errors = record_loop_errors()
         busy = asyncio.create_task(conn.executescript(HEAVY_COUNT))
+        # A task of its own, so that stats() is called after the script on every Python: tasks start in creation
+        # order, while since 3.12 asyncio.wait_for runs a bare coroutine at once, in this task, ahead of the script.
+        cancelled_stats = asyncio.create_task(conn.stats())
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(conn.stats(), 0.05)
+            await asyncio.wait_for(cancelled_stats, 0.05)
+        assert cancelled_stats.cancelled()
+        assert not busy.done()  # so the cancelled stats() is still queued: its result comes after the cancel
+
+        # The next call runs after the cancelled one, whose late result must be dropped without a word.
         stats = await asyncio.wait_for(conn.stats(), AWAIT_SECONDS)
         assert await asyncio.wait_for(busy, AWAIT_SECONDS) is not None
         assert stats.last_pull_unix_time is not None
