@@ -6,15 +6,16 @@ PY := $(VENV)/bin/python
 BIN := node_modules/.bin
 TURSODB := node_modules/@tursodatabase/cli-linux-x64-gnu/tursodb
 PYRIGHT := $(BIN)/pyright
+RUFF := $(VENV)/bin/ruff
 export TURSODB_BIN := $(CURDIR)/$(TURSODB)
 
-.PHONY: setup test typecheck unit demo bench bench-smoke clean
+.PHONY: setup test typecheck lint unit demo bench bench-smoke clean
 
 setup: $(VENV)/.installed .driver/.linked $(TURSODB) $(PYRIGHT)
 
-$(VENV)/.installed: requirements.txt requirements-bench.txt
+$(VENV)/.installed: requirements.txt requirements-bench.txt requirements-lint.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-bench.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-bench.txt -r requirements-lint.txt
 	@touch $@
 
 .driver/.installed: requirements-driver.txt | $(VENV)/.installed
@@ -30,7 +31,11 @@ $(TURSODB) $(PYRIGHT): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $(TURSODB) $(PYRIGHT)
 
-test: setup typecheck unit
+test: setup lint typecheck unit
+
+# pyturso's own lint: its pinned ruff with its configuration (ruff.toml), over all of our Python.
+lint: setup
+	$(RUFF) check .
 
 typecheck: setup
 	$(PY) -m mypy turso/lib_sync_aio.py

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import turso.lib_sync
-
 from benchmarks.common import (
     ASYNC_CONNECTS,
     BLOCKING,

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Awaitable, Callable, Generator
 
 import turso.lib_sync
-
 from benchmarks.common import (
     ASYNC_CONNECTS,
     BLOCKING,
@@ -147,6 +146,12 @@ async def measure_overhead(settings: Settings, workdir: Path) -> list[OverheadRe
             for replica in replicas.values():
                 await replica.close()
             blocking.close()
+    return _summarise(rounds, subjects)
+
+
+def _summarise(
+    rounds: dict[tuple[str, str, str], list[list[float]]], subjects: list[tuple[str, str]]
+) -> list[OverheadResult]:
     results: list[OverheadResult] = []
     for operation in OPERATIONS:
         for name, placement in subjects:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Awaitable, Callable, TypeVar, cast
 
 import turso.lib_sync
-
 from benchmarks.common import (
     ASYNC_CONNECTS,
     BLOCKING,

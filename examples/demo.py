@@ -14,8 +14,8 @@ from collections.abc import Generator
 from pathlib import Path
 
 import turso.aio.sync
-from turso.lib_sync_aio import ConnectionSync, SyncStats
 from tests.sync_server import SyncServer
+from turso.lib_sync_aio import ConnectionSync, SyncStats
 
 
 @contextlib.contextmanager

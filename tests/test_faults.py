@@ -21,9 +21,9 @@ from typing import Any, Optional, cast
 import pytest
 
 import turso
-from turso.lib_sync_aio import ConnectionSync, connect_sync
 from tests.conftest import turso_threads
 from tests.sync_server import SyncServer, free_port
+from turso.lib_sync_aio import ConnectionSync, connect_sync
 
 # How long a worker may take to exit once nothing holds it: "within a few seconds".
 WORKER_EXIT_SECONDS = 5.0

@@ -9,9 +9,9 @@ import turso
 import turso.aio.sync
 import turso.lib_sync
 import turso.lib_sync_aio
-from turso.lib_sync_aio import ConnectionSync, connect_sync
 from tests.conftest import turso_threads
 from tests.sync_server import SyncServer, free_port
+from turso.lib_sync_aio import ConnectionSync, connect_sync
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 

@@ -4,9 +4,9 @@ import asyncio
 from pathlib import Path
 
 import turso
-from turso.lib_sync_aio import ConnectionSync, connect_sync
 from tests.conftest import turso_threads
 from tests.sync_server import SyncServer
+from turso.lib_sync_aio import ConnectionSync, connect_sync
 
 
 async def rows(conn: ConnectionSync, sql: str) -> list[tuple[object, ...]]:

@@ -2,10 +2,12 @@
 from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable, type_check_only
+
 from typing_extensions import Self, TypeAlias
 
 from turso.lib_aio import Connection as NonBlockingConnection
-from turso.lib_sync import ConnectionSync as BlockingConnectionSync, PartialSyncOpts
+from turso.lib_sync import ConnectionSync as BlockingConnectionSync
+from turso.lib_sync import PartialSyncOpts
 
 # turso.lib_sync.RemoteEncryptionCipher, an enum from the driver's native extension, which has no type information.
 _RemoteEncryptionCipher: TypeAlias = Any
