@@ -9,6 +9,17 @@ PYRIGHT := $(BIN)/pyright
 RUFF := $(VENV)/bin/ruff
 export TURSODB_BIN := $(CURDIR)/$(TURSODB)
 
+# The CPython versions `make test` runs the whole suite on, one after the other (the tests start real servers and
+# count threads, so parallel runs would only add noise): from pyturso's floor to the newest release we test. Each
+# has its own venv, .venvs/X.Y, with the pinned requirements; the driver in .driver is an abi3 wheel serving them all.
+PYTHON_VERSIONS ?= 3.10 3.11 3.12 3.13
+# The versions the type gates (mypy, pyright, stubtest) run at: pyturso's floor and the newest.
+TYPECHECK_PYTHON_VERSIONS ?= 3.10 3.13
+# .venvs/X.Y is ready to test: packages installed, this checkout and the driver on its path.
+venv_ready = $(foreach version,$(1),.venvs/$(version)/.linked)
+# Stamps of finished set-up steps: keep them (make would delete them as intermediate files and redo the step).
+.PRECIOUS: .venvs/%/.installed .venvs/%/.linked
+
 .PHONY: setup test typecheck lint unit demo bench bench-smoke clean
 
 setup: $(VENV)/.installed .driver/.linked $(TURSODB) $(PYRIGHT)
@@ -16,6 +27,29 @@ setup: $(VENV)/.installed .driver/.linked $(TURSODB) $(PYRIGHT)
 $(VENV)/.installed: requirements.txt requirements-bench.txt requirements-lint.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-bench.txt -r requirements-lint.txt
+	@touch $@
+
+# The interpreter for X.Y: PYTHON_X.Y if set (`make test PYTHON_3.13=/usr/bin/python3.13`), else pyenv's newest
+# installed X.Y (`pyenv latest X.Y`). Benchmarks are in the type gates, so every test venv has their packages too.
+.venvs/%/.installed: requirements.txt requirements-bench.txt
+	@python="$(PYTHON_$*)"; \
+	if test -z "$$python" && version=$$(pyenv latest $* 2>/dev/null); then \
+		python="$$(pyenv prefix "$$version")/bin/python"; \
+	fi; \
+	if ! test -x "$$python"; then \
+		echo "make: no CPython $* found: install it (pyenv install $*) or name it (make PYTHON_$*=/path/to/python$*)." >&2; \
+		echo "make: the test suite runs on every CPython in PYTHON_VERSIONS ($(PYTHON_VERSIONS))." >&2; \
+		exit 1; \
+	fi; \
+	"$$python" -c 'import sys; sys.exit(sys.implementation.name != "cpython" or "%d.%d" % sys.version_info[:2] != "$*")' \
+		|| { echo "make: $$python is not CPython $*." >&2; exit 1; }; \
+	test -x .venvs/$*/bin/python || { echo "$$python -m venv .venvs/$*"; "$$python" -m venv .venvs/$*; }
+	.venvs/$*/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-bench.txt
+	@touch $@
+
+# link_driver.py puts this checkout on the import path of the interpreter that runs it: one .pth per venv.
+.venvs/%/.linked: .venvs/%/.installed .driver/.installed scripts/link_driver.py
+	.venvs/$*/bin/python scripts/link_driver.py
 	@touch $@
 
 .driver/.installed: requirements-driver.txt | $(VENV)/.installed
@@ -37,14 +71,22 @@ test: setup lint typecheck unit
 lint: setup
 	$(RUFF) check .
 
-typecheck: setup
-	$(PY) -m mypy turso/lib_sync_aio.py
-	$(PY) -m mypy tests examples benchmarks
-	$(PYRIGHT) --pythonpath $(PY)
-	$(PY) -m mypy.stubtest turso.lib_sync_aio --allowlist stubtest-allowlist.txt
+# Each gate at every version in TYPECHECK_PYTHON_VERSIONS, run by that version's interpreter and packages.
+typecheck: $(TYPECHECK_PYTHON_VERSIONS:%=typecheck-%)
 
-unit: setup
-	$(PY) -m pytest
+typecheck-%: setup .venvs/%/.linked
+	.venvs/$*/bin/python -m mypy --python-version $* turso/lib_sync_aio.py
+	.venvs/$*/bin/python -m mypy --python-version $* tests examples benchmarks
+	$(PYRIGHT) --pythonpath .venvs/$*/bin/python --pythonversion $*
+	.venvs/$*/bin/python -m mypy.stubtest turso.lib_sync_aio --allowlist stubtest-allowlist.txt
+
+# The whole suite on every version in PYTHON_VERSIONS, in turn; one Python only: `make unit PYTHON_VERSIONS=3.13`.
+unit: setup $(call venv_ready,$(PYTHON_VERSIONS))
+	@failed=""; for version in $(PYTHON_VERSIONS); do \
+		echo "== test suite on CPython $$version"; \
+		.venvs/$$version/bin/python -m pytest || failed="$$failed $$version"; \
+	done; \
+	test -z "$$failed" || { echo "make: the test suite failed on CPython$$failed" >&2; exit 1; }
 
 demo: setup
 	$(PY) examples/demo.py
@@ -58,5 +100,5 @@ bench-smoke: setup
 	$(PY) -m benchmarks --smoke
 
 clean:
-	rm -rf $(VENV) .driver node_modules .mypy_cache .pytest_cache
+	rm -rf $(VENV) .venvs .driver node_modules .mypy_cache .pytest_cache
 	find turso -maxdepth 1 -type l -delete
