@@ -1,9 +1,10 @@
 """Link the pinned driver's files into turso/ and put this checkout on the venv's import path.
 
-Run by `make setup`. The driver (pyturso) is installed with `pip install --target .driver`; its package files are
-symlinked into turso/ next to our lib_sync_aio.py, so that turso/ is one complete package for the interpreter, mypy
-and pyright (pyright does not merge a package split across two folders). Our own files are never replaced. The
-links are git-ignored: the driver's files are used as they are, never committed or edited.
+Run by `make setup`, and once per test venv (.venvs/X.Y) by `make test`: the .pth goes into the site-packages of
+the interpreter that runs this script. The driver (pyturso) is installed with `pip install --target .driver`; its
+package files are symlinked into turso/ next to our lib_sync_aio.py, so that turso/ is one complete package for the
+interpreter, mypy and pyright (pyright does not merge a package split across two folders). Our own files are never
+replaced. The links are git-ignored: the driver's files are used as they are, never committed or edited.
 """
 
 import os
