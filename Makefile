@@ -100,5 +100,5 @@ bench-smoke: setup
 	$(PY) -m benchmarks --smoke
 
 clean:
-	rm -rf $(VENV) .venvs .driver node_modules .mypy_cache .pytest_cache
+	rm -rf $(VENV) .venvs .driver node_modules .mypy_cache .pytest_cache .ruff_cache
 	find turso -maxdepth 1 -type l -delete
