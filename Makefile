@@ -33,7 +33,7 @@ $(TURSODB) $(PYRIGHT): package.json package-lock.json
 test: setup typecheck unit
 
 typecheck: setup
-	$(PY) -m mypy turso/lib_sync_aio.py
+	$(PY) -m mypy turso/lib_sync_aio.py turso/sqlalchemy_sync_aio.py
 	$(PY) -m mypy tests examples benchmarks
 	$(PYRIGHT) --pythonpath $(PY)
 	$(PY) -m mypy.stubtest turso.lib_sync_aio --allowlist stubtest-allowlist.txt
