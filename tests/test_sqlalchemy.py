@@ -10,7 +10,8 @@ import pytest
 import sqlalchemy
 from sqlalchemy import String, event, func, pool, select, text
 from sqlalchemy.dialects import registry
-from sqlalchemy.exc import ArgumentError, DBAPIError, TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -210,6 +211,7 @@ async def test_orm_objects_keep_their_values_after_a_pull_until_expire_all(
         assert await (await get_sync_connection(session)).pull() is True
         assert note.body == "old"  # the identity map is not refreshed by a pull
         assert (await session.get_one(Note, 1)).body == "old"  # nor is a get() of an object it holds
+        assert (await session.scalars(select(Note.body))).one() == "new"  # while a column query sees the pulled row
 
         session.expire_all()
         assert (await session.get_one(Note, 1)).body == "new"
@@ -289,10 +291,14 @@ async def test_get_sync_connection_rejects_what_is_not_an_async_connection_or_se
 async def test_get_sync_connection_rejects_a_connection_that_is_not_a_sync_replica(tmp_path: Path) -> None:
     # async_creator bypasses the URL: here it hands the pool a plain local turso.aio connection.
     local_path = str(tmp_path / "local.db")
-    engine = create_async_engine(f"sqlite+aioturso_sync:///{local_path}", async_creator=lambda: turso.aio.connect(local_path))
+    engine = create_async_engine(
+        f"sqlite+aioturso_sync:///{local_path}", async_creator=lambda: turso.aio.connect(local_path)
+    )
     try:
         async with engine.connect() as conn:
-            with pytest.raises(TypeError, match=r"expects a connection of a sqlite\+aioturso_sync:// engine.*Connection"):
+            with pytest.raises(
+                TypeError, match=r"expects a connection of a sqlite\+aioturso_sync:// engine.*Connection"
+            ):
                 await get_sync_connection(conn)
     finally:
         await engine.dispose()
@@ -368,11 +374,18 @@ def test_a_pool_class_that_could_open_a_second_connection_is_refused(
         create_async_engine(replica_url(replica_path, None), poolclass=poolclass)
 
 
-async def test_the_one_connection_pools_settings_are_accepted(sync_server: SyncServer, replica_path: str) -> None:
+@pytest.mark.parametrize(
+    "pool_options",
+    [
+        {"pool_size": 1, "max_overflow": 0, "pool_pre_ping": True, "pool_recycle": 3600, "pool_timeout": 5},
+        {"poolclass": pool.StaticPool},
+    ],
+)
+async def test_pool_settings_that_keep_one_connection_are_accepted(
+    sync_server: SyncServer, replica_path: str, pool_options: dict[str, Any]
+) -> None:
     sync_server.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body VARCHAR(200) NOT NULL)")
-    engine = create_async_engine(
-        replica_url(replica_path, sync_server), pool_size=1, max_overflow=0, pool_pre_ping=True, pool_recycle=3600
-    )
+    engine = create_async_engine(replica_url(replica_path, sync_server), **pool_options)
     try:
         async with engine.connect() as conn:
             assert (await conn.execute(select(func.count()).select_from(Note))).scalar_one() == 0

@@ -150,8 +150,8 @@ class AioTursoSyncDialect(AioTursoDialect):
         remote_url = cargs[1] if len(cargs) > 1 else cparams.get("remote_url")
         if remote_url is None and isinstance(path, str) and not os.path.exists(path):
             raise exc.ArgumentError(
-                f"sqlite+{DRIVER_NAME}:// replica {path!r} does not exist yet, and no remote_url was given to create it "
-                "from: add ?remote_url=libsql://... (or https://, http://) to the URL, or pass "
+                f"sqlite+{DRIVER_NAME}:// replica {path!r} does not exist yet, and no remote_url was given to create "
+                "it from: add ?remote_url=libsql://... (or https://, http://) to the URL, or pass "
                 "connect_args={'remote_url': ...}. remote_url may be left out only to reopen an existing replica."
             )
         return super().connect(*cargs, **cparams)

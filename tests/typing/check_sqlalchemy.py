@@ -64,7 +64,6 @@ async def refresh_and_list(sessions: async_sessionmaker[AsyncSession]) -> list[s
         return list(bodies)
 
 
-
 async def misuse(engine: AsyncEngine, blocking: Connection) -> None:
     # The engine itself, or a blocking SQLAlchemy connection, is not what get_sync_connection takes.
     await get_sync_connection(engine)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
