@@ -15,6 +15,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+import turso
 import turso.aio
 from tests.conftest import turso_threads
 from tests.sync_server import SyncServer
@@ -226,7 +227,7 @@ async def test_dispose_closes_the_replica_and_stops_its_worker(sync_server: Sync
     await engine.dispose()
 
     assert turso_threads() - before == set()
-    with pytest.raises(Exception, match="closed"):
+    with pytest.raises(turso.ProgrammingError, match="closed"):
         await replica.stats()
     # The engine stays usable after dispose(): it opens the replica again on demand.
     async with engine.connect() as conn:
@@ -268,6 +269,16 @@ async def test_connect_args_pass_an_auth_token_callable_and_url_options_reach_th
             assert replica.isolation_level == "IMMEDIATE"
             await replica.pull()
         assert token_requests
+    finally:
+        await engine.dispose()
+
+
+async def test_sync_url_is_accepted_in_place_of_remote_url(sync_server: SyncServer, replica_path: str) -> None:
+    sync_server.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body VARCHAR(200) NOT NULL)")
+    sync_server.execute("INSERT INTO notes(body) VALUES ('from the server')")
+    engine = create_async_engine(f"sqlite+aioturso_sync:///{replica_path}?sync_url={sync_server.url}")
+    try:
+        assert await local_bodies(engine) == ["from the server"]
     finally:
         await engine.dispose()
 
