@@ -15,9 +15,10 @@ replicas (`sqlite+turso_sync://`). This module adds the missing one, sync replic
 The URL takes the query parameters of pyturso's `sqlite+turso_sync://` (parsed by its `TursoSyncDialect`), and
 `connect_args` takes every parameter of `turso.lib_sync_aio.connect_sync` (say, an `auth_token` callable).
 
-One connection per replica: a second connection to one replica file fails in the sync engine ("database is busy"),
-so the engine's pool (`ReplicaPool`) holds exactly one connection and concurrent sessions wait their turn for it.
-Pool settings that could open a second connection are refused when the engine is created.
+One connection per replica: a second connection to one replica file fails in the sync engine ("database is locked"
+when both write, "Database is busy" when one pulls during the other's transaction), so the engine's pool
+(`ReplicaPool`) holds exactly one connection and concurrent sessions wait their turn for it. Pool settings that
+could open a second connection are refused when the engine is created.
 
 With pyturso installed from a wheel that carries this module, the URL works through the `sqlalchemy.dialects` entry
 point. Otherwise (a checkout, or this file vendored) register the dialect once before creating the engine:
@@ -39,11 +40,14 @@ import turso.aio.sync
 from turso.lib_sync_aio import ConnectionSync
 from turso.sqlalchemy.dialect import AioTursoDialect, AsyncAdapt_turso_dbapi, TursoSyncDialect
 
+__all__ = ["DRIVER_NAME", "AioTursoSyncDialect", "AsyncAdaptTursoSyncDbapi", "ReplicaPool", "get_sync_connection"]
+
 # The name SQLAlchemy URLs use for this dialect: `sqlite+aioturso_sync://`.
 DRIVER_NAME = "aioturso_sync"
 
 _POOL_ADVICE = (
-    "A sync replica allows one open connection at a time (a second one fails with 'database is busy'), so "
+    "A sync replica allows one open connection at a time (a second one fails with 'database is locked' or "
+    "'database is busy'), so "
     f"sqlite+{DRIVER_NAME}:// keeps exactly one connection per replica file and concurrent sessions wait for it. "
 )
 
