@@ -375,6 +375,7 @@ def test_a_pool_size_that_could_open_a_second_connection_is_refused(
 ) -> None:
     with pytest.raises(ArgumentError, match="keeps exactly one connection per replica file.*leave pool_size"):
         create_async_engine(replica_url(replica_path, None), **pool_options)
+    assert not os.path.exists(replica_path)
 
 
 @pytest.mark.parametrize("poolclass", [pool.NullPool, pool.AsyncAdaptedQueuePool])
@@ -383,6 +384,7 @@ def test_a_pool_class_that_could_open_a_second_connection_is_refused(
 ) -> None:
     with pytest.raises(ArgumentError, match=f"{poolclass.__name__} may open several: leave poolclass out"):
         create_async_engine(replica_url(replica_path, None), poolclass=poolclass)
+    assert not os.path.exists(replica_path)
 
 
 @pytest.mark.parametrize(
