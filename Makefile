@@ -20,7 +20,14 @@ venv_ready = $(foreach version,$(1),.venvs/$(version)/.linked)
 # Stamps of finished set-up steps: keep them (make would delete them as intermediate files and redo the step).
 .PRECIOUS: .venvs/%/.installed .venvs/%/.linked
 
-.PHONY: setup test typecheck lint unit demo bench bench-smoke clean
+# SQLAlchemy releases tested besides the one pinned in requirements.txt: the newest 2.0 and the newest 2.1. Each gets
+# its own venv (.venv-sqlalchemy-VERSION, git-ignored) with requirements.txt and that SQLAlchemy instead of the pin.
+SQLALCHEMY_VERSIONS := 2.0.58 2.1.9
+SQLALCHEMY_VENVS := $(SQLALCHEMY_VERSIONS:%=.venv-sqlalchemy-%)
+# What test-sqlalchemy-versions checks in each of them: the dialect, its tests and the typing snippet.
+SQLALCHEMY_FILES := turso/sqlalchemy_sync_aio.py tests/test_sqlalchemy.py tests/typing/check_sqlalchemy.py
+
+.PHONY: setup test typecheck lint unit test-sqlalchemy-versions demo demo-sqlalchemy bench bench-smoke clean
 
 setup: $(VENV)/.installed .driver/.linked $(TURSODB) $(PYRIGHT)
 
@@ -65,7 +72,7 @@ $(TURSODB) $(PYRIGHT): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $(TURSODB) $(PYRIGHT)
 
-test: setup lint typecheck unit
+test: setup lint typecheck unit test-sqlalchemy-versions
 
 # pyturso's own lint: its pinned ruff with its configuration (ruff.toml), over all of our Python.
 lint: setup
@@ -75,7 +82,7 @@ lint: setup
 typecheck: $(TYPECHECK_PYTHON_VERSIONS:%=typecheck-%)
 
 typecheck-%: setup .venvs/%/.linked
-	.venvs/$*/bin/python -m mypy --python-version $* turso/lib_sync_aio.py
+	.venvs/$*/bin/python -m mypy --python-version $* turso/lib_sync_aio.py turso/sqlalchemy_sync_aio.py
 	.venvs/$*/bin/python -m mypy --python-version $* tests examples benchmarks
 	$(PYRIGHT) --pythonpath .venvs/$*/bin/python --pythonversion $*
 	.venvs/$*/bin/python -m mypy.stubtest turso.lib_sync_aio --allowlist stubtest-allowlist.txt
@@ -91,6 +98,30 @@ unit: setup $(call venv_ready,$(PYTHON_VERSIONS))
 demo: setup
 	$(PY) examples/demo.py
 
+# SQLAlchemy's asyncio engine on two replicas of one database (sqlite+aioturso_sync://).
+demo-sqlalchemy: setup
+	$(PY) examples/sqlalchemy_demo.py
+
+# The pyright config of one extra venv: the project's strict settings, that venv's packages, the SQLAlchemy files.
+.venv-sqlalchemy-%/.installed: requirements.txt | .driver/.linked
+	@test -x $(@D)/bin/python || $(PYTHON) -m venv $(@D)
+	grep -v '^SQLAlchemy==' requirements.txt | $(@D)/bin/python -m pip install --quiet -r /dev/stdin SQLAlchemy==$*
+	$(@D)/bin/python scripts/link_driver.py
+	$(@D)/bin/python -c 'import json, sys; print(json.dumps({"extends": "../pyrightconfig.json", "venvPath": "..", \
+		"venv": sys.argv[1], "executionEnvironments": [{"root": ".."}], "include": ["../" + f for f in sys.argv[2:]]}))' \
+		$(@D) $(SQLALCHEMY_FILES) > $(@D)/pyrightconfig.json
+	@touch $@
+
+# The SQLAlchemy tests and the typing snippet (mypy --strict, pyright strict) against each release in
+# SQLALCHEMY_VERSIONS; `make unit` and `make typecheck` cover the pinned one.
+test-sqlalchemy-versions: setup $(SQLALCHEMY_VENVS:%=%/.installed)
+	@set -e; for venv in $(SQLALCHEMY_VENVS); do \
+		echo "== $$venv: $$($$venv/bin/python -c 'import sqlalchemy; print("SQLAlchemy", sqlalchemy.__version__)')"; \
+		$$venv/bin/python -m mypy --cache-dir $$venv/.mypy_cache $(SQLALCHEMY_FILES); \
+		$(PYRIGHT) -p $$venv/pyrightconfig.json; \
+		$$venv/bin/python -m pytest -p no:cacheprovider tests/test_sqlalchemy.py; \
+	done
+
 # The full benchmark (a few minutes): table on stdout, benchmarks/results/results.json and chart.png.
 bench: setup
 	$(PY) -m benchmarks
@@ -100,5 +131,5 @@ bench-smoke: setup
 	$(PY) -m benchmarks --smoke
 
 clean:
-	rm -rf $(VENV) .venvs .driver node_modules .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venvs $(SQLALCHEMY_VENVS) .driver node_modules .mypy_cache .pytest_cache .ruff_cache
 	find turso -maxdepth 1 -type l -delete

@@ -18,8 +18,11 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 PYRIGHT = CHECKOUT / "node_modules" / ".bin" / "pyright"
 
 SNIPPET = """\
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
 import turso.aio.sync
 from turso.lib_sync_aio import connect_sync
+from turso.sqlalchemy_sync_aio import get_sync_connection
 
 
 async def application() -> None:
@@ -52,6 +55,12 @@ async def application() -> None:
         reveal_type(entered_public)  # is turso.lib_sync_aio.ConnectionSync
     async with await connect_sync("app.db") as entered_awaited:
         reveal_type(entered_awaited)  # is turso.lib_sync_aio.ConnectionSync
+
+
+async def sqlalchemy_application(connection: AsyncConnection, session: AsyncSession) -> None:
+    reveal_type(await get_sync_connection(connection))  # is turso.lib_sync_aio.ConnectionSync
+    reveal_type(await get_sync_connection(session))  # is turso.lib_sync_aio.ConnectionSync
+    reveal_type(await (await get_sync_connection(session)).pull())  # is bool
 """
 
 # {line number: type} from the `# is` comments; mypy shows the qualified names, pyright the last part of each.

@@ -1,0 +1,406 @@
+"""SQLAlchemy asyncio on sync replicas (`sqlite+aioturso_sync://`) against a real `tursodb --sync-server`."""
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+import sqlalchemy
+from sqlalchemy import String, event, func, pool, select, text
+from sqlalchemy.dialects import registry
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+import turso
+import turso.aio
+from tests.conftest import turso_threads
+from tests.sync_server import SyncServer
+from turso.lib_sync_aio import ConnectionSync
+from turso.sqlalchemy_sync_aio import AioTursoSyncDialect, ReplicaPool, get_sync_connection
+
+# In the checkout the dialect is not installed with an entry point: register it the way SQLAlchemy documents.
+registry.register("sqlite.aioturso_sync", "turso.sqlalchemy_sync_aio", "AioTursoSyncDialect")
+
+# Bound for anything that talks to the server, generous for a loaded 2-core machine.
+TIMEOUT = 60.0
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Note(Base):
+    __tablename__ = "notes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str] = mapped_column(String(200))
+
+
+def replica_url(path: str, server: Optional[SyncServer], query: str = "") -> str:
+    url = f"sqlite+aioturso_sync:///{path}"
+    params = [f"remote_url={server.url}"] if server is not None else []
+    if query:
+        params.append(query)
+    return url + ("?" + "&".join(params) if params else "")
+
+
+@pytest.fixture
+async def engine(sync_server: SyncServer, replica_path: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on a fresh replica of the fixture's server, with the `notes` table created and pushed."""
+    created = create_async_engine(replica_url(replica_path, sync_server))
+    try:
+        async with created.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        await push(created)
+        yield created
+    finally:
+        await created.dispose()
+
+
+async def push(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await (await get_sync_connection(conn)).push()
+
+
+async def pull(engine: AsyncEngine) -> bool:
+    async with engine.connect() as conn:
+        return await (await get_sync_connection(conn)).pull()
+
+
+async def local_bodies(engine: AsyncEngine) -> list[str]:
+    async with AsyncSession(engine) as session:
+        return list((await session.scalars(select(Note.body).order_by(Note.id))).all())
+
+
+def test_the_dialect_is_found_by_its_url_name() -> None:
+    loaded = registry.load("sqlite.aioturso_sync")
+    assert loaded is AioTursoSyncDialect
+    assert sqlalchemy.engine.make_url("sqlite+aioturso_sync:///app.db").get_dialect() is AioTursoSyncDialect
+
+
+async def test_core_statements_run_on_the_replica_and_push_reaches_the_server(
+    sync_server: SyncServer, engine: AsyncEngine
+) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO notes(body) VALUES (:body)"), [{"body": "one"}, {"body": "two"}])
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT body FROM notes ORDER BY id"))).scalars().all() == ["one", "two"]
+        replica = await get_sync_connection(conn)
+        assert isinstance(replica, ConnectionSync)
+        assert sync_server.execute("SELECT body FROM notes") == []
+        await replica.push()
+        assert (await replica.stats()).cdc_operations == 0
+
+    assert sync_server.execute("SELECT body FROM notes ORDER BY id") == [("one",), ("two",)]
+
+
+async def test_orm_objects_round_trip_through_async_session(sync_server: SyncServer, engine: AsyncEngine) -> None:
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    async with sessions() as session:
+        session.add_all([Note(body="alpha"), Note(body="beta")])
+        await session.commit()
+        replica = await get_sync_connection(session)
+        await replica.push()
+
+    async with sessions() as session:
+        notes = (await session.scalars(select(Note).order_by(Note.id))).all()
+        assert [(note.id, note.body) for note in notes] == [(1, "alpha"), (2, "beta")]
+        notes[0].body = "alpha, edited"
+        await session.commit()
+        await (await get_sync_connection(session)).push()
+
+    assert sync_server.execute("SELECT id, body FROM notes ORDER BY id") == [(1, "alpha, edited"), (2, "beta")]
+
+
+async def test_two_engines_on_two_replicas_converge_through_push_and_pull(
+    sync_server: SyncServer, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    other = create_async_engine(replica_url(str(tmp_path / "other.db"), sync_server))
+    try:
+        assert await local_bodies(other) == []  # bootstraps the second replica before the first one writes
+        async with AsyncSession(engine) as session:
+            session.add(Note(body="from the first"))
+            await session.commit()
+        await push(engine)
+
+        assert await pull(other) is True
+        assert await local_bodies(other) == ["from the first"]
+
+        async with AsyncSession(other) as session:
+            session.add(Note(body="from the second"))
+            await session.commit()
+        await push(other)
+        assert await pull(engine) is True
+
+        assert await local_bodies(engine) == await local_bodies(other) == ["from the first", "from the second"]
+        assert await pull(engine) is False
+    finally:
+        await other.dispose()
+
+
+async def test_a_rolled_back_transaction_pushes_nothing(sync_server: SyncServer, engine: AsyncEngine) -> None:
+    with pytest.raises(RuntimeError, match="changed my mind"):
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO notes(body) VALUES ('never')"))
+            raise RuntimeError("changed my mind")
+
+    async with engine.connect() as conn:
+        replica = await get_sync_connection(conn)
+        assert (await replica.stats()).cdc_operations == 0
+        await replica.push()
+    assert await local_bodies(engine) == []
+    assert sync_server.execute("SELECT count(*) FROM notes") == [(0,)]
+
+
+async def test_twenty_concurrent_sessions_share_the_one_connection_and_one_push_sends_all_rows(
+    sync_server: SyncServer, engine: AsyncEngine
+) -> None:
+    sessions = async_sessionmaker(engine)
+    opened: list[object] = []
+
+    def count_new_connection(dbapi_connection: object, record: object) -> None:
+        opened.append(dbapi_connection)
+
+    event.listen(engine.sync_engine, "connect", count_new_connection)
+
+    async def insert_and_commit(number: int) -> None:
+        async with sessions() as session:
+            await session.execute(select(func.count()).select_from(Note))  # holds the connection from here on
+            await asyncio.sleep(0)  # let the other sessions queue up for it
+            session.add(Note(body=f"note {number}"))
+            await session.commit()
+
+    await asyncio.wait_for(asyncio.gather(*(insert_and_commit(number) for number in range(20))), TIMEOUT)
+    assert opened == []  # all 20 sessions took turns on the connection the engine already had
+    assert isinstance(engine.pool, ReplicaPool)
+    assert engine.pool.size() == 1 and engine.pool.checkedin() == 1
+
+    await asyncio.wait_for(push(engine), TIMEOUT)
+
+    assert sync_server.execute("SELECT count(*), count(DISTINCT body) FROM notes") == [(20, 20)]
+
+
+async def test_a_session_waiting_for_the_connection_times_out_with_the_pools_error(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    engine = create_async_engine(replica_url(replica_path, sync_server), pool_timeout=0.2)
+    try:
+        async with engine.connect() as holder:
+            await holder.execute(text("SELECT 1"))
+            with pytest.raises(PoolTimeoutError):
+                async with engine.connect() as waiter:
+                    await waiter.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()
+
+
+async def test_orm_objects_keep_their_values_after_a_pull_until_expire_all(
+    sync_server: SyncServer, engine: AsyncEngine
+) -> None:
+    async with AsyncSession(engine) as session:
+        session.add(Note(id=1, body="old"))
+        await session.commit()
+    await push(engine)
+
+    async with AsyncSession(engine, expire_on_commit=False) as session:
+        note = await session.get_one(Note, 1)
+        sync_server.execute("UPDATE notes SET body = 'new' WHERE id = 1")
+        assert await (await get_sync_connection(session)).pull() is True
+        assert note.body == "old"  # the identity map is not refreshed by a pull
+        assert (await session.get_one(Note, 1)).body == "old"  # nor is a get() of an object it holds
+        assert (await session.scalars(select(Note.body))).one() == "new"  # while a column query sees the pulled row
+
+        session.expire_all()
+        assert (await session.get_one(Note, 1)).body == "new"
+
+
+async def test_dispose_closes_the_replica_and_stops_its_worker(sync_server: SyncServer, replica_path: str) -> None:
+    before = turso_threads()
+    engine = create_async_engine(replica_url(replica_path, sync_server))
+    async with engine.connect() as conn:
+        replica = await get_sync_connection(conn)
+        assert len(turso_threads() - before) == 1
+    await engine.dispose()
+
+    assert turso_threads() - before == set()
+    with pytest.raises(turso.ProgrammingError, match="closed"):
+        await replica.stats()
+    # The engine stays usable after dispose(): it opens the replica again on demand.
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+    await engine.dispose()
+
+
+async def test_an_existing_replica_reopens_without_remote_url(sync_server: SyncServer, engine: AsyncEngine) -> None:
+    async with AsyncSession(engine) as session:
+        session.add(Note(body="kept"))
+        await session.commit()
+    await engine.dispose()
+    database = engine.url.database
+    assert database is not None
+
+    reopened = create_async_engine(f"sqlite+aioturso_sync:///{database}")
+    try:
+        assert await local_bodies(reopened) == ["kept"]
+        await push(reopened)  # through the remote saved in the replica
+    finally:
+        await reopened.dispose()
+    assert sync_server.execute("SELECT body FROM notes") == [("kept",)]
+
+
+async def test_connect_args_pass_an_auth_token_callable_and_url_options_reach_the_driver(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    token_requests: list[int] = []
+
+    def token() -> str:
+        token_requests.append(1)
+        return "ignored-by-the-local-server"
+
+    url = replica_url(replica_path, sync_server, "client_name=sqlalchemy-test&isolation_level=IMMEDIATE")
+    engine = create_async_engine(url, connect_args={"auth_token": token})
+    try:
+        async with engine.connect() as conn:
+            replica = await get_sync_connection(conn)
+            assert replica.isolation_level == "IMMEDIATE"
+            await replica.pull()
+        assert token_requests
+    finally:
+        await engine.dispose()
+
+
+async def test_sync_url_is_accepted_in_place_of_remote_url(sync_server: SyncServer, replica_path: str) -> None:
+    sync_server.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body VARCHAR(200) NOT NULL)")
+    sync_server.execute("INSERT INTO notes(body) VALUES ('from the server')")
+    engine = create_async_engine(f"sqlite+aioturso_sync:///{replica_path}?sync_url={sync_server.url}")
+    try:
+        assert await local_bodies(engine) == ["from the server"]
+    finally:
+        await engine.dispose()
+
+
+async def test_get_sync_connection_returns_the_same_replica_for_a_session_and_its_connection(
+    engine: AsyncEngine,
+) -> None:
+    async with AsyncSession(engine) as session:
+        from_session = await get_sync_connection(session)
+        from_connection = await get_sync_connection(await session.connection())
+        assert from_session is from_connection
+
+
+async def test_get_sync_connection_rejects_what_is_not_an_async_connection_or_session(engine: AsyncEngine) -> None:
+    with pytest.raises(TypeError, match="expects a sqlalchemy.ext.asyncio.AsyncConnection or AsyncSession, not str"):
+        await get_sync_connection("sqlite+aioturso_sync:///app.db")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    with pytest.raises(TypeError, match="not AsyncEngine"):
+        await get_sync_connection(engine)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+async def test_get_sync_connection_rejects_a_connection_that_is_not_a_sync_replica(tmp_path: Path) -> None:
+    # async_creator bypasses the URL: here it hands the pool a plain local turso.aio connection.
+    local_path = str(tmp_path / "local.db")
+    engine = create_async_engine(
+        f"sqlite+aioturso_sync:///{local_path}", async_creator=lambda: turso.aio.connect(local_path)
+    )
+    try:
+        async with engine.connect() as conn:
+            with pytest.raises(
+                TypeError, match=r"expects a connection of a sqlite\+aioturso_sync:// engine.*Connection"
+            ):
+                await get_sync_connection(conn)
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite+aioturso_sync://db-org.turso.io/app.db", "does not support host/port"),
+        ("sqlite+aioturso_sync://localhost:8080/app.db", "does not support host/port"),
+        ("sqlite+aioturso_sync://user:secret@/app.db", "does not support username/password"),
+    ],
+)
+def test_a_url_with_a_host_port_or_user_is_refused_when_the_engine_is_created(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=rf"invalid sqlite\+aioturso_sync:// URL .*{message}") as raised:
+        create_async_engine(url)
+    assert "secret" not in str(raised.value)
+
+
+@pytest.mark.parametrize("url", ["sqlite+aioturso_sync://", "sqlite+aioturso_sync:///:memory:"])
+def test_a_url_without_a_replica_path_is_refused(url: str) -> None:
+    with pytest.raises(ArgumentError, match="needs the path of the local replica file"):
+        create_async_engine(url)
+
+
+async def test_a_new_replica_without_remote_url_is_refused_and_leaves_nothing(replica_path: str) -> None:
+    before = turso_threads()
+    engine = create_async_engine(f"sqlite+aioturso_sync:///{replica_path}")
+    try:
+        with pytest.raises(ArgumentError, match=r"does not exist yet, and no remote_url was given.*\?remote_url="):
+            async with engine.connect():
+                pass
+    finally:
+        await engine.dispose()
+    assert os.listdir(os.path.dirname(replica_path)) == []
+    assert turso_threads() - before == set()
+
+
+async def test_an_unreachable_remote_fails_the_checkout_with_the_drivers_error(replica_path: str) -> None:
+    unreachable = SyncServer()  # never started: its port refuses connections
+    engine = create_async_engine(replica_url(replica_path, unreachable))
+    try:
+        with pytest.raises(DBAPIError, match="Connection refused"):
+            async with engine.connect():
+                pass
+    finally:
+        await engine.dispose()
+    assert not os.path.exists(replica_path)
+
+
+def test_an_unknown_query_parameter_is_warned_about_and_ignored(replica_path: str) -> None:
+    with pytest.warns(UserWarning, match=r"Unrecognized query parameters ignored: \['colour'\]"):
+        engine = create_async_engine(f"sqlite+aioturso_sync:///{replica_path}?remote_url=http://h:1&colour=blue")
+    assert isinstance(engine.pool, ReplicaPool)
+
+
+@pytest.mark.parametrize(
+    "pool_options",
+    [{"pool_size": 5}, {"max_overflow": 1}, {"pool_size": 0}, {"max_overflow": -1}],
+)
+def test_a_pool_size_that_could_open_a_second_connection_is_refused(
+    replica_path: str, pool_options: dict[str, int]
+) -> None:
+    with pytest.raises(ArgumentError, match="keeps exactly one connection per replica file.*leave pool_size"):
+        create_async_engine(replica_url(replica_path, None), **pool_options)
+    assert not os.path.exists(replica_path)
+
+
+@pytest.mark.parametrize("poolclass", [pool.NullPool, pool.AsyncAdaptedQueuePool])
+def test_a_pool_class_that_could_open_a_second_connection_is_refused(
+    replica_path: str, poolclass: Callable[..., Any]
+) -> None:
+    with pytest.raises(ArgumentError, match=f"{poolclass.__name__} may open several: leave poolclass out"):
+        create_async_engine(replica_url(replica_path, None), poolclass=poolclass)
+    assert not os.path.exists(replica_path)
+
+
+@pytest.mark.parametrize(
+    "pool_options",
+    [
+        {"pool_size": 1, "max_overflow": 0, "pool_pre_ping": True, "pool_recycle": 3600, "pool_timeout": 5},
+        {"poolclass": pool.StaticPool},
+    ],
+)
+async def test_pool_settings_that_keep_one_connection_are_accepted(
+    sync_server: SyncServer, replica_path: str, pool_options: dict[str, Any]
+) -> None:
+    sync_server.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body VARCHAR(200) NOT NULL)")
+    engine = create_async_engine(replica_url(replica_path, sync_server), **pool_options)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(func.count()).select_from(Note))).scalar_one() == 0
+    finally:
+        await engine.dispose()

@@ -1,0 +1,210 @@
+"""SQLAlchemy asyncio dialect for Turso sync replicas: `sqlite+aioturso_sync://`, on `turso.lib_sync_aio`.
+
+pyturso ships SQLAlchemy dialects for local files (`sqlite+turso://`, `sqlite+aioturso://`) and for blocking sync
+replicas (`sqlite+turso_sync://`). This module adds the missing one, sync replicas under asyncio, so that an
+`AsyncEngine` / `AsyncSession` application works on a local replica that pulls from and pushes to Turso:
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from turso.sqlalchemy_sync_aio import get_sync_connection
+
+    engine = create_async_engine("sqlite+aioturso_sync:///app.db?remote_url=libsql://db-org.turso.io&auth_token=...")
+    async with engine.connect() as conn:
+        replica = await get_sync_connection(conn)   # turso.lib_sync_aio.ConnectionSync
+        await replica.pull()
+
+The URL takes the query parameters of pyturso's `sqlite+turso_sync://` (parsed by its `TursoSyncDialect`), and
+`connect_args` takes every parameter of `turso.lib_sync_aio.connect_sync` (say, an `auth_token` callable).
+
+One connection per replica: a second connection to one replica file fails in the sync engine ("database is locked"
+when both write, "Database is busy" when one pulls during the other's transaction), so the engine's pool
+(`ReplicaPool`) holds exactly one connection and concurrent sessions wait their turn for it. Pool settings that
+could open a second connection are refused when the engine is created.
+
+With pyturso installed from a wheel that carries this module, the URL works through the `sqlalchemy.dialects` entry
+point. Otherwise (a checkout, or this file vendored) register the dialect once before creating the engine:
+
+    from sqlalchemy.dialects import registry
+    registry.register("sqlite.aioturso_sync", "turso.sqlalchemy_sync_aio", "AioTursoSyncDialect")
+"""
+
+import os
+from typing import Any, Union, cast
+
+from sqlalchemy import exc, pool
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine.interfaces import ConnectArgsType, DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+import turso
+import turso.aio.sync
+from turso.lib_sync_aio import ConnectionSync
+from turso.sqlalchemy.dialect import AioTursoDialect, AsyncAdapt_turso_dbapi, TursoSyncDialect
+
+__all__ = ["DRIVER_NAME", "AioTursoSyncDialect", "AsyncAdaptTursoSyncDbapi", "ReplicaPool", "get_sync_connection"]
+
+# The name SQLAlchemy URLs use for this dialect: `sqlite+aioturso_sync://`.
+DRIVER_NAME = "aioturso_sync"
+
+_POOL_ADVICE = (
+    "A sync replica allows one open connection at a time (a second one fails with 'database is locked' or "
+    "'database is busy'), so "
+    f"sqlite+{DRIVER_NAME}:// keeps exactly one connection per replica file and concurrent sessions wait for it. "
+)
+
+
+class ReplicaPool(pool.AsyncAdaptedQueuePool):
+    """The default pool of `sqlite+aioturso_sync://` engines: one connection to the replica, shared in turn.
+
+    An `AsyncAdaptedQueuePool` with `pool_size=1, max_overflow=0`: a session that needs the connection while another
+    holds it waits (up to `pool_timeout`, 30 s by default) until it is returned. Any other size is refused, because a
+    second connection to one replica fails in the sync engine. The other QueuePool options (`pool_timeout`,
+    `pool_recycle`, `pool_pre_ping`, ...) work as usual.
+    """
+
+    def __init__(self, creator: Any, pool_size: int = 1, max_overflow: int = 0, **kw: Any) -> None:
+        """Made by `create_async_engine`; `pool_size` must stay 1 and `max_overflow` 0."""
+        if pool_size != 1 or max_overflow != 0:
+            raise exc.ArgumentError(
+                _POOL_ADVICE + f"pool_size={pool_size}, max_overflow={max_overflow} could open more than one: leave "
+                "pool_size and max_overflow out (or set pool_size=1, max_overflow=0). For parallel work, use one "
+                "engine per replica file."
+            )
+        super().__init__(creator, pool_size=1, max_overflow=0, **kw)
+
+
+# Pools that never hold two connections at once: ours, StaticPool (one connection, shared without waiting) and
+# AssertionPool (one connection; a second checkout raises).
+_ONE_CONNECTION_POOLS = (ReplicaPool, pool.StaticPool, pool.AssertionPool)
+
+
+class AsyncAdaptTursoSyncDbapi(AsyncAdapt_turso_dbapi):
+    """The DB-API module SQLAlchemy sees for `sqlite+aioturso_sync://`: pyturso's asyncio adapter on our sync driver.
+
+    pyturso's adapter connects with `turso.aio.connect`; here it gets `turso.aio.sync`, whose `connect` is
+    `turso.lib_sync_aio.connect_sync`, so every pooled connection is a `ConnectionSync`. It also sets what newer
+    SQLAlchemy releases read from an adapter and pyturso's does not provide. Made by the dialect; not for direct use.
+    """
+
+    def __init__(self) -> None:
+        # pyturso's adapter has no annotations (mypy's untyped_calls_exclude does not cover super() calls).
+        super().__init__(turso.aio.sync, turso)  # type: ignore[no-untyped-call]
+        # SQLAlchemy >= 2.0.58 reads has_stop (aiosqlite's force-close) in the dialect's constructor. A ConnectionSync
+        # cannot be stopped mid-operation, so False: SQLAlchemy then closes connections normally instead.
+        self.has_stop = False
+        # SQLAlchemy 2.1 adapters name the driver module and the module holding the DB-API exceptions.
+        self.driver = turso.aio.sync
+        self.dbapi_module = turso
+
+
+class AioTursoSyncDialect(AioTursoDialect):
+    """SQLAlchemy asyncio dialect `sqlite+aioturso_sync://`: a Turso sync replica through `create_async_engine`.
+
+    URL: `sqlite+aioturso_sync:///PATH?remote_url=URL&auth_token=TOKEN`, where PATH is the local replica file
+    (relative, or absolute with four slashes) and the query parameters are those of pyturso's `sqlite+turso_sync://`:
+    `remote_url` (or `sync_url`), `auth_token`, `client_name`, `long_poll_timeout_ms`, `bootstrap_if_empty`,
+    `isolation_level`, `experimental_features`. Unknown parameters are warned about and ignored. `connect_args` may
+    carry any parameter of `turso.lib_sync_aio.connect_sync` (a callable `auth_token` or `remote_url`, ...).
+
+    The pool is `ReplicaPool` (one connection per replica). Reach pull/push/checkpoint/stats with
+    `await get_sync_connection(conn_or_session)`.
+    """
+
+    driver = DRIVER_NAME
+    supports_statement_cache = True
+
+    @classmethod
+    # SQLAlchemy's aiosqlite dialect annotates its import_dbapi with its own adapter class; ours is a sibling.
+    def import_dbapi(cls) -> AsyncAdaptTursoSyncDbapi:  # type: ignore[override]
+        """The DB-API adapter SQLAlchemy connects through (called by SQLAlchemy)."""
+        return AsyncAdaptTursoSyncDbapi()
+
+    @classmethod
+    def get_pool_class(cls, url: URL) -> type[pool.Pool]:
+        """The default pool: `ReplicaPool`, one connection per replica (called by SQLAlchemy)."""
+        return ReplicaPool
+
+    def create_connect_args(self, url: URL) -> ConnectArgsType:
+        """Turn the URL into `connect_sync(path, remote_url, **options)` arguments, with pyturso's sync URL parsing.
+
+        Called by `create_async_engine`, so a bad URL fails there: `sqlalchemy.exc.ArgumentError` for a URL without a
+        replica path, ValueError for a host, port, username or password in the URL, and a UserWarning (from pyturso)
+        for an unknown query parameter, which is ignored.
+        """
+        if url.database in (None, "", ":memory:"):
+            raise exc.ArgumentError(
+                f"sqlite+{DRIVER_NAME}:// needs the path of the local replica file, as in "
+                f"sqlite+{DRIVER_NAME}:///app.db?remote_url=libsql://db-org.turso.io (three slashes, then the path; "
+                "four for an absolute path); a sync replica cannot be in memory"
+            )
+        try:
+            return _SYNC_URL_PARSER.create_connect_args(url)
+        except ValueError as error:
+            # pyturso's message names its blocking dialect; say which URL of ours is wrong.
+            raise ValueError(
+                f"invalid sqlite+{DRIVER_NAME}:// URL {url.render_as_string(hide_password=True)!r}: {error}"
+            ) from None
+
+    def connect(self, *cargs: Any, **cparams: Any) -> DBAPIConnection:
+        """Open the replica with `connect_sync` (called by the pool); a new replica without a remote is refused first.
+
+        `remote_url` may be left out only to reopen an existing replica (the replica remembers its remote); without
+        this check, the sync engine would fail with "remote_url is not available".
+        """
+        path = cargs[0] if cargs else cparams.get("path")
+        remote_url = cargs[1] if len(cargs) > 1 else cparams.get("remote_url")
+        if remote_url is None and isinstance(path, str) and not os.path.exists(path):
+            raise exc.ArgumentError(
+                f"sqlite+{DRIVER_NAME}:// replica {path!r} does not exist yet, and no remote_url was given to create "
+                "it from: add ?remote_url=libsql://... (or https://, http://) to the URL, or pass "
+                "connect_args={'remote_url': ...}. remote_url may be left out only to reopen an existing replica."
+            )
+        return super().connect(*cargs, **cparams)
+
+    @classmethod
+    def engine_created(cls, engine: Engine) -> None:
+        """Refuse a pool that could open two connections to the replica (called by SQLAlchemy)."""
+        if not isinstance(engine.pool, _ONE_CONNECTION_POOLS):
+            raise exc.ArgumentError(
+                _POOL_ADVICE + f"{type(engine.pool).__name__} may open several: leave poolclass out (the default is "
+                "turso.sqlalchemy_sync_aio.ReplicaPool) or use StaticPool. For parallel work, use one engine per "
+                "replica file."
+            )
+
+
+# pyturso's blocking sync dialect, used only for its URL parsing (the same query parameters, errors and warnings).
+_SYNC_URL_PARSER = TursoSyncDialect()
+
+
+async def get_sync_connection(connection: Union[AsyncConnection, AsyncSession]) -> ConnectionSync:
+    """The replica behind a `sqlite+aioturso_sync://` connection or session, for pull, push, checkpoint and stats.
+
+        async with engine.connect() as conn:
+            replica = await get_sync_connection(conn)
+            await replica.pull()
+
+    With an `AsyncSession`, this is the connection the session uses (the session takes one from the pool if it has
+    none yet). Pulled changes do not refresh ORM objects the session already holds: call `session.expire_all()`
+    after a pull, or use a new session. `push()` sends what is committed, so commit first.
+
+    Raises TypeError for anything that is not an AsyncConnection or AsyncSession, or one whose engine is not
+    `sqlite+aioturso_sync://`.
+    """
+    # Checked as `object`: callers without a type checker may pass anything.
+    candidate = cast(object, connection)
+    if isinstance(candidate, AsyncSession):
+        async_connection = await candidate.connection()
+    elif isinstance(candidate, AsyncConnection):
+        async_connection = candidate
+    else:
+        raise TypeError(
+            "get_sync_connection() expects a sqlalchemy.ext.asyncio.AsyncConnection or AsyncSession, "
+            f"not {type(candidate).__name__}"
+        )
+    raw_connection = await async_connection.get_raw_connection()
+    replica = raw_connection.driver_connection
+    if not isinstance(replica, ConnectionSync):
+        raise TypeError(
+            f"get_sync_connection() expects a connection of a sqlite+{DRIVER_NAME}:// engine, but this one's driver "
+            f"connection is {type(replica).__name__} (engine URL {async_connection.engine.url!r})"
+        )
+    return replica
