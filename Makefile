@@ -8,13 +8,13 @@ TURSODB := node_modules/@tursodatabase/cli-linux-x64-gnu/tursodb
 PYRIGHT := $(BIN)/pyright
 export TURSODB_BIN := $(CURDIR)/$(TURSODB)
 
-.PHONY: setup test typecheck unit demo bench bench-smoke clean
+.PHONY: setup test typecheck unit wheel demo bench bench-smoke clean
 
 setup: $(VENV)/.installed .driver/.linked $(TURSODB) $(PYRIGHT)
 
-$(VENV)/.installed: requirements.txt requirements-bench.txt
+$(VENV)/.installed: requirements.txt requirements-bench.txt requirements-release.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-bench.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-bench.txt -r requirements-release.txt
 	@touch $@
 
 .driver/.installed: requirements-driver.txt | $(VENV)/.installed
@@ -41,6 +41,14 @@ typecheck: setup
 unit: setup
 	$(PY) -m pytest
 
+# pyturso's released wheels (one per platform it publishes), rebuilt with our committed turso/ files and the local
+# version 0.8.3+syncaio.1, into dist/. The released wheels are downloaded and digest-checked at build time.
+wheel: dist/.built
+
+dist/.built: $(shell git ls-files turso) scripts/build_wheels.py scripts/pyturso_release.py | $(VENV)/.installed
+	$(PY) scripts/build_wheels.py
+	@touch $@
+
 demo: setup
 	$(PY) examples/demo.py
 
@@ -53,5 +61,5 @@ bench-smoke: setup
 	$(PY) -m benchmarks --smoke
 
 clean:
-	rm -rf $(VENV) .driver node_modules .mypy_cache .pytest_cache
+	rm -rf $(VENV) .driver node_modules .mypy_cache .pytest_cache build dist
 	find turso -maxdepth 1 -type l -delete
