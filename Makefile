@@ -8,7 +8,7 @@ TURSODB := node_modules/@tursodatabase/cli-linux-x64-gnu/tursodb
 PYRIGHT := $(BIN)/pyright
 export TURSODB_BIN := $(CURDIR)/$(TURSODB)
 
-.PHONY: setup test typecheck unit wheel demo bench bench-smoke clean
+.PHONY: setup test typecheck unit test-wheel wheel demo bench bench-smoke clean
 
 setup: $(VENV)/.installed .driver/.linked $(TURSODB) $(PYRIGHT)
 
@@ -30,7 +30,7 @@ $(TURSODB) $(PYRIGHT): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $(TURSODB) $(PYRIGHT)
 
-test: setup typecheck unit
+test: setup typecheck unit test-wheel
 
 typecheck: setup
 	$(PY) -m mypy turso/lib_sync_aio.py
@@ -48,6 +48,11 @@ wheel: dist/.built
 dist/.built: $(shell git ls-files turso) scripts/build_wheels.py scripts/pyturso_release.py | $(VENV)/.installed
 	$(PY) scripts/build_wheels.py
 	@touch $@
+
+# The linux x86_64 wheel installed in a fresh venv (build/wheel-venv) with only requirements.txt: the whole suite
+# against it from a copy of tests/ outside the checkout, the typing snippets, pip check, and a clean uninstall.
+test-wheel: setup dist/.built
+	$(PY) scripts/test_installed_wheel.py
 
 demo: setup
 	$(PY) examples/demo.py
