@@ -8,7 +8,7 @@ TURSODB := node_modules/@tursodatabase/cli-linux-x64-gnu/tursodb
 PYRIGHT := $(BIN)/pyright
 export TURSODB_BIN := $(CURDIR)/$(TURSODB)
 
-.PHONY: setup test typecheck unit test-wheel wheel demo bench bench-smoke clean
+.PHONY: setup test typecheck unit test-wheel test-pyturso wheel demo bench bench-smoke clean
 
 setup: $(VENV)/.installed .driver/.linked $(TURSODB) $(PYRIGHT)
 
@@ -30,7 +30,7 @@ $(TURSODB) $(PYRIGHT): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $(TURSODB) $(PYRIGHT)
 
-test: setup typecheck unit test-wheel
+test: setup typecheck unit test-wheel test-pyturso
 
 typecheck: setup
 	$(PY) -m mypy turso/lib_sync_aio.py
@@ -53,6 +53,15 @@ dist/.built: $(shell git ls-files turso) scripts/build_wheels.py scripts/pyturso
 # against it from a copy of tests/ outside the checkout, the typing snippets, pip check, and a clean uninstall.
 test-wheel: setup dist/.built
 	$(PY) scripts/test_installed_wheel.py
+
+# pyturso's own tests for this module (tests/test_database_sync_aio.py of the 0.8.3 sdist, fetched and digest-checked
+# into build/pyturso-tests), run as they are against our module, with their sync servers started by our tursodb.
+test-pyturso: setup build/pyturso-tests/.extracted
+	$(PY) scripts/run_pyturso_tests.py
+
+build/pyturso-tests/.extracted: scripts/run_pyturso_tests.py scripts/pyturso_release.py | $(VENV)/.installed
+	$(PY) scripts/run_pyturso_tests.py --extract
+	@touch $@
 
 demo: setup
 	$(PY) examples/demo.py
