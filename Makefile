@@ -34,7 +34,7 @@ test: setup typecheck unit test-wheel test-pyturso
 
 typecheck: setup
 	$(PY) -m mypy turso/lib_sync_aio.py
-	$(PY) -m mypy tests examples benchmarks
+	$(PY) -m mypy tests examples benchmarks scripts
 	$(PYRIGHT) --pythonpath $(PY)
 	$(PY) -m mypy.stubtest turso.lib_sync_aio --allowlist stubtest-allowlist.txt
 
@@ -43,15 +43,13 @@ unit: setup
 
 # pyturso's released wheels (one per platform it publishes), rebuilt with our committed turso/ files and the local
 # version 0.8.3+syncaio.1, into dist/. The released wheels are downloaded and digest-checked at build time.
-wheel: dist/.built
-
-dist/.built: $(shell git ls-files turso) scripts/build_wheels.py scripts/pyturso_release.py | $(VENV)/.installed
+# Nothing is rebuilt when dist/ already holds wheels of the same files (dist/.built records them).
+wheel: $(VENV)/.installed
 	$(PY) scripts/build_wheels.py
-	@touch $@
 
 # The linux x86_64 wheel installed in a fresh venv (build/wheel-venv) with only requirements.txt: the whole suite
 # against it from a copy of tests/ outside the checkout, the typing snippets, pip check, and a clean uninstall.
-test-wheel: setup dist/.built
+test-wheel: setup wheel
 	$(PY) scripts/test_installed_wheel.py
 
 # pyturso's own tests for this module (tests/test_database_sync_aio.py of the 0.8.3 sdist, fetched and digest-checked

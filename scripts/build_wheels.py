@@ -11,11 +11,14 @@ For every wheel that pyturso VERSION publishes (one per platform, listed by the 
 5. pack it with `wheel pack`, which writes RECORD and the file name;
 6. check the result: our files hold exactly our bytes, every other file of the released wheel is byte for byte the
    same (licenses, SBOM, the native extension), and only the Version line of METADATA changed.
+When dist/ already holds the wheels built from the same files of ours and the same build code, nothing is done
+(dist/.built records what they were built from).
 
 Usage: python scripts/build_wheels.py [--dest dist]
 """
 
 import argparse
+import hashlib
 import os
 import re
 import subprocess
@@ -55,6 +58,11 @@ class EntryPoint:
     def attribute(self) -> str:
         return self.target.rsplit(":", 1)[1]
 
+
+# The code that makes a build: a change to it, or to our files, makes the next `make wheel` build again.
+BUILD_CODE = (Path(__file__).resolve(), Path(pyturso_release.__file__).resolve())
+# Kept in dest with the built wheels: the fingerprint of their inputs, then their file names.
+STAMP = ".built"
 
 # The entry points of our modules, keyed by the module's path in the wheel.
 ENTRY_POINTS: dict[str, list[EntryPoint]] = {
@@ -201,15 +209,45 @@ def check_built(released: Path, built: Path, ours: dict[str, bytes], entries: li
         raise BuildError(f"{built.name}: RECORD does not list exactly the wheel's files")
 
 
+def fingerprint(ours: dict[str, bytes]) -> str:
+    """What a build is made from besides the (digest-checked) released wheels: our files and this build's code."""
+    digest = hashlib.sha256(FULL_VERSION.encode())
+    sources = {**ours, **{f"scripts/{path.name}": path.read_bytes() for path in BUILD_CODE}}
+    for path, content in sorted(sources.items()):
+        digest.update(f"\0{path}\0{len(content)}\0".encode())
+        digest.update(content)
+    return digest.hexdigest()
+
+
+def up_to_date(dest: Path, ours: dict[str, bytes]) -> list[Path] | None:
+    """The wheels in dest if an earlier build made them from the same inputs and they are all still there."""
+    stamp = dest / STAMP
+    if not stamp.is_file():
+        return None
+    lines = stamp.read_text().splitlines()
+    if not lines:
+        return None
+    recorded, *names = lines
+    wheels = [dest / name for name in names]
+    if recorded != fingerprint(ours) or len(wheels) != EXPECTED_WHEEL_COUNT or not all(w.is_file() for w in wheels):
+        return None
+    return wheels
+
+
 def build_all(dest: Path) -> list[Path]:
     """Rebuild every released wheel into dest (its earlier pyturso wheels removed); return the built wheels."""
     ours = our_files()
+    already_built = up_to_date(dest, ours)
+    if already_built is not None:
+        print(f"build_wheels: {dest} is up to date (built from the same files)")
+        return already_built
     entries = entry_points_for(ours)
     released_wheels = pyturso_release.fetch_wheels()
     if len(released_wheels) != EXPECTED_WHEEL_COUNT:
         names = [path.name for path in released_wheels]
         raise BuildError(f"the registry lists {len(names)} wheels, expected {EXPECTED_WHEEL_COUNT}: {names}")
     dest.mkdir(parents=True, exist_ok=True)
+    (dest / STAMP).unlink(missing_ok=True)
     for stale in dest.glob(f"{PROJECT}-*.whl"):
         stale.unlink()
     built_wheels: list[Path] = []
@@ -221,6 +259,7 @@ def build_all(dest: Path) -> list[Path]:
             built.unlink()
             raise
         built_wheels.append(built)
+    (dest / STAMP).write_text("\n".join([fingerprint(ours), *(path.name for path in built_wheels)]) + "\n")
     return built_wheels
 
 

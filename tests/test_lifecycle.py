@@ -31,8 +31,15 @@ def test_public_entry_resolves_to_our_module_from_the_copy_under_test() -> None:
         assert module_file == site_packages / "turso" / "lib_sync_aio.py"
         assert module_file.with_suffix(".pyi").is_file()
         assert (site_packages / "turso" / "py.typed").is_file()
-        assert importlib.metadata.version("pyturso") == WHEEL_VERSION
+        distribution = importlib.metadata.distribution("pyturso")
+        assert distribution.version == WHEEL_VERSION
         assert module_file.read_bytes() == ours.read_bytes()
+        assert module_file.with_suffix(".pyi").read_bytes() == ours.with_suffix(".pyi").read_bytes()
+        if (CHECKOUT / "turso" / "sqlalchemy_sync_aio.py").is_file():
+            # Our SQLAlchemy dialect ships with its entry point, next to the driver's own dialects.
+            dialects = {entry.name: entry.value for entry in distribution.entry_points.select(group="sqlalchemy.dialects")}
+            assert dialects["sqlite.aioturso_sync"] == "turso.sqlalchemy_sync_aio:AioTursoSyncDialect"
+            assert "sqlite.aioturso" in dialects
         assert CHECKOUT not in {Path(entry).resolve() for entry in sys.path}
     else:
         assert UNDER_TEST == "checkout", f"unknown TURSO_SYNC_AIO_UNDER_TEST={UNDER_TEST!r}"
