@@ -27,18 +27,20 @@ SQLALCHEMY_VENVS := $(SQLALCHEMY_VERSIONS:%=.venv-sqlalchemy-%)
 # What test-sqlalchemy-versions checks in each of them: the dialect, its tests and the typing snippet.
 SQLALCHEMY_FILES := turso/sqlalchemy_sync_aio.py tests/test_sqlalchemy.py tests/typing/check_sqlalchemy.py
 
-.PHONY: setup test typecheck lint unit test-sqlalchemy-versions demo demo-sqlalchemy bench bench-smoke clean
+.PHONY: setup test typecheck lint unit test-sqlalchemy-versions test-wheel test-pyturso wheel demo demo-sqlalchemy bench \
+	bench-smoke clean
 
 setup: $(VENV)/.installed .driver/.linked $(TURSODB) $(PYRIGHT)
 
-$(VENV)/.installed: requirements.txt requirements-bench.txt requirements-lint.txt
+$(VENV)/.installed: requirements.txt requirements-bench.txt requirements-lint.txt requirements-release.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-bench.txt -r requirements-lint.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-bench.txt -r requirements-lint.txt \
+		-r requirements-release.txt
 	@touch $@
 
 # The interpreter for X.Y: PYTHON_X.Y if set (`make test PYTHON_3.13=/usr/bin/python3.13`), else pyenv's newest
 # installed X.Y (`pyenv latest X.Y`). Benchmarks are in the type gates, so every test venv has their packages too.
-.venvs/%/.installed: requirements.txt requirements-bench.txt
+.venvs/%/.installed: requirements.txt requirements-bench.txt requirements-release.txt
 	@python="$(PYTHON_$*)"; \
 	if test -z "$$python" && version=$$(pyenv latest $* 2>/dev/null); then \
 		python="$$(pyenv prefix "$$version")/bin/python"; \
@@ -51,7 +53,8 @@ $(VENV)/.installed: requirements.txt requirements-bench.txt requirements-lint.tx
 	"$$python" -c 'import sys; sys.exit(sys.implementation.name != "cpython" or "%d.%d" % sys.version_info[:2] != "$*")' \
 		|| { echo "make: $$python is not CPython $*." >&2; exit 1; }; \
 	test -x .venvs/$*/bin/python || { echo "$$python -m venv .venvs/$*"; "$$python" -m venv .venvs/$*; }
-	.venvs/$*/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-bench.txt
+	.venvs/$*/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-bench.txt \
+		-r requirements-release.txt
 	@touch $@
 
 # link_driver.py puts this checkout on the import path of the interpreter that runs it: one .pth per venv.
@@ -72,7 +75,7 @@ $(TURSODB) $(PYRIGHT): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $(TURSODB) $(PYRIGHT)
 
-test: setup lint typecheck unit test-sqlalchemy-versions
+test: setup lint typecheck unit test-sqlalchemy-versions test-wheel test-pyturso
 
 # pyturso's own lint: its pinned ruff with its configuration (ruff.toml), over all of our Python.
 lint: setup
@@ -83,7 +86,7 @@ typecheck: $(TYPECHECK_PYTHON_VERSIONS:%=typecheck-%)
 
 typecheck-%: setup .venvs/%/.linked
 	.venvs/$*/bin/python -m mypy --python-version $* turso/lib_sync_aio.py turso/sqlalchemy_sync_aio.py
-	.venvs/$*/bin/python -m mypy --python-version $* tests examples benchmarks
+	.venvs/$*/bin/python -m mypy --python-version $* tests examples benchmarks scripts
 	$(PYRIGHT) --pythonpath .venvs/$*/bin/python --pythonversion $*
 	.venvs/$*/bin/python -m mypy.stubtest turso.lib_sync_aio --allowlist stubtest-allowlist.txt
 
@@ -94,6 +97,26 @@ unit: setup $(call venv_ready,$(PYTHON_VERSIONS))
 		.venvs/$$version/bin/python -m pytest || failed="$$failed $$version"; \
 	done; \
 	test -z "$$failed" || { echo "make: the test suite failed on CPython$$failed" >&2; exit 1; }
+
+# pyturso's released wheels (one per platform it publishes), rebuilt with our committed turso/ files and the local
+# version 0.8.3+syncaio.1, into dist/. The released wheels are downloaded and digest-checked at build time.
+# Nothing is rebuilt when dist/ already holds wheels of the same files (dist/.built records them).
+wheel: $(VENV)/.installed
+	$(PY) scripts/build_wheels.py
+
+# The linux x86_64 wheel installed in a fresh venv (build/wheel-venv) with only requirements.txt: the whole suite
+# against it from a copy of tests/ outside the checkout, the typing snippets, pip check, and a clean uninstall.
+test-wheel: setup wheel
+	$(PY) scripts/test_installed_wheel.py
+
+# pyturso's own tests for this module (tests/test_database_sync_aio.py of the 0.8.3 sdist, fetched and digest-checked
+# into build/pyturso-tests), run as they are against our module, with their sync servers started by our tursodb.
+test-pyturso: setup build/pyturso-tests/.extracted
+	$(PY) scripts/run_pyturso_tests.py
+
+build/pyturso-tests/.extracted: scripts/run_pyturso_tests.py scripts/pyturso_release.py | $(VENV)/.installed
+	$(PY) scripts/run_pyturso_tests.py --extract
+	@touch $@
 
 demo: setup
 	$(PY) examples/demo.py
@@ -131,5 +154,5 @@ bench-smoke: setup
 	$(PY) -m benchmarks --smoke
 
 clean:
-	rm -rf $(VENV) .venvs $(SQLALCHEMY_VENVS) .driver node_modules .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venvs $(SQLALCHEMY_VENVS) .driver node_modules .mypy_cache .pytest_cache .ruff_cache build dist
 	find turso -maxdepth 1 -type l -delete

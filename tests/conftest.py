@@ -1,5 +1,6 @@
 """Fixtures: a real sync server per test, a replica path, and a guard that fails any test leaving a worker behind."""
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -8,6 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.sync_server import SyncServer
+
+# Which copy of the module this run tests: "checkout" (`make unit`: this checkout's turso/, on the dev venv's path) or
+# "installed" (`make test-wheel`: the built wheel installed in a fresh venv, with a copy of tests/ outside the
+# checkout; scripts/test_installed_wheel.py sets it).
+UNDER_TEST = os.environ.get("TURSO_SYNC_AIO_UNDER_TEST", "checkout")
+# The project's checkout: where this file is, or, for a copy of tests/, where it was copied from.
+CHECKOUT = Path(os.environ.get("TURSO_SYNC_AIO_CHECKOUT", Path(__file__).resolve().parent.parent)).resolve()
 
 # How long a worker may take to exit after the test: the lifecycle promises "within a few seconds at most".
 WORKER_EXIT_SECONDS = 5.0

@@ -1,5 +1,8 @@
 """Lifecycle of a ConnectionSync: opening, closing, failed opens, use after close, and where things run."""
 
+import importlib.metadata
+import sys
+import sysconfig
 import threading
 from pathlib import Path
 
@@ -9,16 +12,38 @@ import turso
 import turso.aio.sync
 import turso.lib_sync
 import turso.lib_sync_aio
-from tests.conftest import turso_threads
+from tests.conftest import CHECKOUT, UNDER_TEST, turso_threads
 from tests.sync_server import SyncServer, free_port
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
-CHECKOUT = Path(__file__).resolve().parent.parent
+# The version label of `make wheel`'s builds (scripts/build_wheels.py).
+WHEEL_VERSION = "0.8.3+syncaio.1"
 
 
-def test_public_entry_resolves_to_our_module_in_the_checkout() -> None:
+def test_public_entry_resolves_to_our_module_from_the_copy_under_test() -> None:
     assert turso.aio.sync.connect is connect_sync
-    assert Path(turso.lib_sync_aio.__file__).resolve() == CHECKOUT / "turso" / "lib_sync_aio.py"
+    module_file = Path(turso.lib_sync_aio.__file__).resolve()
+    ours = CHECKOUT / "turso" / "lib_sync_aio.py"
+    if UNDER_TEST == "installed":
+        # The wheel as a user installs it: the module sits in site-packages, belongs to our pyturso build, is our
+        # code (not the stock module), and nothing on the path leads back to the checkout.
+        site_packages = Path(sysconfig.get_paths()["purelib"]).resolve()
+        assert module_file == site_packages / "turso" / "lib_sync_aio.py"
+        assert module_file.with_suffix(".pyi").is_file()
+        assert (site_packages / "turso" / "py.typed").is_file()
+        distribution = importlib.metadata.distribution("pyturso")
+        assert distribution.version == WHEEL_VERSION
+        assert module_file.read_bytes() == ours.read_bytes()
+        assert module_file.with_suffix(".pyi").read_bytes() == ours.with_suffix(".pyi").read_bytes()
+        if (CHECKOUT / "turso" / "sqlalchemy_sync_aio.py").is_file():
+            # Our SQLAlchemy dialect ships with its entry point, next to the driver's own dialects.
+            dialects = {entry.name: entry.value for entry in distribution.entry_points.select(group="sqlalchemy.dialects")}
+            assert dialects["sqlite.aioturso_sync"] == "turso.sqlalchemy_sync_aio:AioTursoSyncDialect"
+            assert "sqlite.aioturso" in dialects
+        assert CHECKOUT not in {Path(entry).resolve() for entry in sys.path}
+    else:
+        assert UNDER_TEST == "checkout", f"unknown TURSO_SYNC_AIO_UNDER_TEST={UNDER_TEST!r}"
+        assert module_file == ours
 
 
 async def test_await_opens_and_returns_the_sync_connection(sync_server: SyncServer, replica_path: str) -> None:

@@ -14,7 +14,11 @@ from typing import TypedDict
 import pytest
 from mypy import api as mypy_api
 
-CHECKOUT = Path(__file__).resolve().parent.parent
+from tests.conftest import CHECKOUT
+
+# Where mypy.ini and pyrightconfig.json are: the checkout, or the copy of tests/ that tests the installed wheel (its
+# configs resolve `turso` from that venv's site-packages).
+CONFIG_ROOT = Path(__file__).resolve().parent.parent
 PYRIGHT = CHECKOUT / "node_modules" / ".bin" / "pyright"
 
 SNIPPET = """\
@@ -106,10 +110,11 @@ def snippet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def mypy_output(snippet: Path) -> str:
-    # mypy finds `turso` from the working directory, and keeps its incremental cache there.
+    # mypy finds `turso` from the working directory (or, for the installed wheel, in site-packages), and keeps its
+    # incremental cache there.
     with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(CHECKOUT)
-        stdout, stderr, status = mypy_api.run(["--config-file", str(CHECKOUT / "mypy.ini"), str(snippet)])
+        patch.chdir(CONFIG_ROOT)
+        stdout, stderr, status = mypy_api.run(["--config-file", str(CONFIG_ROOT / "mypy.ini"), str(snippet)])
     assert status == 0, stdout + stderr
     return stdout
 
@@ -118,7 +123,7 @@ def mypy_output(snippet: Path) -> str:
 def pyright_diagnostics(snippet: Path) -> list[Diagnostic]:
     # cwd: pyright reads the project's pyrightconfig.json (strict, the .venv) from there.
     finished = subprocess.run(
-        [str(PYRIGHT), "--outputjson", str(snippet)], cwd=CHECKOUT, capture_output=True, text=True, timeout=120
+        [str(PYRIGHT), "--outputjson", str(snippet)], cwd=CONFIG_ROOT, capture_output=True, text=True, timeout=120
     )
     diagnostics: list[Diagnostic] = json.loads(finished.stdout)["generalDiagnostics"]
     return diagnostics
