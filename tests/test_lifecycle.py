@@ -37,7 +37,8 @@ def test_public_entry_resolves_to_our_module_from_the_copy_under_test() -> None:
         assert module_file.with_suffix(".pyi").read_bytes() == ours.with_suffix(".pyi").read_bytes()
         if (CHECKOUT / "turso" / "sqlalchemy_sync_aio.py").is_file():
             # Our SQLAlchemy dialect ships with its entry point, next to the driver's own dialects.
-            dialects = {entry.name: entry.value for entry in distribution.entry_points.select(group="sqlalchemy.dialects")}
+            entry_points = distribution.entry_points.select(group="sqlalchemy.dialects")
+            dialects = {entry.name: entry.value for entry in entry_points}
             assert dialects["sqlite.aioturso_sync"] == "turso.sqlalchemy_sync_aio:AioTursoSyncDialect"
             assert "sqlite.aioturso" in dialects
         assert CHECKOUT not in {Path(entry).resolve() for entry in sys.path}

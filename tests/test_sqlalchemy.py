@@ -17,13 +17,16 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import turso
 import turso.aio
-from tests.conftest import turso_threads
+from tests.conftest import UNDER_TEST, turso_threads
 from tests.sync_server import SyncServer
 from turso.lib_sync_aio import ConnectionSync
 from turso.sqlalchemy_sync_aio import AioTursoSyncDialect, ReplicaPool, get_sync_connection
 
-# In the checkout the dialect is not installed with an entry point: register it the way SQLAlchemy documents.
-registry.register("sqlite.aioturso_sync", "turso.sqlalchemy_sync_aio", "AioTursoSyncDialect")
+# In the checkout the dialect is not installed with an entry point: register it the way SQLAlchemy documents. Against
+# the installed wheel (`make test-wheel`) nothing is registered, so the URL must resolve through the wheel's
+# `sqlalchemy.dialects` entry point.
+if UNDER_TEST == "checkout":
+    registry.register("sqlite.aioturso_sync", "turso.sqlalchemy_sync_aio", "AioTursoSyncDialect")
 
 # Bound for anything that talks to the server, generous for a loaded 2-core machine.
 TIMEOUT = 60.0
