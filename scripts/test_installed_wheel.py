@@ -8,6 +8,10 @@
    tests/test_lifecycle.py prove that turso.lib_sync_aio comes from site-packages); mypy --strict checks the tests and
    pyright strict the typing snippets of tests/typing/, both resolving `turso` from the installed wheel.
 4. `pip check` must be clean, and `pip uninstall pyturso` must leave no file of it in site-packages.
+5. A second venv (build/wheel-bare-venv) holds only what an application has: the wheel with its `sqlalchemy` extra
+   (`pyturso[sqlalchemy]`, versions held to requirements.txt's pins). There a small program opens
+   `sqlite+aioturso_sync://` through the wheel's entry point (nothing registered by hand), writes a row and pushes it;
+   the row must then be on a local sync server.
 
 Usage: python scripts/test_installed_wheel.py (after `make wheel`; `make test-wheel` does both)
 """
@@ -22,12 +26,36 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tests.sync_server import SyncServer
+
 CHECKOUT = Path(__file__).resolve().parent.parent
 VENV = CHECKOUT / "build" / "wheel-venv"
 VENV_PYTHON = VENV / "bin" / "python"
 # What the venv was made from; a change rebuilds it.
 VENV_STAMP = VENV / ".made-from"
 REQUIREMENTS = CHECKOUT / "requirements.txt"
+BARE_VENV = CHECKOUT / "build" / "wheel-bare-venv"
+BARE_PYTHON = BARE_VENV / "bin" / "python"
+# What an application does with the wheel and SQLAlchemy, run in the bare venv: argv[1] is the engine URL.
+APPLICATION = """
+import asyncio, sys
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from turso.sqlalchemy_sync_aio import get_sync_connection
+
+async def main(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE wheel_check(body TEXT)"))
+            await conn.execute(text("INSERT INTO wheel_check VALUES ('written through the wheel')"))
+        async with engine.connect() as conn:
+            await (await get_sync_connection(conn)).push()
+    finally:
+        await engine.dispose()
+
+asyncio.run(main(sys.argv[1]))
+"""
 PYRIGHT = CHECKOUT / "node_modules" / ".bin" / "pyright"
 TURSODB = CHECKOUT / "node_modules" / "@tursodatabase" / "cli-linux-x64-gnu" / "tursodb"
 # The one wheel of dist/ that runs on this machine (the tests need the sync server, which is linux x86_64 here).
@@ -132,7 +160,28 @@ def test_installed_wheel() -> None:
     left = leftovers(packages)
     if left:
         raise WheelTestError(f"pip uninstall pyturso left {left} in {packages}")
-    print("installed wheel: suite, typing, pip check and uninstall all passed")
+    test_bare_application(wheels[0])
+    print("installed wheel: suite, typing, pip check, uninstall and a bare SQLAlchemy application all passed")
+
+
+def test_bare_application(wheel: Path) -> None:
+    """Step 5: the wheel and SQLAlchemy alone, in a fresh venv, push a row through `sqlite+aioturso_sync://`."""
+    shutil.rmtree(BARE_VENV, ignore_errors=True)
+    run([sys.executable, "-m", "venv", str(BARE_VENV)], cwd=CHECKOUT)
+    run(
+        [str(BARE_PYTHON), "-m", "pip", "install", "--quiet", "-c", str(REQUIREMENTS), f"{wheel}[sqlalchemy]"],
+        cwd=BARE_VENV,
+    )
+    installed = json.loads(run([str(BARE_PYTHON), "-m", "pip", "list", "--format=json"], cwd=BARE_VENV))
+    names = {package["name"].lower().replace("-", "_") for package in installed} - {"pip", "setuptools"}
+    if names != {"greenlet", "pyturso", "sqlalchemy", "typing_extensions"}:
+        raise WheelTestError(f"the bare venv should hold only the wheel and SQLAlchemy, it holds {sorted(names)}")
+    with tempfile.TemporaryDirectory(prefix="turso-sync-aio-bare-app-") as scratch, SyncServer() as server:
+        url = f"sqlite+aioturso_sync:///{scratch}/replica.db?remote_url={server.url}"
+        run([str(BARE_PYTHON), "-c", APPLICATION, url], cwd=Path(scratch), environment=clean_environment())
+        rows = server.execute("SELECT body FROM wheel_check")
+    if rows != [("written through the wheel",)]:
+        raise WheelTestError(f"the bare application's row did not reach the server: {rows}")
 
 
 def main() -> int:
