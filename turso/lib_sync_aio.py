@@ -16,7 +16,19 @@ exited when `close()` returns. It also stops after a failed or cancelled open, w
 collected without `close()` (with a ResourceWarning), and when its event loop closes.
 """
 
-from typing import Any, Callable, Generator, Optional, Protocol, TypeVar, Union, cast, runtime_checkable
+from typing import (
+    Any,
+    Callable,
+    Generator,
+    Mapping,
+    Optional,
+    Protocol,
+    Sequence,
+    TypeVar,
+    Union,
+    cast,
+    runtime_checkable,
+)
 from queue import SimpleQueue
 import asyncio
 import enum
@@ -26,7 +38,7 @@ import traceback
 import urllib.parse
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 
 from .worker import STOP_RUNNING_SENTINEL, Worker
@@ -49,8 +61,8 @@ from .lib_aio import (
 
 _T = TypeVar("_T")
 
-# A job for the worker thread: where its outcome goes and the function it runs. The Worker reads jobs from the queue.
-_Job = tuple["_Delivery", Callable[[], Any]]
+# What the Worker reads from the queue: (where the outcome goes, the function to run); here one _Job is both.
+_QueueItem = tuple["_Job", "_Job"]
 
 # URL schemes the sync driver can reach; libsql:// and turso:// are rewritten to https:// by the driver.
 _REMOTE_SCHEMES = ("libsql", "turso", "https", "http")
@@ -132,8 +144,11 @@ class ConnectionSync(NonBlockingConnection):
         # the worker when the connection is awaited, on the running loop, and give it a _WorkerLoop.
         self._connector: Callable[[], BlockingConnectionSync] = connector
         # The worker's queue (named apart from the base class's _queue, which holds plain futures).
-        self._jobs: SimpleQueue[_Job] = SimpleQueue()
+        self._jobs: SimpleQueue[_QueueItem] = SimpleQueue()
+        # The blocking connection, set on the worker by the open job: `_conn` for the inherited SQL API, and
+        # `_sync` with its sync type for ours (no cast on the worker's path).
         self._conn = None
+        self._sync: Optional[BlockingConnectionSync] = None
         self._state = _State.UNOPENED
         # Settled by the worker's last job, just before its thread exits; made when the worker starts.
         self._stopped: Optional[asyncio.Future[None]] = None
@@ -186,19 +201,29 @@ class ConnectionSync(NonBlockingConnection):
         Returns True if new changes were applied and False if the remote had none (decided by the changes'
         `.empty()`). Local changes that were not pushed yet are kept.
         """
-        return await self._run(lambda: self._blocking().pull())
+        return await self._run(self._pull_blocking)
 
     async def push(self) -> None:
         """Push the local changes (everything committed since the last push) to the remote."""
-        await self._run(lambda: self._blocking().push())
+        await self._run(self._push_blocking)
 
     async def checkpoint(self) -> None:
         """Checkpoint the replica's write-ahead log into the database file (`stats().main_wal_size` drops to 0)."""
-        await self._run(lambda: self._blocking().checkpoint())
+        await self._run(self._checkpoint_blocking)
 
     async def stats(self) -> SyncStats:
         """Report the replica's sync counters: pending local changes, WAL sizes, last sync times, network bytes."""
-        return await self._run(self._read_stats)
+        return await self._run(self._stats_blocking)
+
+    async def execute_fetchall(self, sql: str, parameters: Union[Sequence[Any], Mapping[str, Any]] = ()) -> list[Any]:
+        """Run one statement and return all its rows, in one trip to the worker thread.
+
+        The same rows as `await (await conn.execute(sql, parameters)).fetchall()`, built by `row_factory` as there,
+        for about a third of the round trip: `execute` and `fetchall` are separate jobs on the worker (three with the
+        cursor's creation). Use it for queries whose rows you want at once; keep `execute` for a cursor's
+        `description`, `lastrowid` or `rowcount`, or to read a large result in parts with `fetchmany`.
+        """
+        return await self._run(_FetchAll(self._blocking, sql, parameters))
 
     def __del__(self) -> None:
         # Unclosed connection being garbage collected: warn like asyncio and aiosqlite do, then let the worker close
@@ -234,12 +259,13 @@ class ConnectionSync(NonBlockingConnection):
         self._open_future = loop.create_future()
         self._worker_loop = _WorkerLoop(loop, weakref.WeakMethod(self._stop_after_loop_closed))
         # Two casts for the driver's Worker, which only calls cancelled/set_result/set_exception on a job's future
-        # (all that _Delivery provides) and call_soon_threadsafe on its loop (all that _WorkerLoop provides).
+        # (all that _Job provides) and call_soon_threadsafe on its loop (all that _WorkerLoop provides).
         self._worker = Worker(
             cast("SimpleQueue[Optional[tuple[asyncio.Future[Any], Callable[[], Any]]]]", self._jobs),
             cast(asyncio.AbstractEventLoop, self._worker_loop),
         )
-        self._jobs.put_nowait((_Delivery(self._open_future), _ReleasingCall(self._open_blocking)))
+        opening = _Job(self._open_future, self._open_blocking)
+        self._jobs.put_nowait((opening, opening))
         try:
             self._worker.start()
         except BaseException:
@@ -253,6 +279,7 @@ class ConnectionSync(NonBlockingConnection):
         # Runs on the worker: open the blocking connection and mirror its settings for the property getters.
         blocking = self._connector()
         self._conn = blocking
+        self._sync = blocking
         self._isolation_level_cache = blocking.isolation_level
         self._row_factory_cache = blocking.row_factory
         self._text_factory_cache = blocking.text_factory
@@ -280,7 +307,8 @@ class ConnectionSync(NonBlockingConnection):
 
     def _queue_last_job(self, func: Callable[[], object]) -> None:
         # The last job returns STOP_RUNNING_SENTINEL, on which the Worker exits without settling the job's future.
-        self._jobs.put_nowait((_Delivery(cast("asyncio.Future[None]", self._stopped)), _ReleasingCall(func)))
+        last = _Job(cast("asyncio.Future[None]", self._stopped), func)
+        self._jobs.put_nowait((last, last))
 
     def _stop_after_loop_closed(self) -> None:
         # Runs on the worker when a result could not be delivered because the loop has closed: nobody is left to
@@ -292,59 +320,89 @@ class ConnectionSync(NonBlockingConnection):
 
     def _blocking(self) -> BlockingConnectionSync:
         # Runs on the worker, after the open job (jobs run in order); None only if opening failed.
-        if self._conn is None:
+        blocking = self._sync
+        if blocking is None:
             raise ProgrammingError("Connection is not open")
-        return cast(BlockingConnectionSync, self._conn)
+        return blocking
 
-    def _read_stats(self) -> SyncStats:
-        # Runs on the worker. The driver's stats object comes from its native extension, which has no types.
-        return cast(SyncStats, self._blocking().stats())  # pyright: ignore[reportUnknownMemberType]
+    # The sync operations as run on the worker: bound methods (no closure per call), one frame each on the common
+    # path (`_sync` is set; connections have no __len__ or __bool__, so `or` is one C check).
+    def _pull_blocking(self) -> bool:
+        return (self._sync or self._blocking()).pull()
 
-    def _check_usable(self) -> None:
+    def _push_blocking(self) -> None:
+        (self._sync or self._blocking()).push()
+
+    def _checkpoint_blocking(self) -> None:
+        (self._sync or self._blocking()).checkpoint()
+
+    def _stats_blocking(self) -> SyncStats:
+        # The driver's stats object comes from its native extension, which has no types.
+        return (self._sync or self._blocking()).stats()  # type: ignore[no-any-return]  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+
+    def _raise_unusable(self) -> None:
+        # The reason a call cannot be queued; only reached when one cannot (the common path checks one flag).
         if self._state is _State.UNOPENED:
             raise ProgrammingError("Connection is not open; use `await connect_sync(...)` or `async with` first")
         if self._state is _State.CLOSED:
             raise ProgrammingError("Cannot operate on a closed connection")
-        try:
-            running: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is not self._loop:
-            raise ProgrammingError("ConnectionSync can only be used from the event loop that opened it")
-
-    def _submit(self, func: Callable[[], _T]) -> "asyncio.Future[_T]":
-        # The scheduling pattern of the whole driver: a future for the result, then the job on the unbounded queue.
-        self._check_usable()
-        future: asyncio.Future[_T] = self._loop.create_future()
-        self._jobs.put_nowait((_Delivery(future), _ReleasingCall(func)))
-        return future
+        raise ProgrammingError("ConnectionSync can only be used from the event loop that opened it")
 
     async def _run(self, func: Callable[[], _T]) -> _T:
-        # Cancelling this await (or timing it out) cancels only `future`: the job still runs, in order, and its result
-        # is dropped (see _Delivery).
-        return await self._submit(func)
+        # The scheduling pattern of the whole driver: a future for the result, then the job on the unbounded queue.
+        # Cancelling this await (or timing it out) cancels only `future`: the job still runs, in order, and its
+        # result is dropped (see _Job). Inlined on purpose: this is every awaited call's path.
+        if self._state is not _OPENED or _get_running_loop() is not self._loop:
+            self._raise_unusable()
+        future: asyncio.Future[_T] = self._loop.create_future()
+        job = _Job(future, func)
+        self._jobs.put_nowait((job, job))
+        return await future
 
     def _run_nowait(self, func: Callable[[], Any]) -> None:
-        # Queue a job without awaiting it (the inherited cursor creation and property setters use this).
-        self._submit(func)
+        # Queue a job without awaiting it (the inherited cursor creation and property setters use this). Nobody
+        # awaits its result, so a success does not wake the loop; a failure still reaches a future (as in lib_aio).
+        if self._state is not _OPENED or _get_running_loop() is not self._loop:
+            self._raise_unusable()
+        job = _JobWithoutResult(self._loop.create_future(), func)
+        self._jobs.put_nowait((job, job))
+
+
+# Read on every call: a module-level name is cheaper than `_State.OPENED` and `asyncio.get_running_loop`.
+_OPENED = _State.OPENED
+_get_running_loop = asyncio.get_running_loop
+
+
+def _drop_result(result: object) -> None:
+    # What _JobWithoutResult hands the Worker as its `set_result`; _WorkerLoop recognises it and skips the loop.
+    pass
 
 
 @dataclass(slots=True)
 class _WorkerLoop:
     """The event loop as the driver's Worker sees it.
 
-    The Worker hands each result back with `loop.call_soon_threadsafe(future.set_result, result)`. Once the loop has
+    The Worker hands each outcome back with `loop.call_soon_threadsafe(future.set_result, result)`. Once the loop has
     closed, that call raises RuntimeError in the worker thread, which would print a traceback and leave the worker
-    running for nobody. Here a closed loop instead calls `on_loop_closed`, which stops the worker.
+    running for nobody. Here a closed loop instead calls `on_loop_closed`, which stops the worker. A result that
+    nobody awaits (`_drop_result`) does not wake the loop at all.
     """
 
     loop: asyncio.AbstractEventLoop
     # Held weakly, so that an unclosed connection can still be collected (and warn) while its worker idles.
     on_loop_closed: "weakref.WeakMethod[Callable[[], None]]"
+    # loop.call_soon_threadsafe, bound once: every result goes through it.
+    _loop_call_soon_threadsafe: Callable[..., object] = field(init=False)
 
-    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any) -> None:
+    def __post_init__(self) -> None:
+        self._loop_call_soon_threadsafe = self.loop.call_soon_threadsafe
+
+    # The Worker always passes one argument: the result or the exception.
+    def call_soon_threadsafe(self, callback: Callable[[Any], object], outcome: Any) -> None:
+        if callback is _drop_result:
+            return
         try:
-            self.loop.call_soon_threadsafe(callback, *args)
+            self._loop_call_soon_threadsafe(callback, outcome)
         except RuntimeError:
             if not self.loop.is_closed():
                 raise
@@ -354,45 +412,33 @@ class _WorkerLoop:
 
 
 @dataclass(slots=True)
-class _Delivery:
-    """Where the Worker settles a job's outcome: the caller's future, unless the caller stopped waiting.
+class _Job:
+    """One job on the worker: the function the Worker runs, and where the Worker settles its outcome, in one object.
 
-    The driver's Worker skips a job whose future is cancelled and settles the future with set_result, which raises
-    InvalidStateError in the loop if the caller was cancelled meanwhile. A cancelled await must not drop its job (a
-    cancelled INSERT or push would be lost silently, or not, depending on timing), so the Worker never sees the
+    Outcome: the driver's Worker skips a job whose future is cancelled and settles the future with set_result, which
+    raises InvalidStateError in the loop if the caller was cancelled meanwhile. A cancelled await must not drop its
+    job (a cancelled INSERT or push would be lost silently, or not, depending on timing), so the Worker never sees the
     caller's cancellation here: every job runs in order, and an outcome nobody waits for is dropped.
+
+    Function: run once, then let go of it. The Worker keeps its last job in local variables while it waits for the
+    next one; if the job's closure (or the locals of a traceback it raised) held the connection, an unclosed
+    connection could never be collected.
     """
 
     future: "asyncio.Future[Any]"
+    # None once it has run.
+    function: Optional[Callable[[], Any]]
 
-    def cancelled(self) -> bool:
-        return False
-
-    def set_result(self, result: Any) -> None:
-        if not self.future.done():
-            self.future.set_result(result)
-
-    def set_exception(self, error: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(error)
-
-
-@dataclass(slots=True)
-class _ReleasingCall:
-    """A job's function that lets go of it once it has run.
-
-    The Worker keeps its last job in local variables while it waits for the next one. If the job's closure (or the
-    locals of a traceback it raised) held the connection, an unclosed connection could never be collected.
-    """
-
-    func: Optional[Callable[[], Any]]
+    # For the Worker, which asks before running a job: never cancelled (see above). `bool()` is False, and a C call.
+    cancelled = staticmethod(bool)
 
     def __call__(self) -> Any:
-        func, self.func = self.func, None
-        if func is None:
+        function = self.function
+        if function is None:
             raise ProgrammingError("a worker job ran twice")
+        self.function = None
         try:
-            return func()
+            return function()
         except Exception as error:
             traceback.clear_frames(error.__traceback__)
             raise
@@ -402,7 +448,43 @@ class _ReleasingCall:
             traceback.clear_frames(error.__traceback__)
             raise InternalError(f"a worker job raised {error!r}") from error
         finally:
-            del func
+            del function
+
+    def set_result(self, result: Any) -> None:
+        future = self.future
+        if not future.done():
+            future.set_result(result)
+
+    def set_exception(self, error: BaseException) -> None:
+        future = self.future
+        if not future.done():
+            future.set_exception(error)
+
+
+@dataclass(slots=True)
+class _JobWithoutResult(_Job):
+    """A job nobody awaits (cursor creation, a property setter): its result is dropped on the worker."""
+
+    # A plain function, not a method: `job.set_result` is `_drop_result` itself, which _WorkerLoop skips.
+    set_result = staticmethod(_drop_result)  # pyright: ignore[reportAssignmentType]
+
+
+@dataclass(slots=True)
+class _FetchAll:
+    """The job of `execute_fetchall`: run the statement on a fresh blocking cursor, return every row, close it."""
+
+    # The connection's `_blocking`: gives the blocking connection, on the worker.
+    blocking: Callable[[], BlockingConnectionSync]
+    sql: str
+    parameters: Union[Sequence[Any], Mapping[str, Any]]
+
+    def __call__(self) -> list[Any]:
+        cursor = self.blocking().cursor()
+        try:
+            cursor.execute(self.sql, self.parameters)
+            return cursor.fetchall()
+        finally:
+            cursor.close()
 
 
 # The worker's last job when nobody is left to hear of a close error (the connection was garbage collected, or its
