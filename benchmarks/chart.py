@@ -193,18 +193,19 @@ def _footprint(axes: Axes, results: Results) -> None:
 def write_chart(results: Results, path: Path) -> None:
     """Seven panels: speedup, wall time, per-call overhead, lateness CDFs (bootstrap, pull), footprint, queries."""
     figure = Figure(figsize=(18, 16), layout="constrained")
-    _speedup(figure.add_subplot(3, 3, 1), results)
-    _wall_time(figure.add_subplot(3, 3, 2), results)
-    _overhead(figure.add_subplot(3, 3, 3), results)
+    grid = figure.add_gridspec(3, 3)
+    _speedup(figure.add_subplot(grid[0, 0]), results)
+    _wall_time(figure.add_subplot(grid[0, 1]), results)
+    _overhead(figure.add_subplot(grid[0, 2]), results)
     bootstrap_mb = max(lateness_of(results.responsiveness, OURS, BOOTSTRAP).remote_bytes) / MB
     pull_mb = max(lateness_of(results.responsiveness, OURS, PULL).received_bytes) / MB
     rounds = results.settings["responsiveness_rounds"]
-    _cdf(figure.add_subplot(3, 3, 4), results.responsiveness, BOOTSTRAP,
+    _cdf(figure.add_subplot(grid[1, 0]), results.responsiveness, BOOTSTRAP,
          f"Event-loop lateness while a {bootstrap_mb:.0f} MiB remote bootstraps ({rounds} rounds)")
-    _cdf(figure.add_subplot(3, 3, 5), results.responsiveness, PULL,
+    _cdf(figure.add_subplot(grid[1, 1]), results.responsiveness, PULL,
          f"Event-loop lateness during a pull of {pull_mb:.1f} MiB of new rows ({rounds} rounds)")
-    _footprint(figure.add_subplot(3, 3, 6), results)
-    _queries(figure.add_subplot(3, 1, 3), results)
+    _footprint(figure.add_subplot(grid[1, 2]), results)
+    _queries(figure.add_subplot(grid[2, :]), results)
     verdict_cells = [f"{check.short} {check.measured} {check.verdict}" for check in results.targets]
     verdicts = "\n".join("    ".join(verdict_cells[start:start + 6]) for start in range(0, len(verdict_cells), 6))
     figure.suptitle("turso-sync-aio benchmarks" + (" (smoke run: targets not checked)" if results.smoke else ""),

@@ -32,13 +32,13 @@ from typing import (
 from queue import SimpleQueue
 import asyncio
 import enum
+import functools
 import glob
 import os
 import traceback
 import urllib.parse
 import warnings
 import weakref
-from dataclasses import dataclass, field
 from types import TracebackType
 
 from .worker import STOP_RUNNING_SENTINEL, Worker
@@ -61,8 +61,8 @@ from .lib_aio import (
 
 _T = TypeVar("_T")
 
-# What the Worker reads from the queue: (where the outcome goes, the function to run); here one _Job is both.
-_QueueItem = tuple["_Job", "_Job"]
+# A job for the worker thread: the future that awaits its outcome (None when nobody awaits it) and the function to run.
+_Job = tuple[Optional["asyncio.Future[Any]"], Callable[[], Any]]
 
 # URL schemes the sync driver can reach; libsql:// and turso:// are rewritten to https:// by the driver.
 _REMOTE_SCHEMES = ("libsql", "turso", "https", "http")
@@ -140,11 +140,11 @@ class ConnectionSync(NonBlockingConnection):
         The connector runs on the worker thread, once, when the connection is first awaited.
         """
         # NonBlockingConnection.__init__ is not called on purpose: it would start its worker at once, bound to
-        # whatever asyncio.get_event_loop() returns at that moment, and would hand the worker the raw loop. We start
-        # the worker when the connection is awaited, on the running loop, and give it a _WorkerLoop.
+        # whatever asyncio.get_event_loop() returns at that moment. We start the worker when the connection is
+        # awaited, on the running loop.
         self._connector: Callable[[], BlockingConnectionSync] = connector
         # The worker's queue (named apart from the base class's _queue, which holds plain futures).
-        self._jobs: SimpleQueue[_QueueItem] = SimpleQueue()
+        self._jobs: SimpleQueue[_Job] = SimpleQueue()
         # The blocking connection, set on the worker by the open job: `_conn` for the inherited SQL API, and
         # `_sync` with its sync type for ours (no cast on the worker's path).
         self._conn = None
@@ -159,7 +159,7 @@ class ConnectionSync(NonBlockingConnection):
         self._autocommit_cache: object | bool | None = None
 
     # internal worker is stopped here, and on every other way out: failed or cancelled open, garbage collection
-    # (__del__), and the event loop closing (_WorkerLoop)
+    # (__del__), and the event loop closing (_JobRunner)
     async def close(self) -> None:
         """Close the replica and stop the worker thread.
 
@@ -223,7 +223,7 @@ class ConnectionSync(NonBlockingConnection):
         cursor's creation). Use it for queries whose rows you want at once; keep `execute` for a cursor's
         `description`, `lastrowid` or `rowcount`, or to read a large result in parts with `fetchmany`.
         """
-        return await self._run(_FetchAll(self._blocking, sql, parameters))
+        return await self._run(functools.partial(self._fetchall_blocking, sql, parameters))
 
     def __del__(self) -> None:
         # Unclosed connection being garbage collected: warn like asyncio and aiosqlite do, then let the worker close
@@ -257,15 +257,13 @@ class ConnectionSync(NonBlockingConnection):
     def _start_worker(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._open_future = loop.create_future()
-        self._worker_loop = _WorkerLoop(loop, weakref.WeakMethod(self._stop_after_loop_closed))
-        # Two casts for the driver's Worker, which only calls cancelled/set_result/set_exception on a job's future
-        # (all that _Job provides) and call_soon_threadsafe on its loop (all that _WorkerLoop provides).
-        self._worker = Worker(
-            cast("SimpleQueue[Optional[tuple[asyncio.Future[Any], Callable[[], Any]]]]", self._jobs),
-            cast(asyncio.AbstractEventLoop, self._worker_loop),
-        )
-        opening = _Job(self._open_future, self._open_blocking)
-        self._jobs.put_nowait((opening, opening))
+        # The cast: the driver's Worker types its queue for its own jobs, which always have a future.
+        queue = cast("SimpleQueue[Optional[tuple[asyncio.Future[Any], Callable[[], Any]]]]", self._jobs)
+        runner = _JobRunner(queue, loop)
+        runner.jobs = self._jobs
+        runner.on_loop_closed = weakref.WeakMethod(self._stop_after_loop_closed)
+        self._runner = self._worker = runner
+        self._jobs.put_nowait((self._open_future, self._open_blocking))
         try:
             self._worker.start()
         except BaseException:
@@ -291,24 +289,23 @@ class ConnectionSync(NonBlockingConnection):
             return
         self._state = _State.CLOSED
         stopped = cast("asyncio.Future[None]", self._stopped)
-        worker_loop = self._worker_loop
+        deliver = self._runner.deliver
 
         def close_and_stop() -> object:
             try:
                 if self._conn is not None:
                     self._conn.close()
             except Exception as error:
-                worker_loop.call_soon_threadsafe(stopped.set_exception, error)
+                deliver(_set_exception_unless_done, stopped, error)
             else:
-                worker_loop.call_soon_threadsafe(stopped.set_result, None)
+                deliver(_set_result_unless_done, stopped, None)
             return STOP_RUNNING_SENTINEL
 
         self._queue_last_job(close_and_stop)
 
     def _queue_last_job(self, func: Callable[[], object]) -> None:
-        # The last job returns STOP_RUNNING_SENTINEL, on which the Worker exits without settling the job's future.
-        last = _Job(cast("asyncio.Future[None]", self._stopped), func)
-        self._jobs.put_nowait((last, last))
+        # The last job returns STOP_RUNNING_SENTINEL, on which the worker exits (the job settles _stopped itself).
+        self._jobs.put_nowait((None, func))
 
     def _stop_after_loop_closed(self) -> None:
         # Runs on the worker when a result could not be delivered because the loop has closed: nobody is left to
@@ -340,6 +337,15 @@ class ConnectionSync(NonBlockingConnection):
         # The driver's stats object comes from its native extension, which has no types.
         return (self._sync or self._blocking()).stats()  # type: ignore[no-any-return]  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
 
+    def _fetchall_blocking(self, sql: str, parameters: Union[Sequence[Any], Mapping[str, Any]]) -> list[Any]:
+        # execute_fetchall's job: the statement on a fresh blocking cursor, every row (built by row_factory), closed.
+        cursor = (self._sync or self._blocking()).cursor()
+        try:
+            cursor.execute(sql, parameters)
+            return cursor.fetchall()
+        finally:
+            cursor.close()
+
     def _raise_unusable(self) -> None:
         # The reason a call cannot be queued; only reached when one cannot (the common path checks one flag).
         if self._state is _State.UNOPENED:
@@ -351,21 +357,19 @@ class ConnectionSync(NonBlockingConnection):
     async def _run(self, func: Callable[[], _T]) -> _T:
         # The scheduling pattern of the whole driver: a future for the result, then the job on the unbounded queue.
         # Cancelling this await (or timing it out) cancels only `future`: the job still runs, in order, and its
-        # result is dropped (see _Job). Inlined on purpose: this is every awaited call's path.
+        # result is dropped (see _JobRunner). Inlined on purpose: this is every awaited call's path.
         if self._state is not _OPENED or _get_running_loop() is not self._loop:
             self._raise_unusable()
         future: asyncio.Future[_T] = self._loop.create_future()
-        job = _Job(future, func)
-        self._jobs.put_nowait((job, job))
+        self._jobs.put_nowait((future, func))
         return await future
 
     def _run_nowait(self, func: Callable[[], Any]) -> None:
         # Queue a job without awaiting it (the inherited cursor creation and property setters use this). Nobody
-        # awaits its result, so a success does not wake the loop; a failure still reaches a future (as in lib_aio).
+        # awaits its result, so a success does not wake the loop; a failure goes to the loop's exception handler.
         if self._state is not _OPENED or _get_running_loop() is not self._loop:
             self._raise_unusable()
-        job = _JobWithoutResult(self._loop.create_future(), func)
-        self._jobs.put_nowait((job, job))
+        self._jobs.put_nowait((None, func))
 
 
 # Read on every call: a module-level name is cheaper than `_State.OPENED` and `asyncio.get_running_loop`.
@@ -373,118 +377,88 @@ _OPENED = _State.OPENED
 _get_running_loop = asyncio.get_running_loop
 
 
-def _drop_result(result: object) -> None:
-    # What _JobWithoutResult hands the Worker as its `set_result`; _WorkerLoop recognises it and skips the loop.
-    pass
+class _JobRunner(Worker):
+    """The driver's Worker thread (same name, daemon, queue of `(future, function)` jobs, run in order) with its own
+    run loop, which keeps the guarantees the driver's loop does not:
 
+    - Every job runs, in order, also when its caller was cancelled (the driver's loop skips a job whose future is
+      cancelled, so a cancelled INSERT or push would be lost, or not, depending on timing); an outcome nobody waits
+      for is dropped on the loop, without the InvalidStateError the driver's `future.set_result` would log there.
+    - A job raising SystemExit (say, from a row_factory) fails its call with InternalError; the driver's loop only
+      catches Exception, so its thread would end and leave that await and close() waiting forever.
+    - Once the event loop has closed, handing a result back raises RuntimeError; instead of a traceback and a thread
+      left running for nobody, `on_loop_closed` stops the worker.
+    - A job queued without a future (nobody awaits it: cursor creation, a property setter) does not wake the loop
+      when it succeeds.
+    - Between jobs nothing of the last job is kept (its function, outcome, traceback frames), so an unclosed
+      connection can still be garbage collected while its worker waits.
 
-@dataclass(slots=True)
-class _WorkerLoop:
-    """The event loop as the driver's Worker sees it.
-
-    The Worker hands each outcome back with `loop.call_soon_threadsafe(future.set_result, result)`. Once the loop has
-    closed, that call raises RuntimeError in the worker thread, which would print a traceback and leave the worker
-    running for nobody. Here a closed loop instead calls `on_loop_closed`, which stops the worker. A result that
-    nobody awaits (`_drop_result`) does not wake the loop at all.
+    Working around each of these from outside the driver's loop cost a Python call per job on the worker and one on
+    the loop; in the loop itself they cost a check each.
     """
 
-    loop: asyncio.AbstractEventLoop
-    # Held weakly, so that an unclosed connection can still be collected (and warn) while its worker idles.
+    # Set right after construction, before start(). `jobs` is the queue the Worker was given, with our job type (a
+    # job may have no future). `on_loop_closed` is called on the worker when the loop has closed; held weakly, so
+    # that an unclosed connection can still be collected (and warn) while its worker idles.
+    jobs: "SimpleQueue[_Job]"
     on_loop_closed: "weakref.WeakMethod[Callable[[], None]]"
-    # loop.call_soon_threadsafe, bound once: every result goes through it.
-    _loop_call_soon_threadsafe: Callable[..., object] = field(init=False)
 
-    def __post_init__(self) -> None:
-        self._loop_call_soon_threadsafe = self.loop.call_soon_threadsafe
+    def run(self) -> None:
+        get_job = self.jobs.get
+        settle: Callable[..., object]
+        while True:
+            future, function = get_job()
+            try:
+                outcome = function()
+            except BaseException as error:
+                traceback.clear_frames(error.__traceback__)
+                outcome = error if isinstance(error, Exception) else _internal_error(error)
+                settle = _set_exception_unless_done if future is not None else _report_unawaited_failure
+            else:
+                if outcome is STOP_RUNNING_SENTINEL:
+                    return
+                settle = _set_result_unless_done
+            del function
+            if future is not None or settle is _report_unawaited_failure:
+                self.deliver(settle, future, outcome)
+            del future, outcome
 
-    # The Worker always passes one argument: the result or the exception.
-    def call_soon_threadsafe(self, callback: Callable[[Any], object], outcome: Any) -> None:
-        if callback is _drop_result:
-            return
+    def deliver(self, settle: Callable[..., object], future: Optional["asyncio.Future[Any]"], outcome: Any) -> None:
+        """On the worker: run `settle(future, outcome)` on the loop, or stop the worker if the loop has closed."""
         try:
-            self._loop_call_soon_threadsafe(callback, outcome)
+            self._loop.call_soon_threadsafe(settle, future, outcome)
         except RuntimeError:
-            if not self.loop.is_closed():
+            if not self._loop.is_closed():
                 raise
             on_loop_closed = self.on_loop_closed()
             if on_loop_closed is not None:
                 on_loop_closed()
 
 
-@dataclass(slots=True)
-class _Job:
-    """One job on the worker: the function the Worker runs, and where the Worker settles its outcome, in one object.
-
-    Outcome: the driver's Worker skips a job whose future is cancelled and settles the future with set_result, which
-    raises InvalidStateError in the loop if the caller was cancelled meanwhile. A cancelled await must not drop its
-    job (a cancelled INSERT or push would be lost silently, or not, depending on timing), so the Worker never sees the
-    caller's cancellation here: every job runs in order, and an outcome nobody waits for is dropped.
-
-    Function: run once, then let go of it. The Worker keeps its last job in local variables while it waits for the
-    next one; if the job's closure (or the locals of a traceback it raised) held the connection, an unclosed
-    connection could never be collected.
-    """
-
-    future: "asyncio.Future[Any]"
-    # None once it has run.
-    function: Optional[Callable[[], Any]]
-
-    # For the Worker, which asks before running a job: never cancelled (see above). `bool()` is False, and a C call.
-    cancelled = staticmethod(bool)
-
-    def __call__(self) -> Any:
-        function = self.function
-        if function is None:
-            raise ProgrammingError("a worker job ran twice")
-        self.function = None
-        try:
-            return function()
-        except Exception as error:
-            traceback.clear_frames(error.__traceback__)
-            raise
-        except BaseException as error:
-            # The Worker only catches Exception: SystemExit (say, from a row_factory) would end its thread and leave
-            # this await and close() waiting forever. Hand it to the caller as an error instead.
-            traceback.clear_frames(error.__traceback__)
-            raise InternalError(f"a worker job raised {error!r}") from error
-        finally:
-            del function
-
-    def set_result(self, result: Any) -> None:
-        future = self.future
-        if not future.done():
-            future.set_result(result)
-
-    def set_exception(self, error: BaseException) -> None:
-        future = self.future
-        if not future.done():
-            future.set_exception(error)
+# On the loop: hand an outcome to the caller's future, unless the caller stopped waiting (the future is cancelled).
+def _set_result_unless_done(future: "asyncio.Future[Any]", result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
 
 
-@dataclass(slots=True)
-class _JobWithoutResult(_Job):
-    """A job nobody awaits (cursor creation, a property setter): its result is dropped on the worker."""
-
-    # A plain function, not a method: `job.set_result` is `_drop_result` itself, which _WorkerLoop skips.
-    set_result = staticmethod(_drop_result)  # pyright: ignore[reportAssignmentType]
+def _set_exception_unless_done(future: "asyncio.Future[Any]", error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
-@dataclass(slots=True)
-class _FetchAll:
-    """The job of `execute_fetchall`: run the statement on a fresh blocking cursor, return every row, close it."""
+# On the loop: a job nobody awaits (cursor creation, a property setter) failed; say so as asyncio does for an
+# exception nobody retrieved.
+def _report_unawaited_failure(future: None, error: BaseException) -> None:
+    asyncio.get_running_loop().call_exception_handler(
+        {"message": "a ConnectionSync operation queued without an await failed", "exception": error}
+    )
 
-    # The connection's `_blocking`: gives the blocking connection, on the worker.
-    blocking: Callable[[], BlockingConnectionSync]
-    sql: str
-    parameters: Union[Sequence[Any], Mapping[str, Any]]
 
-    def __call__(self) -> list[Any]:
-        cursor = self.blocking().cursor()
-        try:
-            cursor.execute(self.sql, self.parameters)
-            return cursor.fetchall()
-        finally:
-            cursor.close()
+def _internal_error(error: BaseException) -> InternalError:
+    # A job raised SystemExit or another non-Exception: the caller gets an error, the worker keeps running.
+    internal = InternalError(f"a worker job raised {error!r}")
+    internal.__cause__ = error
+    return internal
 
 
 # The worker's last job when nobody is left to hear of a close error (the connection was garbage collected, or its
