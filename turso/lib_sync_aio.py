@@ -219,8 +219,8 @@ class ConnectionSync(NonBlockingConnection):
         """Run one statement and return all its rows, in one trip to the worker thread.
 
         The same rows as `await (await conn.execute(sql, parameters)).fetchall()`, built by `row_factory` as there,
-        for about a third of the round trip: `execute` and `fetchall` are separate jobs on the worker (three with the
-        cursor's creation). Use it for queries whose rows you want at once; keep `execute` for a cursor's
+        in one job on the worker instead of three (creating the cursor, executing, fetching): about half the time of
+        a small query's round trip. Use it for queries whose rows you want at once; keep `execute` for a cursor's
         `description`, `lastrowid` or `rowcount`, or to read a large result in parts with `fetchmany`.
         """
         return await self._run(functools.partial(self._fetchall_blocking, sql, parameters))
