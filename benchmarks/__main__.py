@@ -24,6 +24,7 @@ from benchmarks.common import FULL, SMOKE, Settings, describe_ours, filesystem_o
 from benchmarks.concurrency import measure_concurrency
 from benchmarks.footprint import measure_footprint
 from benchmarks.overhead import measure_overhead, ours_over_pyturso
+from benchmarks.queries import measure_queries, query_ratios
 from benchmarks.report import Results, check_targets, describe_implementations, settings_dict, tables, write_json
 from benchmarks.responsiveness import measure_responsiveness
 
@@ -38,16 +39,18 @@ async def _run(settings: Settings, workdir: Path) -> Results:
     ours_module = describe_ours()
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
-    folders = {name: workdir / name for name in ("overhead", "responsiveness", "concurrency", "footprint")}
+    folders = {name: workdir / name for name in ("overhead", "queries", "responsiveness", "concurrency", "footprint")}
     for folder in folders.values():
         folder.mkdir()
-    _progress("1/4 per-call overhead ...")
+    _progress("1/5 per-call overhead ...")
     overhead = await measure_overhead(settings, folders["overhead"])
-    _progress(f"2/4 loop responsiveness ... ({time.perf_counter() - start:.0f} s)")
+    _progress(f"2/5 local queries ... ({time.perf_counter() - start:.0f} s)")
+    queries = await measure_queries(settings, folders["queries"])
+    _progress(f"3/5 loop responsiveness ... ({time.perf_counter() - start:.0f} s)")
     responsiveness = await measure_responsiveness(settings, folders["responsiveness"])
-    _progress(f"3/4 concurrency through the delay proxy ... ({time.perf_counter() - start:.0f} s)")
+    _progress(f"4/5 concurrency through the delay proxy ... ({time.perf_counter() - start:.0f} s)")
     concurrency, speedups = await measure_concurrency(settings, folders["concurrency"])
-    _progress(f"4/4 footprint ... ({time.perf_counter() - start:.0f} s)")
+    _progress(f"5/5 footprint ... ({time.perf_counter() - start:.0f} s)")
     footprint = measure_footprint(settings.footprint_counts, folders["footprint"])
     return Results(
         machine=machine(),
@@ -59,11 +62,13 @@ async def _run(settings: Settings, workdir: Path) -> Results:
         settings=settings_dict(settings),
         overhead=overhead,
         overhead_ours_over_pyturso={key: round(value, 4) for key, value in ours_over_pyturso(overhead).items()},
+        queries=queries,
+        queries_ratios={key: round(value, 4) for key, value in query_ratios(queries).items()},
         responsiveness=responsiveness,
         concurrency=concurrency,
         speedups=speedups,
         footprint=footprint,
-        targets=check_targets(settings.smoke, overhead, responsiveness, speedups),
+        targets=check_targets(settings.smoke, overhead, queries, responsiveness, speedups),
     )
 
 

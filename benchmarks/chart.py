@@ -13,10 +13,20 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from benchmarks.common import BLOCKING, MB, OURS, PYTURSO, THREADS
-from benchmarks.overhead import OTHER_CORE, SAME_CORE
+from benchmarks.overhead import NOT_PINNED, OTHER_CORE, SAME_CORE
+from benchmarks.queries import (
+    AIOSQLITE,
+    EXECUTE_FETCHALL,
+    INSERT_COMMIT,
+    ONE_CORE,
+    QUERY,
+    SELECT_100,
+    TURSO_AIO,
+)
 from benchmarks.report import (
     BOOTSTRAP_LATENESS_LIMIT_MS,
     COLORS,
+    EXECUTE_FETCHALL_LIMIT,
     LABELS,
     OVERHEAD_RATIO_LIMIT,
     SPEEDUP_TARGETS,
@@ -98,9 +108,10 @@ def _overhead(axes: Axes, results: Results) -> None:
     axes.bar_label(bars, labels, fontsize=7, padding=2)
     axes.axhline(1.0, color="gray", linewidth=1)
     axes.axhline(OVERHEAD_RATIO_LIMIT, color="red", linestyle="--", linewidth=1,
-                 label=f"target: ≤ {OVERHEAD_RATIO_LIMIT:.2f}x")
+                 label=f"target: ≤ {OVERHEAD_RATIO_LIMIT:.2f}x (stats; pull and push ≤ 1.10x)")
     axes.set_ylim(0.8, max(*ratios, OVERHEAD_RATIO_LIMIT) + 0.12)
-    names = {SAME_CORE: "same core", OTHER_CORE: "other core"}
+    axes.tick_params(axis="x", labelsize=7)
+    names = {SAME_CORE: "same core", OTHER_CORE: "other core", NOT_PINNED: "not pinned"}
     ticks = [f"{key.split(', ')[0]}()\n{names[key.split(', ')[1]]}" for key in keys]
     axes.set_xticks(range(len(keys)), ticks, fontsize=8)
     axes.set_ylabel("ours / pyturso's module (median time per call)")
@@ -108,6 +119,43 @@ def _overhead(axes: Axes, results: Results) -> None:
                    "pull and push include a ~10 ms round trip to the local server)", fontsize=10)
     axes.legend(fontsize=8, loc="upper right")
     axes.grid(True, axis="y", alpha=0.3)
+
+
+def _queries(axes: Axes, results: Results) -> None:
+    medians = {(result.implementation, result.operation, result.placement): result.median_us
+               for result in results.queries}
+    groups = [(operation, placement) for operation in (QUERY, SELECT_100, INSERT_COMMIT, EXECUTE_FETCHALL)
+              for placement in (ONE_CORE, NOT_PINNED)]
+    names = (OURS, PYTURSO, TURSO_AIO, AIOSQLITE)
+    width = 0.8 / len(names)
+    for index, name in enumerate(names):
+        positions = [group + (index - (len(names) - 1) / 2) * width for group in range(len(groups))]
+        values = [medians.get((name, operation, placement), 0.0) for operation, placement in groups]
+        bars = axes.bar(positions, values, width=width, color=COLORS[name], label=LABELS[name])
+        axes.bar_label(bars, [format_us(value) if value else "" for value in values], fontsize=6, rotation=90,
+                       padding=2)
+    titles = {
+        QUERY: "execute + fetchall\n1 row",
+        SELECT_100: "execute + fetchall\n100 rows",
+        INSERT_COMMIT: "INSERT + commit",
+        EXECUTE_FETCHALL: "execute_fetchall\n1 row",
+    }
+    ticks: list[str] = []
+    for operation, placement in groups:
+        if operation == EXECUTE_FETCHALL:
+            ratio = results.queries_ratios[f"{EXECUTE_FETCHALL} vs {QUERY}, {placement}"]
+            versus = f"{ratio:.2f}x execute+fetchall (target ≤ {EXECUTE_FETCHALL_LIMIT:.1f}x)"
+        else:
+            versus = f"ours/pyturso {results.queries_ratios[f'{operation}, {placement}']:.3f}x"
+        ticks.append(f"{titles[operation]}, {placement}\n{versus}")
+    axes.set_xticks(range(len(groups)), ticks, fontsize=7)
+    axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(FuncFormatter(_plain_number))
+    axes.set_ylabel("median per call (µs, log scale)")
+    axes.set_title("Local queries per call: sync replicas (ours, pyturso's module) and local files (turso.aio, "
+                   "aiosqlite); one core or not pinned", fontsize=10)
+    axes.legend(fontsize=8, loc="upper left", ncols=4)
+    axes.grid(True, axis="y", which="both", alpha=0.3)
 
 
 def _cdf(axes: Axes, results: list[LatenessResult], phase: str, title: str) -> None:
@@ -143,20 +191,23 @@ def _footprint(axes: Axes, results: Results) -> None:
 
 
 def write_chart(results: Results, path: Path) -> None:
-    """Six panels: speedup, wall time, per-call overhead, lateness CDFs (bootstrap, pull), footprint."""
-    figure = Figure(figsize=(18, 10.5), layout="constrained")
-    _speedup(figure.add_subplot(2, 3, 1), results)
-    _wall_time(figure.add_subplot(2, 3, 2), results)
-    _overhead(figure.add_subplot(2, 3, 3), results)
+    """Seven panels: speedup, wall time, per-call overhead, lateness CDFs (bootstrap, pull), footprint, queries."""
+    figure = Figure(figsize=(18, 16), layout="constrained")
+    grid = figure.add_gridspec(3, 3)
+    _speedup(figure.add_subplot(grid[0, 0]), results)
+    _wall_time(figure.add_subplot(grid[0, 1]), results)
+    _overhead(figure.add_subplot(grid[0, 2]), results)
     bootstrap_mb = max(lateness_of(results.responsiveness, OURS, BOOTSTRAP).remote_bytes) / MB
     pull_mb = max(lateness_of(results.responsiveness, OURS, PULL).received_bytes) / MB
     rounds = results.settings["responsiveness_rounds"]
-    _cdf(figure.add_subplot(2, 3, 4), results.responsiveness, BOOTSTRAP,
+    _cdf(figure.add_subplot(grid[1, 0]), results.responsiveness, BOOTSTRAP,
          f"Event-loop lateness while a {bootstrap_mb:.0f} MiB remote bootstraps ({rounds} rounds)")
-    _cdf(figure.add_subplot(2, 3, 5), results.responsiveness, PULL,
+    _cdf(figure.add_subplot(grid[1, 1]), results.responsiveness, PULL,
          f"Event-loop lateness during a pull of {pull_mb:.1f} MiB of new rows ({rounds} rounds)")
-    _footprint(figure.add_subplot(2, 3, 6), results)
-    verdicts = "    ".join(f"{check.short} {check.measured} {check.verdict}" for check in results.targets)
+    _footprint(figure.add_subplot(grid[1, 2]), results)
+    _queries(figure.add_subplot(grid[2, :]), results)
+    verdict_cells = [f"{check.short} {check.measured} {check.verdict}" for check in results.targets]
+    verdicts = "\n".join("    ".join(verdict_cells[start:start + 6]) for start in range(0, len(verdict_cells), 6))
     figure.suptitle("turso-sync-aio benchmarks" + (" (smoke run: targets not checked)" if results.smoke else ""),
                     fontsize=14)
     where = (

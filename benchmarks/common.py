@@ -33,6 +33,8 @@ THREADS = "threads"
 DESCRIPTIONS = {
     OURS: "turso.lib_sync_aio (this project)",
     PYTURSO: "lib_sync_aio.py shipped in pyturso 0.8.3, loaded from the installed wheel",
+    "turso.aio": "turso.lib_aio.connect on a local file (the driver's async embedded API; queries reference only)",
+    "aiosqlite": "aiosqlite (sqlite3 on a worker thread) on a local file (queries reference only)",
     BLOCKING: "turso.lib_sync (blocking driver, called directly)",
     THREADS: "turso.lib_sync from N plain threads at once (concurrency reference only)",
 }
@@ -49,6 +51,12 @@ class Settings:
     overhead_rounds: int
     stats_calls: int
     sync_calls: int
+    # Local queries: rounds, and calls timed per round of the small query (and execute_fetchall), the 100-row SELECT
+    # and the INSERT + commit.
+    query_rounds: int
+    query_calls: int
+    select_calls: int
+    insert_calls: int
     # Loop responsiveness: rounds, size of the remote database to bootstrap, bytes of new rows for the large pull.
     responsiveness_rounds: int
     bootstrap_bytes: int
@@ -69,6 +77,10 @@ FULL = Settings(
     overhead_rounds=15,
     stats_calls=300,
     sync_calls=15,
+    query_rounds=15,
+    query_calls=300,
+    select_calls=100,
+    insert_calls=30,
     responsiveness_rounds=7,
     bootstrap_bytes=20 * MB,
     pull_bytes=6 * MB,
@@ -84,6 +96,10 @@ SMOKE = Settings(
     overhead_rounds=1,
     stats_calls=20,
     sync_calls=2,
+    query_rounds=1,
+    query_calls=10,
+    select_calls=5,
+    insert_calls=3,
     responsiveness_rounds=1,
     bootstrap_bytes=1 * MB,
     pull_bytes=MB // 4,

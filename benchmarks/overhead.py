@@ -10,7 +10,8 @@ and back costs about twice as much as on the same core on a small VM. Left to th
 from run to run and swamps the difference between the implementations. So each asyncio implementation is measured in
 two fixed placements (with `os.sched_setaffinity`; a worker thread inherits the affinity of the thread that starts
 it): its worker on the event loop's core, and on another core. The blocking driver has no worker and is measured with
-the loop on the same core.
+the loop on the same core. A third placement, "not pinned", leaves both threads to the scheduler, as an application
+does: the figure users get, noisier.
 """
 
 import os
@@ -18,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable, Generator
+from typing import Awaitable, Callable, Generator, Optional
 
 import turso.lib_sync
 from benchmarks.common import (
@@ -38,6 +39,8 @@ OPERATIONS = ("stats", "pull", "push")
 IMPLEMENTATIONS = [OURS, PYTURSO, BLOCKING]
 SAME_CORE = "same core"
 OTHER_CORE = "other core"
+# Neither the loop nor the worker pinned: where the scheduler puts them, as in an application.
+NOT_PINNED = "not pinned"
 
 
 @dataclass
@@ -55,18 +58,21 @@ class OverheadResult:
     round_medians_us: list[float]
 
 
-def placements() -> dict[str, tuple[int, int]]:
-    """The placements to measure: name -> (the loop's CPU, the worker's CPU)."""
+def placements() -> dict[str, tuple[Optional[int], Optional[int]]]:
+    """The placements to measure: name -> (the loop's CPU, the worker's CPU); None leaves the thread unpinned."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
-        return {SAME_CORE: (cpus[0], cpus[0])}
-    return {SAME_CORE: (cpus[0], cpus[0]), OTHER_CORE: (cpus[0], cpus[1])}
+        return {SAME_CORE: (cpus[0], cpus[0]), NOT_PINNED: (None, None)}
+    return {SAME_CORE: (cpus[0], cpus[0]), OTHER_CORE: (cpus[0], cpus[1]), NOT_PINNED: (None, None)}
 
 
 @contextmanager
-def pinned(cpu: int) -> Generator[None, None, None]:
-    """Run the calling thread (and the threads it starts meanwhile) on `cpu` only."""
+def pinned(cpu: Optional[int]) -> Generator[None, None, None]:
+    """Run the calling thread (and the threads it starts meanwhile) on `cpu` only (None: leave it as it is)."""
     original = os.sched_getaffinity(0)
+    if cpu is None:
+        yield
+        return
     os.sched_setaffinity(0, {cpu})
     try:
         yield
@@ -129,19 +135,18 @@ async def measure_overhead(settings: Settings, workdir: Path) -> list[OverheadRe
                     for name, connect in ASYNC_CONNECTS.items():
                         path = str(workdir / f"{name}-{placement.replace(' ', '-')}.db")
                         replicas[name, placement] = await connect(path, server.url)
-            loop_cpu = where[SAME_CORE][0]
-            with pinned(loop_cpu):
-                # Turn -1 is a warm-up: the first calls of each kind pay for lazy set-up (connections, caches).
-                for turn in range(-1, settings.overhead_rounds):
-                    for operation in OPERATIONS:
-                        calls = calls_by_operation[operation] if turn >= 0 else 3
-                        for name, placement in rotated(subjects, max(turn, 0)):
+            # Turn -1 is a warm-up: the first calls of each kind pay for lazy set-up (connections, caches).
+            for turn in range(-1, settings.overhead_rounds):
+                for operation in OPERATIONS:
+                    calls = calls_by_operation[operation] if turn >= 0 else 3
+                    for name, placement in rotated(subjects, max(turn, 0)):
+                        with pinned(where[placement][0]):
                             if name == BLOCKING:
                                 durations = _time_blocking(_blocking_call(blocking, operation), calls)
                             else:
                                 durations = await _time_async(_async_call(replicas[name, placement], operation), calls)
-                            if turn >= 0:
-                                rounds[name, placement, operation].append(durations)
+                        if turn >= 0:
+                            rounds[name, placement, operation].append(durations)
         finally:
             for replica in replicas.values():
                 await replica.close()

@@ -73,6 +73,10 @@ async def use_the_inherited_sql_api(conn: ConnectionSync) -> None:
     assert_type(await cursor.fetchone(), Any)
     assert_type(await cursor.fetchall(), list[Any])
     assert_type(await cursor.fetchmany(2), list[Any])
+    # execute_fetchall: the statement and all its rows in one job; rows are Any, as from fetchall().
+    assert_type(await conn.execute_fetchall("SELECT 1"), list[Any])
+    assert_type(await conn.execute_fetchall("SELECT ?", (1,)), list[Any])
+    assert_type(await conn.execute_fetchall("SELECT :x", parameters={"x": 1}), list[Any])
     assert_type(cursor.rowcount, int)
     assert_type(cursor.lastrowid, int | None)
     assert_type(cursor.description, tuple[tuple[str, None, None, None, None, None, None], ...] | None)

@@ -59,6 +59,15 @@ async def wrong_results(conn: ConnectionSync) -> None:
     print(pushed, checkpointed, changed, fresh, opened, entered_count, blocking)
 
 
+async def wrong_execute_fetchall(conn: ConnectionSync) -> None:
+    # The SQL must be a str, and parameters a sequence or a mapping.
+    await conn.execute_fetchall(b"SELECT 1")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    await conn.execute_fetchall("SELECT ?", 1)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    # It gives the rows, not a cursor.
+    cursor: turso.lib_aio.Cursor = await conn.execute_fetchall("SELECT 1")  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+    print(cursor)
+
+
 async def wrong_stats(conn: ConnectionSync) -> None:
     stats = await conn.stats()
     # The stats fields are read-only.
