@@ -257,12 +257,8 @@ class ConnectionSync(NonBlockingConnection):
     def _start_worker(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._open_future = loop.create_future()
-        # The cast: the driver's Worker types its queue for its own jobs, which always have a future.
-        queue = cast("SimpleQueue[Optional[tuple[asyncio.Future[Any], Callable[[], Any]]]]", self._jobs)
-        runner = _JobRunner(queue, loop)
-        runner.jobs = self._jobs
-        runner.on_loop_closed = weakref.WeakMethod(self._stop_after_loop_closed)
-        self._runner = self._worker = runner
+        # Two names for one thread: `_worker` is what the base class calls it, `_runner` has our runner's type.
+        self._runner = self._worker = _JobRunner(self._jobs, loop, weakref.WeakMethod(self._stop_after_loop_closed))
         self._jobs.put_nowait((self._open_future, self._open_blocking))
         try:
             self._worker.start()
@@ -397,11 +393,21 @@ class _JobRunner(Worker):
     the loop; in the loop itself they cost a check each.
     """
 
-    # Set right after construction, before start(). `jobs` is the queue the Worker was given, with our job type (a
-    # job may have no future). `on_loop_closed` is called on the worker when the loop has closed; held weakly, so
-    # that an unclosed connection can still be collected (and warn) while its worker idles.
-    jobs: "SimpleQueue[_Job]"
-    on_loop_closed: "weakref.WeakMethod[Callable[[], None]]"
+    def __init__(
+        self,
+        jobs: "SimpleQueue[_Job]",
+        loop: asyncio.AbstractEventLoop,
+        on_loop_closed: "weakref.WeakMethod[Callable[[], None]]",
+    ) -> None:
+        # The cast: the driver's Worker types its queue for its own jobs, which always have a future; ours may not.
+        # (The ignore: the driver's annotation leaves that future's type parameter out.)
+        queue = cast("SimpleQueue[Optional[tuple[asyncio.Future[Any], Callable[[], Any]]]]", jobs)
+        super().__init__(queue, loop)  # pyright: ignore[reportUnknownMemberType]
+        # The same queue with our job type, read by run().
+        self.jobs = jobs
+        # Called on the worker when the loop has closed; held weakly, so that an unclosed connection can still be
+        # collected (and warn) while its worker idles.
+        self.on_loop_closed = on_loop_closed
 
     def run(self) -> None:
         get_job = self.jobs.get
