@@ -411,6 +411,8 @@ class _JobRunner(Worker):
 
     def run(self) -> None:
         get_job = self.jobs.get
+        # deliver(), inlined: this loop runs once per job, and a method call here is a measurable part of a job.
+        call_soon_threadsafe = cast(Callable[..., object], self._loop.call_soon_threadsafe)
         settle: Callable[..., object]
         while True:
             future, function = get_job()
@@ -426,19 +428,26 @@ class _JobRunner(Worker):
                 settle = _set_result_unless_done
             del function
             if future is not None or settle is _report_unawaited_failure:
-                self.deliver(settle, future, outcome)
+                try:
+                    call_soon_threadsafe(settle, future, outcome)
+                except RuntimeError as error:
+                    self._undeliverable(error)
             del future, outcome
 
     def deliver(self, settle: Callable[..., object], future: Optional["asyncio.Future[Any]"], outcome: Any) -> None:
         """On the worker: run `settle(future, outcome)` on the loop, or stop the worker if the loop has closed."""
         try:
             self._loop.call_soon_threadsafe(settle, future, outcome)
-        except RuntimeError:
-            if not self._loop.is_closed():
-                raise
-            on_loop_closed = self.on_loop_closed()
-            if on_loop_closed is not None:
-                on_loop_closed()
+        except RuntimeError as error:
+            self._undeliverable(error)
+
+    def _undeliverable(self, error: RuntimeError) -> None:
+        # call_soon_threadsafe raised: if the loop has closed, nobody is left to hear of any result, so stop.
+        if not self._loop.is_closed():
+            raise error
+        on_loop_closed = self.on_loop_closed()
+        if on_loop_closed is not None:
+            on_loop_closed()
 
 
 # On the loop: hand an outcome to the caller's future, unless the caller stopped waiting (the future is cancelled).
