@@ -216,6 +216,17 @@ def rotated(items: list[_T], turn: int) -> list[_T]:
     return items[shift:] + items[:shift]
 
 
+# How many calls one implementation makes before the next takes its turn, within a round. The machine drifts between
+# a fast and a slow state (another VM on the host, frequency, the other core's load) every few hundred milliseconds;
+# in blocks this short, every implementation meets each state about as often, so a drift cannot decide a comparison.
+INTERLEAVE_CALLS = 10
+
+
+def blocks(calls: int, size: int = INTERLEAVE_CALLS) -> list[int]:
+    """`calls` split into blocks of at most `size` calls, in the order to run them."""
+    return [min(size, calls - start) for start in range(0, calls, size)]
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:

@@ -2,8 +2,9 @@
 
 One replica per implementation and placement, all of the same small remote database on a direct (not delayed) sync
 server. Each round times `calls` calls of each operation on each implementation, one by one, the implementations in a
-different order every round; the figures are the minimum and the median over every call of every round. The asyncio
-implementations are awaited from the event loop; the blocking driver is called directly on it.
+different order every round and, within a placement, taking turns in blocks of 10 calls (so that all of them meet
+the machine's slow and fast moments alike); the figures are the minimum and the median over every call of every
+round. The asyncio implementations are awaited from the event loop; the blocking driver is called directly on it.
 
 Where the worker thread runs matters more than anything the wrappers do: handing a call to a thread on another core
 and back costs about twice as much as on the same core on a small VM. Left to the scheduler, that placement changes
@@ -29,6 +30,7 @@ from benchmarks.common import (
     PYTURSO,
     AsyncReplica,
     Settings,
+    blocks,
     connect_blocking,
     median,
     rotated,
@@ -114,6 +116,37 @@ def _time_blocking(call: Callable[[], object], calls: int) -> list[float]:
     return durations
 
 
+async def _time_block(
+    subject: "AsyncReplica | turso.lib_sync.ConnectionSync", operation: str, calls: int
+) -> list[float]:
+    # The blocking driver is called directly on the loop's thread; the others are awaited.
+    if isinstance(subject, turso.lib_sync.ConnectionSync):
+        return _time_blocking(_blocking_call(subject, operation), calls)
+    return await _time_async(_async_call(subject, operation), calls)
+
+
+async def _time_round(
+    order: list[tuple[str, str]],
+    replicas: dict[tuple[str, str], AsyncReplica],
+    blocking: turso.lib_sync.ConnectionSync,
+    operation: str,
+    calls: int,
+) -> dict[tuple[str, str], list[float]]:
+    """One round of one operation: each (implementation, placement) of `order` makes `calls` calls.
+
+    One placement after the other; within a placement, the implementations take turns in blocks.
+    """
+    where = placements()
+    this_round: dict[tuple[str, str], list[float]] = {subject: [] for subject in order}
+    for placement in dict.fromkeys(placement for _, placement in order):
+        with pinned(where[placement][0]):
+            for block in blocks(calls):
+                for name in [name for name, measured in order if measured == placement]:
+                    subject = replicas.get((name, placement), blocking)
+                    this_round[name, placement] += await _time_block(subject, operation, block)
+    return this_round
+
+
 async def measure_overhead(settings: Settings, workdir: Path) -> list[OverheadResult]:
     """Time the three operations on the three implementations, interleaved, `settings.overhead_rounds` times."""
     where = placements()
@@ -139,13 +172,10 @@ async def measure_overhead(settings: Settings, workdir: Path) -> list[OverheadRe
             for turn in range(-1, settings.overhead_rounds):
                 for operation in OPERATIONS:
                     calls = calls_by_operation[operation] if turn >= 0 else 3
-                    for name, placement in rotated(subjects, max(turn, 0)):
-                        with pinned(where[placement][0]):
-                            if name == BLOCKING:
-                                durations = _time_blocking(_blocking_call(blocking, operation), calls)
-                            else:
-                                durations = await _time_async(_async_call(replicas[name, placement], operation), calls)
-                        if turn >= 0:
+                    order = rotated(subjects, max(turn, 0))
+                    this_round = await _time_round(order, replicas, blocking, operation, calls)
+                    if turn >= 0:
+                        for (name, placement), durations in this_round.items():
                             rounds[name, placement, operation].append(durations)
         finally:
             for replica in replicas.values():

@@ -15,7 +15,9 @@ Operations, each awaited from the event loop and timed call by call:
 Two placements: **one core** (the event loop and the worker thread on the same CPU, as under `taskset -c 0`) and
 **not pinned** (the scheduler places both threads; the default for applications). A worker thread inherits the
 affinity of the thread that starts it, so each placement has its own connections. Each round runs every operation on
-every (implementation, placement), the order rotating every round; the figures are the median over every call.
+every (implementation, placement), the order rotating every round; within a placement the implementations take turns
+in blocks of 10 calls (each makes 10 calls, then the next its 10, until each has made the round's calls), so that
+all of them meet the machine's slow and fast moments alike. The figures are the median over every call.
 """
 
 import os
@@ -32,6 +34,7 @@ from benchmarks.common import (
     OURS,
     PYTURSO,
     Settings,
+    blocks,
     median,
     rotated,
 )
@@ -144,13 +147,41 @@ def _operation(conn: AsyncSqlConnection, operation: str) -> Callable[[int], Awai
     }[operation]
 
 
-async def _time(call: Callable[[int], Awaitable[object]], calls: int) -> list[float]:
+async def _time(call: Callable[[int], Awaitable[object]], calls: int, first: int = 0) -> list[float]:
+    # Calls are numbered from `first` on, so that the blocks of a round query different rows.
     durations: list[float] = []
-    for number in range(calls):
+    for number in range(first, first + calls):
         start = time.perf_counter()
         await call(number)
         durations.append(time.perf_counter() - start)
     return durations
+
+
+async def _time_round(
+    connections: dict[tuple[str, str], AsyncSqlConnection],
+    measured: list[tuple[str, str]],
+    where: dict[str, Optional[set[int]]],
+    operation: str,
+    calls: int,
+) -> dict[tuple[str, str], list[float]]:
+    """One round of one operation: every (implementation, placement) in `measured` makes `calls` calls.
+
+    One placement after the other (the loop's affinity changes only between them, so that a not-pinned thread is not
+    pushed around by it); within a placement, the implementations take turns in blocks.
+    """
+    original = os.sched_getaffinity(0)
+    this_round: dict[tuple[str, str], list[float]] = {subject: [] for subject in measured}
+    for placement in dict.fromkeys(placement for _, placement in measured):
+        names = [name for name, where_measured in measured if where_measured == placement]
+        _set_affinity(where[placement], original)
+        try:
+            for block in blocks(calls):
+                for name in names:
+                    call = _operation(connections[name, placement], operation)
+                    this_round[name, placement] += await _time(call, block, len(this_round[name, placement]))
+        finally:
+            _set_affinity(None, original)
+    return this_round
 
 
 async def measure_queries(settings: Settings, workdir: Path) -> list[QueryResult]:
@@ -181,17 +212,15 @@ async def measure_queries(settings: Settings, workdir: Path) -> list[QueryResult
             # Turn -1 is a warm-up: the first calls of each kind pay for lazy set-up (statements, caches).
             for turn in range(-1, settings.query_rounds):
                 for operation in OPERATIONS:
+                    measured = [
+                        (name, placement)
+                        for name, placement in rotated(subjects, max(turn, 0))
+                        if operation != EXECUTE_FETCHALL or name in HAS_EXECUTE_FETCHALL
+                    ]
                     calls = calls_by_operation[operation] if turn >= 0 else 5
-                    for name, placement in rotated(subjects, max(turn, 0)):
-                        if operation == EXECUTE_FETCHALL and name not in HAS_EXECUTE_FETCHALL:
-                            continue
-                        call = _operation(connections[name, placement], operation)
-                        _set_affinity(where[placement], original)
-                        try:
-                            durations = await _time(call, calls)
-                        finally:
-                            _set_affinity(None, original)
-                        if turn >= 0:
+                    this_round = await _time_round(connections, measured, where, operation, calls)
+                    if turn >= 0:
+                        for (name, placement), durations in this_round.items():
                             rounds.setdefault((name, operation, placement), []).append(durations)
         finally:
             for conn in connections.values():
