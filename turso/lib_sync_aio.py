@@ -258,7 +258,9 @@ class ConnectionSync(NonBlockingConnection):
         self._loop = loop
         self._open_future = loop.create_future()
         # Two names for one thread: `_worker` is what the base class calls it, `_runner` has our runner's type.
-        self._runner = self._worker = _JobRunner(self._jobs, loop, weakref.WeakMethod(self._stop_after_loop_closed))
+        self._runner = self._worker = _JobRunner.for_jobs(
+            self._jobs, loop, weakref.WeakMethod(self._stop_after_loop_closed)
+        )
         self._jobs.put_nowait((self._open_future, self._open_blocking))
         try:
             self._worker.start()
@@ -393,21 +395,25 @@ class _JobRunner(Worker):
     the loop; in the loop itself they cost a check each.
     """
 
-    def __init__(
-        self,
+    # The queue the Worker was given, with our job type (a job may have no future); read by run().
+    jobs: "SimpleQueue[_Job]"
+    # Called on the worker when the loop has closed; held weakly, so that an unclosed connection can still be
+    # collected (and warn) while its worker idles.
+    on_loop_closed: "weakref.WeakMethod[Callable[[], None]]"
+
+    @classmethod
+    def for_jobs(
+        cls,
         jobs: "SimpleQueue[_Job]",
         loop: asyncio.AbstractEventLoop,
         on_loop_closed: "weakref.WeakMethod[Callable[[], None]]",
-    ) -> None:
+    ) -> "_JobRunner":
+        """A runner for `jobs` (not started), handing results to `loop`."""
         # The cast: the driver's Worker types its queue for its own jobs, which always have a future; ours may not.
-        # (The ignore: the driver's annotation leaves that future's type parameter out.)
-        queue = cast("SimpleQueue[Optional[tuple[asyncio.Future[Any], Callable[[], Any]]]]", jobs)
-        super().__init__(queue, loop)  # pyright: ignore[reportUnknownMemberType]
-        # The same queue with our job type, read by run().
-        self.jobs = jobs
-        # Called on the worker when the loop has closed; held weakly, so that an unclosed connection can still be
-        # collected (and warn) while its worker idles.
-        self.on_loop_closed = on_loop_closed
+        runner = cls(cast("SimpleQueue[Optional[tuple[asyncio.Future[Any], Callable[[], Any]]]]", jobs), loop)
+        runner.jobs = jobs
+        runner.on_loop_closed = on_loop_closed
+        return runner
 
     def run(self) -> None:
         get_job = self.jobs.get
