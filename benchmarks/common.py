@@ -222,6 +222,38 @@ def rotated(items: list[_T], turn: int) -> list[_T]:
 INTERLEAVE_CALLS = 10
 
 
+@dataclass
+class PerCallResult:
+    """Time per call of one operation on one implementation in one placement, over every call of every round."""
+
+    implementation: str
+    operation: str
+    # Where the threads ran: "same core", "other core" or "not pinned" (per-call overhead), "one core" or
+    # "not pinned" (local queries); the blocking driver has no worker.
+    placement: str
+    calls: int
+    min_us: float
+    median_us: float
+    # The median of each round, in microseconds.
+    round_medians_us: list[float]
+
+    @classmethod
+    def from_rounds(
+        cls, implementation: str, operation: str, placement: str, per_round: list[list[float]]
+    ) -> "PerCallResult":
+        """Summarise the call durations of each round, in seconds."""
+        every_call = [duration * 1e6 for durations in per_round for duration in durations]
+        return cls(
+            implementation=implementation,
+            operation=operation,
+            placement=placement,
+            calls=len(every_call),
+            min_us=round(min(every_call), 2),
+            median_us=round(median(every_call), 2),
+            round_medians_us=[round(median(durations) * 1e6, 2) for durations in per_round],
+        )
+
+
 def blocks(calls: int, size: int = INTERLEAVE_CALLS) -> list[int]:
     """`calls` split into blocks of at most `size` calls, in the order to run them."""
     return [min(size, calls - start) for start in range(0, calls, size)]

@@ -18,7 +18,6 @@ does: the figure users get, noisier.
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable, Generator, Optional
 
@@ -29,10 +28,10 @@ from benchmarks.common import (
     OURS,
     PYTURSO,
     AsyncReplica,
+    PerCallResult,
     Settings,
     blocks,
     connect_blocking,
-    median,
     rotated,
 )
 from tests.sync_server import SyncServer
@@ -45,19 +44,8 @@ OTHER_CORE = "other core"
 NOT_PINNED = "not pinned"
 
 
-@dataclass
-class OverheadResult:
-    """Time per call of one operation on one implementation, with its worker in one placement."""
-
-    implementation: str
-    operation: str
-    # "same core" (worker thread on the event loop's core) or "other core"; the blocking driver has no worker.
-    placement: str
-    calls: int
-    min_us: float
-    median_us: float
-    # The median of each round, in microseconds.
-    round_medians_us: list[float]
+# What the per-call overhead benchmark reports for one (implementation, operation, placement).
+OverheadResult = PerCallResult
 
 
 def placements() -> dict[str, tuple[Optional[int], Optional[int]]]:
@@ -187,23 +175,11 @@ async def measure_overhead(settings: Settings, workdir: Path) -> list[OverheadRe
 def _summarise(
     rounds: dict[tuple[str, str, str], list[list[float]]], subjects: list[tuple[str, str]]
 ) -> list[OverheadResult]:
-    results: list[OverheadResult] = []
-    for operation in OPERATIONS:
-        for name, placement in subjects:
-            per_round = rounds[name, placement, operation]
-            every_call = [duration * 1e6 for durations in per_round for duration in durations]
-            results.append(
-                OverheadResult(
-                    implementation=name,
-                    operation=operation,
-                    placement=placement,
-                    calls=len(every_call),
-                    min_us=round(min(every_call), 2),
-                    median_us=round(median(every_call), 2),
-                    round_medians_us=[round(median(durations) * 1e6, 2) for durations in per_round],
-                )
-            )
-    return results
+    return [
+        PerCallResult.from_rounds(name, operation, placement, rounds[name, placement, operation])
+        for operation in OPERATIONS
+        for name, placement in subjects
+    ]
 
 
 def ours_over_pyturso(results: list[OverheadResult]) -> dict[str, float]:

@@ -22,7 +22,6 @@ all of them meet the machine's slow and fast moments alike. The figures are the 
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Optional, Protocol, Sequence, Union, cast
 
@@ -33,9 +32,9 @@ from benchmarks.common import (
     ASYNC_CONNECTS,
     OURS,
     PYTURSO,
+    PerCallResult,
     Settings,
     blocks,
-    median,
     rotated,
 )
 from benchmarks.overhead import NOT_PINNED
@@ -78,19 +77,8 @@ class AsyncSqlConnection(Protocol):
     async def close(self) -> None: ...
 
 
-@dataclass
-class QueryResult:
-    """Time per call of one operation on one implementation, in one placement."""
-
-    implementation: str
-    operation: str
-    # "one core" (loop and worker thread on one CPU) or "not pinned".
-    placement: str
-    calls: int
-    min_us: float
-    median_us: float
-    # The median of each round, in microseconds.
-    round_medians_us: list[float]
+# What the local-query benchmark reports for one (implementation, operation, placement).
+QueryResult = PerCallResult
 
 
 def query_placements() -> dict[str, Optional[set[int]]]:
@@ -225,21 +213,10 @@ async def measure_queries(settings: Settings, workdir: Path) -> list[QueryResult
         finally:
             for conn in connections.values():
                 await conn.close()
-    results: list[QueryResult] = []
-    for (name, operation, placement), per_round in rounds.items():
-        every_call = [duration * 1e6 for durations in per_round for duration in durations]
-        results.append(
-            QueryResult(
-                implementation=name,
-                operation=operation,
-                placement=placement,
-                calls=len(every_call),
-                min_us=round(min(every_call), 2),
-                median_us=round(median(every_call), 2),
-                round_medians_us=[round(median(durations) * 1e6, 2) for durations in per_round],
-            )
-        )
-    return results
+    return [
+        PerCallResult.from_rounds(name, operation, placement, per_round)
+        for (name, operation, placement), per_round in rounds.items()
+    ]
 
 
 def query_ratios(results: list[QueryResult]) -> dict[str, float]:
