@@ -10,7 +10,6 @@ import gc
 import http.server
 import json
 import os
-import socket
 import threading
 import time
 import warnings
@@ -22,6 +21,7 @@ import pytest
 
 import turso
 from tests.conftest import turso_threads
+from tests.proxy import DelayingProxy
 from tests.sync_server import SyncServer, free_port
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
@@ -42,100 +42,6 @@ LoopContext = dict[str, Any]
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
-
-
-class DelayingProxy:
-    """A TCP proxy on 127.0.0.1 in front of the sync server that holds every request for `delay` seconds.
-
-    The driver makes one HTTP connection per request (urllib sends `Connection: close`), so each request of a
-    bootstrap, pull or push reaches the server `delay` seconds late, and the operation is on the worker meanwhile.
-    `requests` counts the connections the proxy accepted. Every socket has a timeout and `close()` joins every
-    thread with a bound, so a stuck peer cannot hang the test run.
-    """
-
-    def __init__(self, target_port: int, delay: float) -> None:
-        self._target_port = target_port
-        self._delay = delay
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        port: int = self._listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.requests = 0
-        self._lock = threading.Lock()
-        self._closing = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self._spawn(self._accept)
-
-    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, name="delaying-proxy", daemon=True)
-        with self._lock:
-            self._threads.append(thread)
-        thread.start()
-
-    def _track(self, sock: socket.socket) -> bool:
-        with self._lock:
-            if self._closing.is_set():
-                return False
-            self._sockets.append(sock)
-            return True
-
-    def _accept(self) -> None:
-        while not self._closing.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            client.settimeout(AWAIT_SECONDS)
-            if not self._track(client):
-                client.close()
-                return
-            with self._lock:
-                self.requests += 1
-            self._spawn(self._relay, client)
-
-    def _relay(self, client: socket.socket) -> None:
-        upstream: Optional[socket.socket] = None
-        try:
-            if self._closing.wait(self._delay):
-                return
-            upstream = socket.create_connection(("127.0.0.1", self._target_port), timeout=AWAIT_SECONDS)
-            if not self._track(upstream):
-                return
-            answer = threading.Thread(target=self._pump, args=(upstream, client), name="delaying-proxy", daemon=True)
-            answer.start()
-            self._pump(client, upstream)
-            answer.join(AWAIT_SECONDS)
-        except OSError:
-            pass
-        finally:
-            client.close()
-            if upstream is not None:
-                upstream.close()
-
-    @staticmethod
-    def _pump(source: socket.socket, target: socket.socket) -> None:
-        try:
-            while chunk := source.recv(65536):
-                target.sendall(chunk)
-            target.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        with self._lock:
-            self._closing.set()
-            sockets, threads = list(self._sockets), list(self._threads)
-        self._listener.close()
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in threads:
-            thread.join(WORKER_EXIT_SECONDS)
 
 
 class _Answer401(http.server.BaseHTTPRequestHandler):

@@ -1,0 +1,253 @@
+"""A stalled remote never stalls the replica (issue 13), against a real `tursodb --sync-server` behind a stalling proxy.
+
+`DelayingProxy.stall()` (tests/proxy.py) makes a remote that accepts connections and never answers, until `release()`
+forwards what it held. The driver's HTTP has no timeout, so a request sent then is stuck on the connection's sync lane
+(thread `turso-sync-lane`) until the release; the SQL worker, `close()`, a reopened replica and the thread count must
+not depend on it. The garbage-collection and loop-closed paths must stop the sync lane as they stop the SQL worker.
+"""
+
+import asyncio
+import contextlib
+import gc
+import threading
+import time
+import warnings
+from collections.abc import AsyncGenerator, Iterator
+
+import pytest
+
+from tests.conftest import turso_threads
+from tests.proxy import DelayingProxy
+from tests.sync_server import SyncServer
+from tests.test_faults import LoopContext, new_threads, record_loop_errors, wait_until, wait_until_blocking
+from turso.lib_sync_aio import ConnectionSync, connect_sync
+
+# Upper bound for any single await; a hang fails the test instead of blocking the run.
+AWAIT_SECONDS = 10.0
+# What the issue promises: a timed-out pull returns after about this long; close() returns within CLOSE_SECONDS.
+PULL_TIMEOUT_SECONDS = 0.5
+CLOSE_SECONDS = 1.0
+# A local statement must finish well within this (it takes about a millisecond; generous for a busy machine).
+LOCAL_SECONDS = 0.5
+# How long a thread may take to exit once its stuck request ended.
+THREAD_EXIT_SECONDS = 5.0
+SYNC_LANE = "turso-sync-lane"
+
+# No key: a row that reached the server twice shows up twice. TEXT values, so that replicas never collide on rowids
+# they invent themselves.
+LOG_SCHEMA = "CREATE TABLE log(k TEXT, v INTEGER)"
+
+
+@pytest.fixture
+def proxy(sync_server: SyncServer) -> Iterator[DelayingProxy]:
+    """The sync server behind a loopback proxy that tests stall once the replica is open."""
+    with DelayingProxy(sync_server.port) as proxy:
+        yield proxy
+
+
+def sync_lanes() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == SYNC_LANE]
+
+
+async def bounded_open(path: str, url: str) -> ConnectionSync:
+    return await asyncio.wait_for(connect_sync(path, url), AWAIT_SECONDS)
+
+
+@contextlib.asynccontextmanager
+async def opened(path: str, url: str, proxy: DelayingProxy) -> AsyncGenerator[ConnectionSync, None]:
+    """`async with` for a replica behind a proxy that may stall: on the way out, release the proxy, then close with a
+    bound (a failed assertion must not leave close() waiting for a request that the proxy holds forever)."""
+    conn = await bounded_open(path, url)
+    try:
+        yield conn
+    finally:
+        proxy.release()
+        await asyncio.wait_for(conn.close(), AWAIT_SECONDS)
+
+
+async def insert_and_commit(conn: ConnectionSync, keys: list[str]) -> float:
+    """Insert `keys` into log and commit; returns how long that took."""
+    started = time.monotonic()
+    await asyncio.wait_for(conn.executemany("INSERT INTO log VALUES (?, 0)", [(key,) for key in keys]), AWAIT_SECONDS)
+    await asyncio.wait_for(conn.commit(), AWAIT_SECONDS)
+    return time.monotonic() - started
+
+
+async def time_out_on_the_stalled_remote(conn: ConnectionSync, proxy: DelayingProxy, operation: str) -> float:
+    """Run pull or push under wait_for(0.5 s) on the stalled remote; returns when TimeoutError came, in seconds."""
+    proxy.stall()
+    started = time.monotonic()
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(conn.pull() if operation == "pull" else conn.push(), PULL_TIMEOUT_SECONDS)
+    took = time.monotonic() - started
+    assert proxy.held >= 1, "the operation never reached the stalled remote"
+    return took
+
+
+def remote_keys(server: SyncServer) -> list[str]:
+    return [str(row[0]) for row in server.execute("SELECT k FROM log ORDER BY k")]
+
+
+async def test_pull_on_a_stalled_remote_times_out_after_half_a_second_and_local_sql_then_runs_at_local_speed(
+    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str
+) -> None:
+    sync_server.execute(LOG_SCHEMA)
+    async with opened(replica_path, proxy.url, proxy) as conn:
+        errors = record_loop_errors()
+        took = await time_out_on_the_stalled_remote(conn, proxy, "pull")
+        assert PULL_TIMEOUT_SECONDS * 0.9 <= took < PULL_TIMEOUT_SECONDS + 0.5, f"TimeoutError after {took:.2f} s"
+
+        for n in range(5):
+            started = time.monotonic()
+            await asyncio.wait_for(conn.execute_fetchall("SELECT count(*) FROM log"), AWAIT_SECONDS)
+            read = time.monotonic() - started
+            write = await insert_and_commit(conn, [f"local-{n}"])
+            assert read < LOCAL_SECONDS, f"a local read took {read:.2f} s after the pull timed out"
+            assert write < LOCAL_SECONDS, f"a local write took {write:.2f} s after the pull timed out"
+        assert proxy.held >= 1  # the pull is still stuck
+        proxy.release()
+    assert errors == []
+
+
+@pytest.mark.parametrize("operation", ["pull", "push"])
+async def test_close_returns_within_a_second_while_a_request_is_stuck_and_no_thread_is_left_once_it_ends(
+    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, operation: str
+) -> None:
+    sync_server.execute(LOG_SCHEMA)
+    baseline = turso_threads()
+    conn = await bounded_open(replica_path, proxy.url)
+    errors = record_loop_errors()
+    await insert_and_commit(conn, ["a"])
+    await time_out_on_the_stalled_remote(conn, proxy, operation)
+    lanes = sync_lanes()
+
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(conn.close(), CLOSE_SECONDS + 1.0)
+    except asyncio.TimeoutError:
+        proxy.release()
+        await asyncio.wait_for(conn.close(), AWAIT_SECONDS)
+    took = time.monotonic() - started
+    assert lanes, f"no {SYNC_LANE} thread while a {operation} is stuck"
+    assert took < CLOSE_SECONDS, f"close() took {took:.2f} s while a {operation} was stuck"
+    assert proxy.held >= 1  # still stuck after close() returned
+
+    proxy.release()
+    assert await wait_until(lambda: proxy.held == 0)
+    assert await wait_until(lambda: not new_threads(baseline), THREAD_EXIT_SECONDS), (
+        f"threads left once the stuck {operation} ended: {sorted(t.name for t in new_threads(baseline))}"
+    )
+    assert errors == []
+
+
+@pytest.mark.parametrize("operation", ["pull", "push"])
+async def test_reopening_the_replica_while_the_old_request_is_stuck_works_and_every_row_reaches_the_server_once(
+    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, operation: str
+) -> None:
+    sync_server.execute(LOG_SCHEMA)
+    sync_server.execute("INSERT INTO log VALUES ('remote-1', 0)")
+    baseline = turso_threads()
+    errors = record_loop_errors()
+    old = await bounded_open(replica_path, proxy.url)
+    await insert_and_commit(old, ["old-1", "old-2"])
+    sync_server.execute("INSERT INTO log VALUES ('remote-2', 0)")
+    try:
+        await time_out_on_the_stalled_remote(old, proxy, operation)
+        assert await insert_and_commit(old, ["old-3"]) < LOCAL_SECONDS
+        await asyncio.wait_for(old.close(), CLOSE_SECONDS)
+    except BaseException:
+        proxy.release()  # let the old connection close, then report the failure
+        await asyncio.wait_for(old.close(), AWAIT_SECONDS)
+        raise
+
+    # Same path, same process, the old request still held by the proxy.
+    async with opened(replica_path, proxy.url, proxy) as new:
+        local = [row[0] for row in await asyncio.wait_for(new.execute_fetchall("SELECT k FROM log"), AWAIT_SECONDS)]
+        assert {"old-1", "old-2", "old-3", "remote-1"} <= set(local)
+        assert await insert_and_commit(new, ["new-1"]) < LOCAL_SECONDS
+        assert proxy.held >= 1
+
+        proxy.release()  # the remote answers again: the old request and the new calls go through
+        await asyncio.wait_for(new.push(), AWAIT_SECONDS)
+        await asyncio.wait_for(new.pull(), AWAIT_SECONDS)
+        assert await wait_until(lambda: proxy.held == 0)
+        local = [row[0] for row in await asyncio.wait_for(new.execute_fetchall("SELECT k FROM log ORDER BY k"), 10)]
+
+    assert await wait_until(lambda: not new_threads(baseline), THREAD_EXIT_SECONDS), (
+        f"threads left once the stuck {operation} ended: {sorted(t.name for t in new_threads(baseline))}"
+    )
+    expected = ["new-1", "old-1", "old-2", "old-3", "remote-1", "remote-2"]
+    assert remote_keys(sync_server) == expected  # every row exactly once
+    assert local == expected
+    # A replica opened after everything settled sees the same rows (the old thread changed nothing it relies on).
+    async with await bounded_open(replica_path, sync_server.url) as again:
+        await asyncio.wait_for(again.pull(), AWAIT_SECONDS)
+        rows = await asyncio.wait_for(again.execute_fetchall("SELECT k FROM log ORDER BY k"), AWAIT_SECONDS)
+        assert [row[0] for row in rows] == expected
+    assert errors == []
+
+
+# --- the garbage-collection and loop-closed paths stop the sync lane too ----------------------------------------
+
+
+async def test_connection_dropped_without_close_warns_and_its_sync_lane_stops_too(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    sync_server.execute(LOG_SCHEMA)
+    baseline = turso_threads()
+    conn = await bounded_open(replica_path, sync_server.url)
+    await insert_and_commit(conn, ["a"])
+    await asyncio.wait_for(conn.push(), AWAIT_SECONDS)
+    await asyncio.wait_for(conn.pull(), AWAIT_SECONDS)
+    assert sync_lanes(), f"no {SYNC_LANE} thread after a pull and a push"
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del conn
+        gc.collect()
+    assert [warning for warning in caught if issubclass(warning.category, ResourceWarning)], (
+        f"no ResourceWarning for an unclosed connection; got {[str(warning.message) for warning in caught]}"
+    )
+    assert await wait_until(lambda: not new_threads(baseline), THREAD_EXIT_SECONDS), (
+        f"threads outlived their collected connection: {sorted(t.name for t in new_threads(baseline))}"
+    )
+    async with await bounded_open(replica_path, sync_server.url) as again:
+        assert await asyncio.wait_for(again.execute_fetchall("SELECT k FROM log"), AWAIT_SECONDS) == [("a",)]
+
+
+@pytest.mark.parametrize("remote", ["slow", "stalled"])
+def test_event_loop_closing_mid_pull_stops_the_sync_lane_without_traceback(
+    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, monkeypatch: pytest.MonkeyPatch, remote: str
+) -> None:
+    thread_errors: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", thread_errors.append)
+    sync_server.execute(LOG_SCHEMA)
+    baseline = turso_threads()
+    loop_errors: list[LoopContext] = []
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda loop, context: loop_errors.append(context))
+    try:
+        conn = loop.run_until_complete(bounded_open(replica_path, proxy.url))
+        sync_server.execute("INSERT INTO log VALUES ('remote', 0)")
+        if remote == "slow":
+            proxy.answer_delay = 0.5
+        else:
+            proxy.stall()
+        requests_before = proxy.requests
+        running = loop.create_task(conn.pull())
+        loop.run_until_complete(asyncio.sleep(0.2))
+        assert not running.done()
+        assert proxy.requests > requests_before  # the pull is on the wire
+        assert sync_lanes(), f"no {SYNC_LANE} thread while a pull is on the wire"
+    finally:
+        loop.close()
+
+    proxy.release()
+    assert wait_until_blocking(lambda: not new_threads(baseline), THREAD_EXIT_SECONDS), (
+        f"threads outlived their event loop: {sorted(t.name for t in new_threads(baseline))}"
+    )
+    assert thread_errors == [], [f"{args.exc_type.__name__}: {args.exc_value}" for args in thread_errors]
+    del running, conn
+    gc.collect()
+    messages = [str(context.get("message")) for context in loop_errors]
+    assert all(message == "Task was destroyed but it is pending!" for message in messages), messages
