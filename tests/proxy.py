@@ -20,6 +20,9 @@ SOCKET_SECONDS = 10.0
 # How often a held request looks again at whether the proxy was released or closed.
 POLL_SECONDS = 0.02
 THREAD_NAME = "test-proxy"
+# The ways a flaky proxy misbehaves on a connection (see DelayingProxy).
+REFUSE = "refuse"
+CUT_ANSWER = "cut_answer"
 
 
 class DelayingProxy:
@@ -29,9 +32,12 @@ class DelayingProxy:
     - `answer_delay`: seconds each answer is held once the server has sent it (the server has already acted on the
       request when the client times out: a push is applied remotely before the client hears so).
     - `stalled`: start stalled (see `stall()`).
-    - `flaky`: the fraction of connections that misbehave, chosen by a `random.Random(seed)`: `refuse` closes the
-      connection at once (the server never sees the request); `cut_answer` forwards the request and closes the
-      connection without the answer (the server acted on it; the client hears an error).
+    - `flaky`: the fraction of connections that misbehave, chosen by a `random.Random(seed)`, each in one of the
+      `flaky_modes`: `"refuse"` closes the connection at once (the server never sees the request); `"cut_answer"`
+      forwards the request and closes the connection without the answer (the server acted on it; the client hears
+      an error).
+
+    `delay`, `answer_delay` and `flaky` may be changed while the proxy runs (say, once a replica is open).
 
     Counters: `requests` (connections accepted), `held` (requests held by a stall right now), `misbehaved`
     (connections the flaky mode refused or cut).
@@ -46,14 +52,16 @@ class DelayingProxy:
         stalled: bool = False,
         flaky: float = 0.0,
         seed: int = 0,
-        cut_answers: bool = False,
+        flaky_modes: tuple[str, ...] = (REFUSE,),
     ) -> None:
+        if not flaky_modes or set(flaky_modes) - {REFUSE, CUT_ANSWER}:
+            raise ValueError(f"flaky_modes must be some of {REFUSE!r} and {CUT_ANSWER!r}, not {flaky_modes!r}")
         self._target_port = target_port
         self.delay = delay
         self.answer_delay = answer_delay
-        self._flaky = flaky
+        self.flaky = flaky
         self._random = random.Random(seed)
-        self._cut_answers = cut_answers
+        self._flaky_modes = flaky_modes
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.05)
         port: int = self._listener.getsockname()[1]
@@ -136,13 +144,14 @@ class DelayingProxy:
                 return
             with self._lock:
                 self.requests += 1
-                misbehave = self._flaky > 0 and self._random.random() < self._flaky
-                if misbehave:
+                mode = ""
+                if self.flaky > 0 and self._random.random() < self.flaky:
+                    mode = self._random.choice(self._flaky_modes)
                     self.misbehaved += 1
-            if misbehave and not self._cut_answers:
-                client.close()  # refused: the server never sees this request
+            if mode == REFUSE:
+                client.close()  # the server never sees this request
                 continue
-            self._spawn(self._relay, client, misbehave)
+            self._spawn(self._relay, client, mode == CUT_ANSWER)
 
     def _wait_until_open(self) -> bool:
         """Hold while stalled; False if the proxy closes meanwhile."""
