@@ -1,8 +1,10 @@
 """Seeded random interleavings of local SQL, pull, push, stats, checkpoint and cancelled awaits (issue 13, "Done when").
 
 Two replicas of one remote database run at once through a flaky loopback proxy (tests/proxy.py) that refuses some
-connections. On each replica one task writes (short transactions with TEXT/UUID keys, some of their awaits cancelled)
-while another syncs (pull, push, stats, checkpoint, some cancelled by a tiny `wait_for` timeout or `Task.cancel`).
+connections and cuts the answer of others after the server acted on them (a push the server applied while the client
+heard an error must not arrive twice when it is sent again). On each replica one task writes (short transactions
+with TEXT/UUID keys, some of their awaits cancelled) while another syncs (pull, push, stats, checkpoint, some
+cancelled by a tiny `wait_for` timeout or `Task.cancel`).
 Whatever the order a seed produces: every row reaches the server exactly once, both replicas converge, nothing hangs,
 the loop's exception handler hears nothing and no thread is left. A failing seed replays the same choices (the
 threads' timing still varies).
@@ -21,7 +23,7 @@ import pytest
 
 import turso
 from tests.conftest import turso_threads
-from tests.proxy import REFUSE, DelayingProxy
+from tests.proxy import CUT_ANSWER, REFUSE, DelayingProxy
 from tests.sync_server import SyncServer
 from tests.test_faults import new_threads, record_loop_errors, wait_until
 from turso.lib_sync_aio import ConnectionSync, connect_sync
@@ -44,12 +46,12 @@ SCHEMA = "CREATE TABLE t(k TEXT PRIMARY KEY, replica TEXT, n INTEGER)"
 @pytest.fixture
 def flaky_proxy(sync_server: SyncServer) -> Iterator[DelayingProxy]:
     """The sync server behind a loopback proxy; each test turns its flakiness on once the replicas are open."""
-    with DelayingProxy(sync_server.port, flaky_modes=(REFUSE,)) as proxy:
+    with DelayingProxy(sync_server.port, flaky_modes=(REFUSE, CUT_ANSWER)) as proxy:
         yield proxy
 
 
 def is_network_failure(error: BaseException) -> bool:
-    """A sync that failed because the proxy refused its connection: expected, and never a lock or busy error."""
+    """A sync that failed because the proxy refused or cut its connection: expected; a lock or busy error is not."""
     message = str(error).lower()
     return isinstance(error, turso.Error) and not any(word in message for word in ("locked", "busy", "transaction"))
 
