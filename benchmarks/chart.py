@@ -1,4 +1,5 @@
-"""chart.png: the run at a glance (speedup, wall time, per-call overhead, loop lateness, footprint).
+"""chart.png: the run at a glance (speedup, wall time, per-call overhead, loop lateness, footprint); local_sql.png:
+local SQL while syncing.
 
 matplotlib's type stubs leave `**kwargs` untyped on nearly every plotting method, which pyright's strict mode reports
 as a partially unknown member type on each call; that one rule is off in this file. Everything else stays strict.
@@ -12,7 +13,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from benchmarks.common import BLOCKING, MB, OURS, PYTURSO, THREADS
+from benchmarks.common import BLOCKING, JS, MB, OURS, PYTURSO, THREADS
+from benchmarks.local_sql_while_syncing import KINDS, READ, SCENARIO_LABELS, SCENARIOS, STALL_TIMEOUT_SECONDS
 from benchmarks.overhead import NOT_PINNED, OTHER_CORE, SAME_CORE
 from benchmarks.queries import (
     AIOSQLITE,
@@ -28,11 +30,13 @@ from benchmarks.report import (
     COLORS,
     EXECUTE_FETCHALL_LIMIT,
     LABELS,
+    LOCAL_SQL_P99_LIMIT_MS,
     OVERHEAD_RATIO_LIMIT,
     SPEEDUP_TARGETS,
     Results,
     format_us,
     lateness_of,
+    local_sql_of,
 )
 from benchmarks.responsiveness import BOOTSTRAP, IDLE, PULL, LatenessResult
 
@@ -216,4 +220,63 @@ def write_chart(results: Results, path: Path) -> None:
     )
     figure.text(0.5, -0.005, f"{where}\n{verdicts}",
                 ha="center", va="top", fontsize=9)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def _local_sql(axes: Axes, results: Results, kind: str) -> None:
+    names = (OURS, PYTURSO, JS)
+    width = 0.8 / len(names)
+    bound_ms = results.settings["local_sql_bound"] * 1000
+    for index, name in enumerate(names):
+        found = [local_sql_of(results.local_sql, name, scenario, kind) for scenario in SCENARIOS]
+        positions = [group + (index - (len(names) - 1) / 2) * width for group in range(len(SCENARIOS))]
+        floor = 0.01
+        bars = axes.bar(positions, [max(result.p99_ms, floor) for result in found], width=width, color=COLORS[name],
+                        label=f"{LABELS[name]}: bar p99, dot p50, line up to max", alpha=0.85)
+        axes.vlines(positions, [max(result.p50_ms, floor) for result in found],
+                    [max(result.max_ms, floor) for result in found], color="black", linewidth=1)
+        axes.plot(positions, [max(result.p50_ms, floor) for result in found], "o", color="black", markersize=3)
+        axes.plot(positions, [max(result.max_ms, floor) for result in found], "_", color="black", markersize=8)
+        labels: list[str] = []
+        for result in found:
+            if result.blocked:
+                labels.append(f"blocked\n> {bound_ms / 1000:g} s")
+            elif result.count == 0:
+                labels.append("no sample")
+            else:
+                labels.append(f"p99 {result.p99_ms:,.2f}\nmax {result.max_ms:,.1f}")
+            if result.errors:
+                labels[-1] += f"\n{result.errors} error" + ("s" if result.errors > 1 else "")
+        axes.bar_label(bars, labels, fontsize=6, padding=2)
+    axes.axhline(LOCAL_SQL_P99_LIMIT_MS, color="red", linestyle="--", linewidth=1,
+                 label=f"target for ours: p99 ≤ {LOCAL_SQL_P99_LIMIT_MS:.0f} ms (and max below the JS binding's)")
+    axes.set_yscale("log")
+    axes.set_ylim(0.01, bound_ms * 20)
+    axes.yaxis.set_major_formatter(FuncFormatter(_plain_number))
+    axes.set_xticks(range(len(SCENARIOS)), [SCENARIO_LABELS[scenario].replace(", ", ",\n") for scenario in SCENARIOS],
+                    fontsize=8)
+    axes.set_ylabel("latency per statement (ms, log scale)")
+    what = "a one-row SELECT" if kind == READ else "an INSERT + commit"
+    axes.set_title(f"Local {kind}s while syncing ({what})", fontsize=10)
+    axes.legend(fontsize=7, loc="upper left")
+    axes.grid(True, axis="y", which="both", alpha=0.3)
+
+
+def write_local_sql_chart(results: Results, path: Path) -> None:
+    """Two panels, reads and writes: p50, p99 and max per scenario and implementation."""
+    figure = Figure(figsize=(16, 6.5), layout="constrained")
+    for column, kind in enumerate(KINDS):
+        _local_sql(figure.add_subplot(1, len(KINDS), column + 1), results, kind)
+    settings = results.settings
+    figure.suptitle(
+        f"Local SQL while syncing, through a proxy adding {settings['local_sql_delay'] * 1000:,.0f} ms per request "
+        f"({settings['local_sql_rounds']} pulls and pushes each; {settings['local_sql_window']:g} s after a pull "
+        f"abandoned after {STALL_TIMEOUT_SECONDS:g} s on a stalled remote)"
+        + (" (smoke run)" if results.smoke else ""),
+        fontsize=12,
+    )
+    verdicts = "    ".join(f"{check.short}: {check.measured} {check.verdict}" for check in results.targets
+                           if check.short.startswith("local SQL"))
+    figure.text(0.5, -0.01, f"{results.machine.describe()}\nturso/lib_sync_aio.py {results.ours}    "
+                f"{results.started}\n{verdicts}", ha="center", va="top", fontsize=8, wrap=True)
     figure.savefig(path, dpi=100, bbox_inches="tight")
