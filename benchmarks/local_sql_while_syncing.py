@@ -234,7 +234,9 @@ async def _run_python(
     notes = SyncNotes(name)
     loop = asyncio.get_running_loop()
     previous_handler = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _, context: notes.loop_errors.append(str(context.get("message"))))
+    loop.set_exception_handler(
+        lambda _, context: notes.loop_errors.append(f"{context.get('message')}: {context.get('exception')!r}")
+    )
     try:
         conn = cast(SyncingConnection, await ASYNC_CONNECTS[name](str(folder / "replica.db"), proxy.url))
         sampler = _Sampler(conn, settings.local_sql_bound)
