@@ -92,6 +92,9 @@ TRANSACTION_WAIT_SECONDS = 5.0
 # takes longer; close() then returns and the lane exits when that request ends.
 LANE_CLOSE_SECONDS = 0.5
 
+# How often a partial-sync page fetch that waits for the lane's operation checks whether close() gave up on the lane.
+_TURN_POLL_SECONDS = 0.1
+
 # Where the sync lane says what close() left behind.
 logger = logging.getLogger(__name__)
 
@@ -786,8 +789,19 @@ class _SyncEngine:
         engine.io_lock = threading.Lock()
         fetch_pages = blocking.extra_io
         if fetch_pages is not None:
-            blocking.extra_io = functools.partial(_one_at_a_time, engine.io_lock, fetch_pages)
+            blocking.extra_io = functools.partial(engine.fetch_pages_in_turn, fetch_pages)
         return engine
+
+    def fetch_pages_in_turn(self, fetch_pages: Callable[[], None]) -> None:
+        """On the SQL worker, as the blocking connection's `extra_io`: a partial-sync page fetch, taking its turn
+        with the lane's operation; once close() has given up on the lane, the statement fails instead of waiting."""
+        while not self.io_lock.acquire(timeout=_TURN_POLL_SECONDS):
+            if self.http.refusing:
+                raise ProgrammingError("Cannot fetch pages: the connection was closed while a sync operation ran")
+        try:
+            fetch_pages()
+        finally:
+            self.io_lock.release()
 
     def wait_changes(self) -> Any:
         """On the lane: pull's network part; the remote's changes since the last pull (not applied yet)."""
@@ -837,12 +851,6 @@ class _LaneHttpContext(DriverHttpContext):
         if self.refusing:
             raise ProgrammingError("the connection was closed")
         return super().base_url()
-
-
-def _one_at_a_time(io_lock: threading.Lock, fetch_pages: Callable[[], None]) -> None:
-    # The SQL worker's partial-sync page fetch, taking its turn with the lane's engine operations.
-    with io_lock:
-        fetch_pages()
 
 
 def _do_nothing() -> None:
