@@ -3,11 +3,12 @@
 //
 //   node benchmarks/js_local_sql_while_syncing.mjs '<settings as JSON>'
 //
-// It opens a replica of `url` (the delaying proxy) at `path`, then, while a pull is in flight, while a push is in
-// flight, and after a pull timed out against the stalled remote, runs a reader and a writer side by side, each
-// timing its local statements one after the other. It talks to the Python side by JSON lines: {"ask": "..."} on stdout, answered by one line on stdin
-// ("remote_rows": insert rows on the remote; "hold": the proxy stops answering; "release": it answers again), and
-// one {"result": {...}} line at the end. Every wait is bounded: the script always ends.
+// It opens a replica of `url` (the delaying proxy) at `path`, then runs a reader and a writer side by side, each
+// timing its local statements one after the other: with no sync in flight (for reference), while a pull is in
+// flight, while a push is in flight, and after a pull timed out against the stalled remote. It talks to the Python
+// side by JSON lines: {"ask": "..."} on stdout, answered by one line on stdin ("remote_rows": insert rows on the
+// remote; "hold": the proxy stops answering; "release": it answers again), and one {"result": {...}} line at the
+// end. Every wait is bounded: the script always ends.
 import { connect } from "@tursodatabase/sync";
 import { createInterface } from "node:readline";
 
@@ -95,7 +96,7 @@ async function during(operation, samples) {
   return { outcome, ms: performance.now() - started };
 }
 
-const scenarios = { pull: newSamples(), push: newSamples(), stalled: newSamples() };
+const scenarios = { idle: newSamples(), pull: newSamples(), push: newSamples(), stalled: newSamples() };
 const notes = { pulled: [], pull_ms: [], push_ms: [], sync_errors: [] };
 // Warm-up: the first statements of each kind pay for lazy set-up.
 for (let i = 0; i < 5; i++) {
@@ -103,6 +104,9 @@ for (let i = 0; i < 5; i++) {
   writes += 1;
   await write.run(`js ${writes}`);
 }
+// For reference: no sync operation in flight.
+const idleEnd = performance.now() + settings.window_s * 1000;
+await sample(() => performance.now() >= idleEnd, scenarios.idle);
 for (let round = 0; round < settings.rounds; round++) {
   await ask("remote_rows");
   const pull = await during(() => db.pull(), scenarios.pull);
@@ -133,6 +137,10 @@ notes.stalled_pull_after_release = afterRelease === TIMED_OUT ? "still running" 
 for (const statement of pending) {
   await within(statement.catch(() => {}), settings.operation_limit_s * 1000);
 }
+const next = await within(db.pull().then((pulled) => pulled, (error) => `error: ${error?.message ?? error}`),
+  settings.operation_limit_s * 1000);
+notes.next_pull = next === TIMED_OUT ? "did not end" : next;
+notes.replica_rows = Object.values(await (await db.prepare(settings.count_sql)).get())[0];
 const closed = await within(db.close().then(() => "closed"), settings.operation_limit_s * 1000);
 notes.closed = closed === TIMED_OUT ? "close did not end" : closed;
 // Exit once the result is written (a pipe is written asynchronously): a request the engine still holds open must

@@ -8,6 +8,7 @@ same scenarios and prints its samples as JSON).
 On each replica a reader and a writer run side by side, each timing its statements one after the other with a
 3 ms pause after each: the reader a one-row SELECT (`execute` + `fetchall`; in JS a prepared statement's `get`), the
 writer an INSERT then `commit` (in JS an autocommitted `run`). They run:
+- **idle**, with no sync operation in flight, for reference (what the machine gives a replica that does not sync);
 - **during a pull**: rows were inserted on the remote just before, so the pull has something to apply;
 - **during a push**: rows were inserted locally just before, so the push has something to send;
 - **on a stalled remote**: the proxy holds every request (it accepts connections and never answers), a pull is
@@ -34,14 +35,18 @@ from benchmarks.proxy import DelayProxy
 from tests.sync_server import SyncServer
 
 IMPLEMENTATIONS = [OURS, PYTURSO, JS]
+IDLE = "idle"
 PULL = "pull"
 PUSH = "push"
 STALLED = "stalled"
-SCENARIOS = (PULL, PUSH, STALLED)
+SCENARIOS = (IDLE, PULL, PUSH, STALLED)
+# The scenarios the targets are about (idle is the reference).
+SYNCING = (PULL, PUSH, STALLED)
 READ = "read"
 WRITE = "write"
 KINDS = (READ, WRITE)
 SCENARIO_LABELS = {
+    IDLE: "idle, no sync in flight (reference)",
     PULL: "during a pull",
     PUSH: "during a push",
     STALLED: "after a timed-out pull, remote stalled",
@@ -60,6 +65,7 @@ PUSH_ROWS = 100
 KV_ROWS = 10
 READ_SQL = "SELECT id, v FROM kv WHERE id = ?"
 WRITE_SQL = "INSERT INTO local_writes(body) VALUES (?)"
+COUNT_SQL = "SELECT count(*) FROM pulled"
 PUSH_ROWS_SQL = "INSERT INTO local_writes(body) VALUES " + ", ".join(["(hex(randomblob(32)))"] * PUSH_ROWS)
 # A sync operation, a close or the Node process that has not ended after this long is a failure of the run.
 OPERATION_LIMIT_SECONDS = 30.0
@@ -87,7 +93,7 @@ class LocalSqlResult:
     """Latency of one kind of local statement on one implementation in one scenario, over every round."""
 
     implementation: str
-    # "pull", "push" or "stalled".
+    # "idle", "pull", "push" or "stalled".
     scenario: str
     # "read" (a one-row SELECT) or "write" (an INSERT and its commit).
     kind: str
@@ -116,11 +122,16 @@ class SyncNotes:
     push_ms: list[float] = field(default_factory=list[float])
     # Failures of pull() or push() themselves.
     sync_errors: list[str] = field(default_factory=list[str])
-    # The abandoned pull on the stalled remote: whether it timed out, after how long control came back, and how it
-    # ended once the proxy answered again.
+    # The abandoned pull on the stalled remote: whether it timed out, after how long control came back, and how its
+    # awaitable ended once the proxy answered again ("cancelled": by the timeout, in Python).
     stalled_pull_timed_out: bool = False
     stalled_pull_returned_ms: float = 0.0
     stalled_pull_after_release: str = ""
+    # The next pull after the release, and then the rows of the remote's table in the replica and on the remote
+    # (equal: nothing lost, nothing doubled).
+    next_pull: str = ""
+    replica_rows: int = -1
+    remote_rows: int = -1
     closed: str = ""
     # What the event loop's exception handler heard meanwhile (Python implementations).
     loop_errors: list[str] = field(default_factory=list[str])
@@ -223,6 +234,12 @@ def _prepare_remote(server: SyncServer) -> None:
     server.execute("CREATE TABLE local_writes(id INTEGER PRIMARY KEY, body TEXT)")
 
 
+def _count_remote(server: SyncServer) -> int:
+    count = server.execute(COUNT_SQL)[0][0]
+    assert isinstance(count, int)
+    return count
+
+
 def _remote_rows(server: SyncServer) -> None:
     server.execute(f"INSERT INTO pulled(body) SELECT randomblob(200) FROM generate_series(1, {PULL_ROWS})")
 
@@ -243,6 +260,8 @@ async def _run_python(
         try:
             # Warm-up: the first statements of each kind pay for lazy set-up.
             await sampler.sample(lambda: sampler.writes >= 5, _Samples())
+            idle_end = time.perf_counter() + settings.local_sql_window
+            await sampler.sample(lambda: time.perf_counter() >= idle_end, samples[IDLE])
             for _ in range(settings.local_sql_rounds):
                 _remote_rows(server)
                 pulled, pull_ms = await sampler.during(conn.pull, samples[PULL])
@@ -301,6 +320,13 @@ async def _stalled(
         notes.stalled_pull_after_release = f"error: {pull.exception()}"
     else:
         notes.stalled_pull_after_release = str(pull.result())
+    try:
+        notes.next_pull = str(await asyncio.wait_for(conn.pull(), OPERATION_LIMIT_SECONDS))
+    except Exception as error:  # noqa: BLE001  # reported, not raised
+        notes.next_pull = f"error: {type(error).__name__}: {error}"
+    cursor = await conn.execute(COUNT_SQL)
+    notes.replica_rows = int((await cursor.fetchall())[0][0])
+    notes.remote_rows = _count_remote(server)
 
 
 async def _run_js(settings: Settings, folder: Path, server: SyncServer, proxy: DelayProxy) -> tuple[
@@ -322,6 +348,7 @@ async def _run_js(settings: Settings, folder: Path, server: SyncServer, proxy: D
         "operation_limit_s": OPERATION_LIMIT_SECONDS,
         "kv_rows": KV_ROWS,
         "read_sql": READ_SQL,
+        "count_sql": COUNT_SQL,
         "write_sql": WRITE_SQL,
         "push_rows_sql": PUSH_ROWS_SQL,
     }
@@ -337,7 +364,9 @@ async def _run_js(settings: Settings, folder: Path, server: SyncServer, proxy: D
         if process.returncode is None:
             process.kill()
             await process.wait()
-    return _from_js(result)
+    samples, notes = _from_js(result)
+    notes.remote_rows = _count_remote(server)
+    return samples, notes
 
 
 async def _answer_js(process: "asyncio.subprocess.Process", server: SyncServer, proxy: DelayProxy) -> dict[str, Any]:
@@ -384,6 +413,8 @@ def _from_js(result: dict[str, Any]) -> tuple[dict[str, _Samples], SyncNotes]:
         stalled_pull_timed_out=bool(found_notes["stalled_pull_timed_out"]),
         stalled_pull_returned_ms=round(found_notes["stalled_pull_returned_ms"], 1),
         stalled_pull_after_release=str(found_notes["stalled_pull_after_release"]),
+        next_pull=str(found_notes["next_pull"]),
+        replica_rows=int(found_notes["replica_rows"]),
         closed=str(found_notes["closed"]),
     )
     return samples, notes

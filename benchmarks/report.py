@@ -13,6 +13,7 @@ from benchmarks.local_sql_while_syncing import (
     SCENARIO_LABELS,
     SCENARIOS,
     STALL_TIMEOUT_SECONDS,
+    SYNCING,
     LocalSqlResult,
     SyncNotes,
     js_version,
@@ -182,7 +183,7 @@ def local_sql_checks(results: list[LocalSqlResult], notes: list[SyncNotes]) -> l
     """Ours in every scenario: p99 <= 5 ms and max below the JS binding's, for reads and writes; no errors (of a
     statement, or of a pull or push), nothing blocked."""
     checks: list[tuple[str, str, str, bool]] = []
-    for scenario in SCENARIOS:
+    for scenario in SYNCING:
         ours = {kind: local_sql_of(results, OURS, scenario, kind) for kind in KINDS}
         js = {kind: local_sql_of(results, JS, scenario, kind) for kind in KINDS}
         # A kind that never ran (the scenario ended before it got a turn) or was blocked cannot pass.
@@ -200,7 +201,7 @@ def local_sql_checks(results: list[LocalSqlResult], notes: list[SyncNotes]) -> l
                        for kind in KINDS),
              ran and all(ours[kind].max_ms < js[kind].max_ms for kind in KINDS))
         )
-    ours_all = [result for result in results if result.implementation == OURS]
+    ours_all = [result for result in results if result.implementation == OURS and result.scenario in SYNCING]
     errors = sum(result.errors for result in ours_all)
     blocked = sum(result.blocked for result in ours_all)
     sync_errors = sum(len(found.sync_errors) for found in notes if found.implementation == OURS)
@@ -379,11 +380,11 @@ def local_sql_table(results: Results) -> list[str]:
     out = [
         f"Local SQL while syncing, through a proxy adding {settings['local_sql_delay'] * 1000:,.0f} ms per request: "
         "a reader (one-row SELECT) and a writer (INSERT + commit) side by side, each pausing 3 ms between "
-        "statements, during "
-        f"{settings['local_sql_rounds']} pulls and {settings['local_sql_rounds']} pushes per implementation, and for "
-        f"{settings['local_sql_window']:g} s after a pull abandoned after {STALL_TIMEOUT_SECONDS:g} s on a stalled "
-        f"remote (a statement still waiting after {settings['local_sql_bound']:g} s counts as blocked; "
-        f"JS: @tursodatabase/sync {js_version()})",
+        f"statements, during {settings['local_sql_rounds']} pulls and {settings['local_sql_rounds']} pushes per "
+        f"implementation, for {settings['local_sql_window']:g} s after a pull abandoned after "
+        f"{STALL_TIMEOUT_SECONDS:g} s on a stalled remote, and for {settings['local_sql_window']:g} s with no sync in "
+        f"flight (reference). A statement still waiting after {settings['local_sql_bound']:g} s counts as blocked. "
+        f"JS: @tursodatabase/sync {js_version()}.",
         "",
     ]
     rows: list[list[str]] = []
@@ -405,7 +406,9 @@ def local_sql_table(results: Results) -> list[str]:
         stalled = (
             f"the stalled pull gave control back after {notes.stalled_pull_returned_ms:,.0f} ms"
             + ("" if notes.stalled_pull_timed_out else " (it did not time out)")
-            + f" and ended {notes.stalled_pull_after_release!r} once the remote answered"
+            + f" and its awaitable ended {notes.stalled_pull_after_release!r} once the remote answered; the next pull "
+            f"returned {notes.next_pull}; rows pulled: {notes.replica_rows} in the replica, {notes.remote_rows} on "
+            "the remote"
         )
         out.append(
             f"- {LABELS[notes.implementation]}: pulls returned {notes.pulled} in "
