@@ -231,14 +231,14 @@ def _local_sql(axes: Axes, results: Results, kind: str) -> None:
         found = [local_sql_of(results.local_sql, name, scenario, kind) for scenario in SCENARIOS]
         positions = [group + (index - (len(names) - 1) / 2) * width for group in range(len(SCENARIOS))]
         floor = 0.01
-        bars = axes.bar(positions, [max(result.p99_ms, floor) for result in found], width=width, color=COLORS[name],
+        axes.bar(positions, [max(result.p99_ms, floor) for result in found], width=width, color=COLORS[name],
                         label=f"{LABELS[name]}: bar p99, dot p50, line up to max", alpha=0.85,
                         hatch=["//" if result.blocked else "" for result in found])
         axes.vlines(positions, [max(result.p50_ms, floor) for result in found],
                     [max(result.max_ms, floor) for result in found], color="black", linewidth=1)
         axes.plot(positions, [max(result.p50_ms, floor) for result in found], "o", color="black", markersize=3)
         axes.plot(positions, [max(result.max_ms, floor) for result in found], "_", color="black", markersize=8)
-        for bar, result in zip(bars, found):
+        for position, result in zip(positions, found):
             if result.blocked:
                 label = f"blocked\n> {bound_ms / 1000:g} s"
             elif result.count == 0:
@@ -249,7 +249,7 @@ def _local_sql(axes: Axes, results: Results, kind: str) -> None:
                 label += f"\n{result.errors} error" + ("s" if result.errors > 1 else "")
             # Above the largest value, where no line of this bar runs.
             top = max(result.max_ms, result.p99_ms, floor)
-            axes.annotate(label, (bar.get_x() + bar.get_width() / 2, top), textcoords="offset points", xytext=(0, 4),
+            axes.annotate(label, (position, top), textcoords="offset points", xytext=(0, 4),
                           ha="center", va="bottom", fontsize=6, color="red" if result.errors else "black")
     axes.axhline(LOCAL_SQL_P99_LIMIT_MS, color="red", linestyle="--", linewidth=1,
                  label=f"target for ours: p99 ≤ {LOCAL_SQL_P99_LIMIT_MS:.0f} ms (and max below the JS binding's)")

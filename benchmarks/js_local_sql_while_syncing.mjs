@@ -4,19 +4,20 @@
 //   node benchmarks/js_local_sql_while_syncing.mjs '<settings as JSON>'
 //
 // It opens a replica of `url` (the delaying proxy) at `path`, then runs a reader and a writer side by side, each
-// timing its local statements one after the other: with no sync in flight (for reference), while a pull is in
-// flight, while a push is in flight, and after a pull timed out against the stalled remote. It talks to the Python
-// side by JSON lines: {"ask": "..."} on stdout, answered by one line on stdin ("remote_rows": insert rows on the
-// remote; "hold": the proxy stops answering; "release": it answers again), and one {"result": {...}} line at the
-// end. Every wait is bounded: the script always ends.
+// timing its local statements one after the other, in each scenario of `steps`: with no sync in flight ("idle", for
+// reference), while a pull is in flight ("pull"), while a push is in flight ("push"), and after a pull timed out
+// against the stalled remote ("stalled"). It talks to the Python side by JSON lines on stdout, each answered by one
+// line "ok" on stdin: {"ask": "turn", "step": ...} before each scenario (answered when this implementation's turn
+// comes), "remote_rows" (rows inserted on the remote), "hold" (the proxy stops answering) and "release" (it answers
+// again); at the end one {"result": {...}} line. Every wait on the replica is bounded: the script always ends.
 import { connect } from "@tursodatabase/sync";
 import { createInterface } from "node:readline";
 
 const settings = JSON.parse(process.argv[2]);
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 
-async function ask(what) {
-  process.stdout.write(JSON.stringify({ ask: what }) + "\n");
+async function ask(what, details = {}) {
+  process.stdout.write(JSON.stringify({ ask: what, ...details }) + "\n");
   const answer = await lines.next();
   if (answer.done || answer.value.trim() !== "ok") {
     throw new Error(`the benchmark did not answer ${what}: ${answer.value}`);
@@ -104,43 +105,56 @@ for (let i = 0; i < 5; i++) {
   writes += 1;
   await write.run(`js ${writes}`);
 }
-// For reference: no sync operation in flight.
-const idleEnd = performance.now() + settings.window_s * 1000;
-await sample(() => performance.now() >= idleEnd, scenarios.idle);
-for (let round = 0; round < settings.rounds; round++) {
-  await ask("remote_rows");
-  const pull = await during(() => db.pull(), scenarios.pull);
-  notes.pulled.push(pull.outcome);
-  notes.pull_ms.push(pull.ms);
-  if (typeof pull.outcome === "string") notes.sync_errors.push(`pull: ${pull.outcome}`);
-  await db.exec(settings.push_rows_sql);
-  const push = await during(() => db.push(), scenarios.push);
-  notes.push_ms.push(push.ms);
-  if (push.outcome !== null) notes.sync_errors.push(`push: ${push.outcome}`);
-}
 
-// The stalled remote: the proxy accepts and never answers until released.
-await ask("remote_rows");
-await ask("hold");
-const stalledStart = performance.now();
-const stuck = db.pull();
-stuck.catch(() => {});
-const first = await within(stuck, settings.stall_timeout_s * 1000);
-notes.stalled_pull_returned_ms = performance.now() - stalledStart;
-notes.stalled_pull_timed_out = first === TIMED_OUT;
-const windowEnd = performance.now() + settings.window_s * 1000;
-await sample(() => performance.now() >= windowEnd, scenarios.stalled);
-await ask("release");
-const afterRelease = await within(stuck.then((pulled) => pulled, (error) => `error: ${error?.message ?? error}`),
-  settings.operation_limit_s * 1000);
-notes.stalled_pull_after_release = afterRelease === TIMED_OUT ? "still running" : afterRelease;
-for (const statement of pending) {
-  await within(statement.catch(() => {}), settings.operation_limit_s * 1000);
+const steps = {
+  // For reference: no sync operation in flight.
+  async idle() {
+    const end = performance.now() + settings.window_s * 1000;
+    await sample(() => performance.now() >= end, scenarios.idle);
+  },
+  async pull() {
+    await ask("remote_rows");
+    const pull = await during(() => db.pull(), scenarios.pull);
+    notes.pulled.push(pull.outcome);
+    notes.pull_ms.push(pull.ms);
+    if (typeof pull.outcome === "string") notes.sync_errors.push(`pull: ${pull.outcome}`);
+  },
+  async push() {
+    await db.exec(settings.push_rows_sql);
+    const push = await during(() => db.push(), scenarios.push);
+    notes.push_ms.push(push.ms);
+    if (push.outcome !== null) notes.sync_errors.push(`push: ${push.outcome}`);
+  },
+  // The stalled remote: the proxy accepts and never answers until released.
+  async stalled() {
+    await ask("remote_rows");
+    await ask("hold");
+    const start = performance.now();
+    const stuck = db.pull();
+    stuck.catch(() => {});
+    const first = await within(stuck, settings.stall_timeout_s * 1000);
+    notes.stalled_pull_returned_ms = performance.now() - start;
+    notes.stalled_pull_timed_out = first === TIMED_OUT;
+    const end = performance.now() + settings.window_s * 1000;
+    await sample(() => performance.now() >= end, scenarios.stalled);
+    await ask("release");
+    const afterRelease = await within(stuck.then((pulled) => pulled, (error) => `error: ${error?.message ?? error}`),
+      settings.operation_limit_s * 1000);
+    notes.stalled_pull_after_release = afterRelease === TIMED_OUT ? "still running" : afterRelease;
+    for (const statement of pending) {
+      await within(statement.catch(() => {}), settings.operation_limit_s * 1000);
+    }
+    const next = await within(db.pull().then((pulled) => pulled, (error) => `error: ${error?.message ?? error}`),
+      settings.operation_limit_s * 1000);
+    notes.next_pull = next === TIMED_OUT ? "did not end" : next;
+    notes.replica_rows = Object.values(await (await db.prepare(settings.count_sql)).get())[0];
+  },
+};
+// The benchmark gives each implementation its turn scenario by scenario.
+for (const step of settings.steps) {
+  await ask("turn", { step });
+  await steps[step]();
 }
-const next = await within(db.pull().then((pulled) => pulled, (error) => `error: ${error?.message ?? error}`),
-  settings.operation_limit_s * 1000);
-notes.next_pull = next === TIMED_OUT ? "did not end" : next;
-notes.replica_rows = Object.values(await (await db.prepare(settings.count_sql)).get())[0];
 const closed = await within(db.close().then(() => "closed"), settings.operation_limit_s * 1000);
 notes.closed = closed === TIMED_OUT ? "close did not end" : closed;
 // Exit once the result is written (a pipe is written asynchronously): a request the engine still holds open must

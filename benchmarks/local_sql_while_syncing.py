@@ -23,14 +23,15 @@ is bounded, the Node process too.
 """
 
 import asyncio
+import contextlib
 import json
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence, Union, cast
+from typing import Any, Awaitable, Callable, Mapping, Optional, Protocol, Sequence, Union, cast
 
-from benchmarks.common import ASYNC_CONNECTS, CHECKOUT, JS, MB, OURS, PYTURSO, Settings, median, percentile
+from benchmarks.common import ASYNC_CONNECTS, CHECKOUT, JS, MB, OURS, PYTURSO, Settings, median, percentile, rotated
 from benchmarks.proxy import DelayProxy
 from tests.sync_server import SyncServer
 
@@ -69,7 +70,7 @@ COUNT_SQL = "SELECT count(*) FROM pulled"
 PUSH_ROWS_SQL = "INSERT INTO local_writes(body) VALUES " + ", ".join(["(hex(randomblob(32)))"] * PUSH_ROWS)
 # A sync operation, a close or the Node process that has not ended after this long is a failure of the run.
 OPERATION_LIMIT_SECONDS = 30.0
-JS_PROCESS_LIMIT_SECONDS = 180.0
+JS_STEP_LIMIT_SECONDS = 60.0
 
 Parameters = Union[Sequence[Any], Mapping[str, Any]]
 
@@ -244,180 +245,219 @@ def _remote_rows(server: SyncServer) -> None:
     server.execute(f"INSERT INTO pulled(body) SELECT randomblob(200) FROM generate_series(1, {PULL_ROWS})")
 
 
-async def _run_python(
-    name: str, settings: Settings, folder: Path, server: SyncServer, proxy: DelayProxy
-) -> tuple[dict[str, _Samples], SyncNotes]:
-    samples = {scenario: _Samples() for scenario in SCENARIOS}
-    notes = SyncNotes(name)
-    loop = asyncio.get_running_loop()
-    previous_handler = loop.get_exception_handler()
-    loop.set_exception_handler(
-        lambda _, context: notes.loop_errors.append(f"{context.get('message')}: {context.get('exception')!r}")
-    )
-    try:
-        conn = cast(SyncingConnection, await ASYNC_CONNECTS[name](str(folder / "replica.db"), proxy.url))
-        sampler = _Sampler(conn, settings.local_sql_bound)
+def _steps(settings: Settings) -> list[str]:
+    """The scenarios each replica runs, in order: idle, then a pull and a push per round, then the stalled remote."""
+    return [IDLE] + [PULL, PUSH] * settings.local_sql_rounds + [STALLED]
+
+
+class _PythonReplica:
+    """Ours or pyturso's module: one replica of its own remote, through its own proxy, and what it measured."""
+
+    def __init__(self, name: str, settings: Settings, server: SyncServer, proxy: DelayProxy) -> None:
+        self.name = name
+        self.settings = settings
+        self.server = server
+        self.proxy = proxy
+        self.samples = {scenario: _Samples() for scenario in SCENARIOS}
+        self.notes = SyncNotes(name)
+        self.conn: Optional[SyncingConnection] = None
+        self.sampler: Optional[_Sampler] = None
+
+    async def open(self, folder: Path) -> None:
+        """Open (bootstrap through the proxy) and warm up: the first statements of each kind pay for lazy set-up."""
+        self.conn = cast(SyncingConnection, await ASYNC_CONNECTS[self.name](str(folder / "replica.db"), self.proxy.url))
+        sampler = self.sampler = _Sampler(self.conn, self.settings.local_sql_bound)
+        await sampler.sample(lambda: sampler.writes >= 5, _Samples())
+
+    async def step(self, scenario: str) -> None:
+        """Run one scenario."""
+        assert self.conn is not None and self.sampler is not None
+        conn, sampler, notes = self.conn, self.sampler, self.notes
+        if scenario == IDLE:
+            end = time.perf_counter() + self.settings.local_sql_window
+            await sampler.sample(lambda: time.perf_counter() >= end, self.samples[IDLE])
+        elif scenario == PULL:
+            _remote_rows(self.server)
+            pulled, pull_ms = await sampler.during(conn.pull, self.samples[PULL])
+            notes.pulled.append(pulled)
+            notes.pull_ms.append(round(pull_ms, 1))
+            if isinstance(pulled, str):
+                notes.sync_errors.append(f"pull: {pulled}")
+        elif scenario == PUSH:
+            await conn.execute(PUSH_ROWS_SQL)
+            await conn.commit()
+            pushed, push_ms = await sampler.during(conn.push, self.samples[PUSH])
+            notes.push_ms.append(round(push_ms, 1))
+            if pushed is not None:
+                notes.sync_errors.append(f"push: {pushed}")
+        else:
+            await self._stalled(conn, sampler)
+
+    async def _stalled(self, conn: SyncingConnection, sampler: _Sampler) -> None:
+        notes = self.notes
+        _remote_rows(self.server)
+        self.proxy.hold()
+        start = time.perf_counter()
+        # The call a user makes, `asyncio.wait_for(conn.pull(), 0.5)`, with the pull in a task kept here to see how
+        # it ends (wait_for cancels it at the timeout, as it would the bare coroutine).
+        pull = asyncio.ensure_future(conn.pull())
         try:
-            # Warm-up: the first statements of each kind pay for lazy set-up.
-            await sampler.sample(lambda: sampler.writes >= 5, _Samples())
-            idle_end = time.perf_counter() + settings.local_sql_window
-            await sampler.sample(lambda: time.perf_counter() >= idle_end, samples[IDLE])
-            for _ in range(settings.local_sql_rounds):
-                _remote_rows(server)
-                pulled, pull_ms = await sampler.during(conn.pull, samples[PULL])
-                notes.pulled.append(pulled)
-                notes.pull_ms.append(round(pull_ms, 1))
-                await conn.execute(PUSH_ROWS_SQL)
-                await conn.commit()
-                pushed, push_ms = await sampler.during(conn.push, samples[PUSH])
-                if pushed is not None:
-                    notes.sync_errors.append(f"push: {pushed}")
-                notes.push_ms.append(round(push_ms, 1))
-            notes.sync_errors += [f"pull: {value}" for value in notes.pulled if isinstance(value, str)]
-            await _stalled(conn, sampler, server, proxy, samples[STALLED], notes, settings)
+            await asyncio.wait_for(pull, STALL_TIMEOUT_SECONDS)
+        except asyncio.TimeoutError:
+            notes.stalled_pull_timed_out = True
+        notes.stalled_pull_returned_ms = round((time.perf_counter() - start) * 1000, 1)
+        window_end = time.perf_counter() + self.settings.local_sql_window
+        await sampler.sample(lambda: time.perf_counter() >= window_end, self.samples[STALLED])
+        self.proxy.release()
+        await sampler.drain()
+        done, _ = await asyncio.wait({pull}, timeout=OPERATION_LIMIT_SECONDS)
+        if not done:
+            notes.stalled_pull_after_release = "still running"
+        elif pull.cancelled():
+            notes.stalled_pull_after_release = "cancelled"
+        elif pull.exception() is not None:
+            notes.stalled_pull_after_release = f"error: {pull.exception()}"
+        else:
+            notes.stalled_pull_after_release = str(pull.result())
+        try:
+            notes.next_pull = str(await asyncio.wait_for(conn.pull(), OPERATION_LIMIT_SECONDS))
+        except Exception as error:  # noqa: BLE001  # reported, not raised
+            notes.next_pull = f"error: {type(error).__name__}: {error}"
+        cursor = await conn.execute(COUNT_SQL)
+        notes.replica_rows = int((await cursor.fetchall())[0][0])
+        notes.remote_rows = _count_remote(self.server)
+
+    async def close(self) -> None:
+        """Close (bounded), after the statements that outlived their bound."""
+        if self.sampler is not None:
+            await self.sampler.drain()
+        if self.conn is None:
+            return
+        try:
+            await asyncio.wait_for(self.conn.close(), OPERATION_LIMIT_SECONDS)
+            self.notes.closed = "closed"
+        except asyncio.TimeoutError:
+            self.notes.closed = "close did not end"
+
+
+class _JsReplica:
+    """Turso's JS sync binding in a Node process that runs the same scenarios; it asks for its turn before each one
+    (answered when its turn comes), and for rows on the remote or a stalled proxy within one (answered at once)."""
+
+    def __init__(self, settings: Settings, server: SyncServer, proxy: DelayProxy) -> None:
+        self.name = JS
+        self.settings = settings
+        self.server = server
+        self.proxy = proxy
+        self.process: Optional["asyncio.subprocess.Process"] = None
+        self.samples: dict[str, _Samples] = {}
+        self.notes = SyncNotes(JS)
+        # The scenario the script waits to run (its last ask for a turn).
+        self.asked: Optional[str] = None
+
+    async def open(self, folder: Path) -> None:
+        """Start the script; it opens its replica, warms up and asks for its first turn."""
+        node = shutil.which("node")
+        if node is None:
+            raise RuntimeError("node is not on PATH (make setup installs the JS binding with npm, which needs it)")
+        if not JS_PACKAGE.is_file():
+            raise RuntimeError(f"{JS_PACKAGE.parent} is missing; run `make setup`")
+        config = {
+            "path": str(folder / "replica.db"),
+            "url": self.proxy.url,
+            "steps": _steps(self.settings),
+            "interval_ms": INTERVAL_SECONDS * 1000,
+            "blocked_s": self.settings.local_sql_bound,
+            "window_s": self.settings.local_sql_window,
+            "stall_timeout_s": STALL_TIMEOUT_SECONDS,
+            "operation_limit_s": OPERATION_LIMIT_SECONDS,
+            "kv_rows": KV_ROWS,
+            "read_sql": READ_SQL,
+            "write_sql": WRITE_SQL,
+            "count_sql": COUNT_SQL,
+            "push_rows_sql": PUSH_ROWS_SQL,
+        }
+        self.process = await asyncio.create_subprocess_exec(
+            node, str(JS_SCRIPT), json.dumps(config), cwd=CHECKOUT,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            # The result line holds every latency measured.
+            limit=64 * MB,
+        )
+        await asyncio.wait_for(self._until_turn_asked(), JS_STEP_LIMIT_SECONDS)
+
+    async def step(self, scenario: str) -> None:
+        """Give the script its turn for `scenario` and wait until it asks for the next one (or prints its result)."""
+        if self.asked != scenario:
+            raise RuntimeError(f"the JS benchmark is at {self.asked!r}, not {scenario!r}")
+        await self._answer()
+        await asyncio.wait_for(self._until_turn_asked(), JS_STEP_LIMIT_SECONDS)
+
+    async def _answer(self) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write(b"ok\n")
+        await self.process.stdin.drain()
+
+    async def _until_turn_asked(self) -> None:
+        """Answer the script's asks until it asks for a turn (or prints its result, which is then kept)."""
+        assert self.process is not None and self.process.stdout is not None
+        actions: dict[str, Callable[[], None]] = {
+            "remote_rows": lambda: _remote_rows(self.server),
+            "hold": self.proxy.hold,
+            "release": self.proxy.release,
+        }
+        while line := await self.process.stdout.readline():
+            message = json.loads(line)
+            if "result" in message:
+                self._keep(message["result"])
+                return
+            ask = message.get("ask")
+            if ask == "turn":
+                self.asked = str(message.get("step"))
+                return
+            if ask not in actions:
+                raise RuntimeError(f"the JS benchmark asked for {ask!r}")
+            actions[ask]()
+            await self._answer()
+        raise RuntimeError(f"the JS benchmark ended without a result (exit status {await self.process.wait()})")
+
+    def _keep(self, result: dict[str, Any]) -> None:
+        for scenario in SCENARIOS:
+            found = result["scenarios"][scenario]
+            kept = _Samples()
+            for kind in KINDS:
+                kept.latencies[kind] = [value / 1000 for value in found[f"{kind}_ms"]]
+                kept.errors[kind] = [error for error in found["errors"] if error.startswith(f"{kind}:")]
+                kept.blocked[kind] = found[f"{kind}_blocked"]
+            self.samples[scenario] = kept
+        found_notes = result["notes"]
+        self.notes = SyncNotes(
+            JS,
+            pulled=list(found_notes["pulled"]),
+            pull_ms=[round(value, 1) for value in found_notes["pull_ms"]],
+            push_ms=[round(value, 1) for value in found_notes["push_ms"]],
+            sync_errors=[str(error) for error in found_notes["sync_errors"]],
+            stalled_pull_timed_out=bool(found_notes["stalled_pull_timed_out"]),
+            stalled_pull_returned_ms=round(found_notes["stalled_pull_returned_ms"], 1),
+            stalled_pull_after_release=str(found_notes["stalled_pull_after_release"]),
+            next_pull=str(found_notes["next_pull"]),
+            replica_rows=int(found_notes["replica_rows"]),
+            remote_rows=_count_remote(self.server),
+            closed=str(found_notes["closed"]),
+        )
+
+    async def close(self) -> None:
+        """Wait (bounded) for the script to exit; kill it if it does not."""
+        process = self.process
+        if process is None:
+            return
+        try:
+            await asyncio.wait_for(process.wait(), JS_STEP_LIMIT_SECONDS)
         finally:
-            await sampler.drain()
-            try:
-                await asyncio.wait_for(conn.close(), OPERATION_LIMIT_SECONDS)
-                notes.closed = "closed"
-            except asyncio.TimeoutError:
-                notes.closed = "close did not end"
-    finally:
-        loop.set_exception_handler(previous_handler)
-    return samples, notes
-
-
-async def _stalled(
-    conn: SyncingConnection,
-    sampler: _Sampler,
-    server: SyncServer,
-    proxy: DelayProxy,
-    samples: _Samples,
-    notes: SyncNotes,
-    settings: Settings,
-) -> None:
-    _remote_rows(server)
-    proxy.hold()
-    start = time.perf_counter()
-    # The call a user makes, `asyncio.wait_for(conn.pull(), 0.5)`, with the pull in a task kept here to see how it
-    # ends (wait_for cancels it at the timeout, as it would the bare coroutine).
-    pull = asyncio.ensure_future(conn.pull())
-    try:
-        await asyncio.wait_for(pull, STALL_TIMEOUT_SECONDS)
-    except asyncio.TimeoutError:
-        notes.stalled_pull_timed_out = True
-    notes.stalled_pull_returned_ms = round((time.perf_counter() - start) * 1000, 1)
-    window_end = time.perf_counter() + settings.local_sql_window
-    await sampler.sample(lambda: time.perf_counter() >= window_end, samples)
-    proxy.release()
-    await sampler.drain()
-    done, _ = await asyncio.wait({pull}, timeout=OPERATION_LIMIT_SECONDS)
-    if not done:
-        notes.stalled_pull_after_release = "still running"
-    elif pull.cancelled():
-        notes.stalled_pull_after_release = "cancelled"
-    elif pull.exception() is not None:
-        notes.stalled_pull_after_release = f"error: {pull.exception()}"
-    else:
-        notes.stalled_pull_after_release = str(pull.result())
-    try:
-        notes.next_pull = str(await asyncio.wait_for(conn.pull(), OPERATION_LIMIT_SECONDS))
-    except Exception as error:  # noqa: BLE001  # reported, not raised
-        notes.next_pull = f"error: {type(error).__name__}: {error}"
-    cursor = await conn.execute(COUNT_SQL)
-    notes.replica_rows = int((await cursor.fetchall())[0][0])
-    notes.remote_rows = _count_remote(server)
-
-
-async def _run_js(settings: Settings, folder: Path, server: SyncServer, proxy: DelayProxy) -> tuple[
-    dict[str, _Samples], SyncNotes
-]:
-    node = shutil.which("node")
-    if node is None:
-        raise RuntimeError("node is not on PATH (make setup installs the JS binding with npm, which needs it)")
-    if not JS_PACKAGE.is_file():
-        raise RuntimeError(f"{JS_PACKAGE.parent} is missing; run `make setup`")
-    config = {
-        "path": str(folder / "replica.db"),
-        "url": proxy.url,
-        "rounds": settings.local_sql_rounds,
-        "interval_ms": INTERVAL_SECONDS * 1000,
-        "blocked_s": settings.local_sql_bound,
-        "window_s": settings.local_sql_window,
-        "stall_timeout_s": STALL_TIMEOUT_SECONDS,
-        "operation_limit_s": OPERATION_LIMIT_SECONDS,
-        "kv_rows": KV_ROWS,
-        "read_sql": READ_SQL,
-        "count_sql": COUNT_SQL,
-        "write_sql": WRITE_SQL,
-        "push_rows_sql": PUSH_ROWS_SQL,
-    }
-    process = await asyncio.create_subprocess_exec(
-        node, str(JS_SCRIPT), json.dumps(config), cwd=CHECKOUT,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        # The result line holds every latency measured.
-        limit=64 * MB,
-    )
-    try:
-        result = await asyncio.wait_for(_answer_js(process, server, proxy), JS_PROCESS_LIMIT_SECONDS)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    samples, notes = _from_js(result)
-    notes.remote_rows = _count_remote(server)
-    return samples, notes
-
-
-async def _answer_js(process: "asyncio.subprocess.Process", server: SyncServer, proxy: DelayProxy) -> dict[str, Any]:
-    """Do what the Node script asks until it prints its result; then wait for it to exit."""
-    assert process.stdin is not None and process.stdout is not None
-    actions: dict[str, Callable[[], None]] = {
-        "remote_rows": lambda: _remote_rows(server),
-        "hold": proxy.hold,
-        "release": proxy.release,
-    }
-    while line := await process.stdout.readline():
-        message = json.loads(line)
-        if "result" in message:
-            await process.wait()
-            result: dict[str, Any] = message["result"]
-            return result
-        ask = message.get("ask")
-        if ask not in actions:
-            raise RuntimeError(f"the JS benchmark asked for {ask!r}")
-        actions[ask]()
-        process.stdin.write(b"ok\n")
-        await process.stdin.drain()
-    await process.wait()
-    raise RuntimeError(f"the JS benchmark ended without a result (exit status {process.returncode})")
-
-
-def _from_js(result: dict[str, Any]) -> tuple[dict[str, _Samples], SyncNotes]:
-    samples: dict[str, _Samples] = {}
-    for scenario in SCENARIOS:
-        found = result["scenarios"][scenario]
-        kept = _Samples()
-        for kind in KINDS:
-            kept.latencies[kind] = [value / 1000 for value in found[f"{kind}_ms"]]
-            kept.errors[kind] = [error for error in found["errors"] if error.startswith(f"{kind}:")]
-            kept.blocked[kind] = found[f"{kind}_blocked"]
-        samples[scenario] = kept
-    found_notes = result["notes"]
-    notes = SyncNotes(
-        JS,
-        pulled=list(found_notes["pulled"]),
-        pull_ms=[round(value, 1) for value in found_notes["pull_ms"]],
-        push_ms=[round(value, 1) for value in found_notes["push_ms"]],
-        sync_errors=[str(error) for error in found_notes["sync_errors"]],
-        stalled_pull_timed_out=bool(found_notes["stalled_pull_timed_out"]),
-        stalled_pull_returned_ms=round(found_notes["stalled_pull_returned_ms"], 1),
-        stalled_pull_after_release=str(found_notes["stalled_pull_after_release"]),
-        next_pull=str(found_notes["next_pull"]),
-        replica_rows=int(found_notes["replica_rows"]),
-        closed=str(found_notes["closed"]),
-    )
-    return samples, notes
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        if not self.samples:
+            raise RuntimeError(f"the JS benchmark ended without a result (exit status {process.returncode})")
 
 
 def _summaries(name: str, samples: dict[str, _Samples], bound: float) -> list[LocalSqlResult]:
@@ -446,19 +486,42 @@ def _summaries(name: str, samples: dict[str, _Samples], bound: float) -> list[Lo
 
 
 async def measure_local_sql(settings: Settings, workdir: Path) -> tuple[list[LocalSqlResult], list[SyncNotes]]:
-    """Every implementation in turn, each on a new sync server behind a new delaying proxy."""
-    results: list[LocalSqlResult] = []
-    all_notes: list[SyncNotes] = []
-    for name in IMPLEMENTATIONS:
-        folder = workdir / name
-        folder.mkdir()
-        with SyncServer(folder / "remote.db") as server:
+    """All implementations open at once, each on its own sync server behind its own delaying proxy; they take turns
+    scenario by scenario, in a different order for each (so that none always meets the machine's busier moments)."""
+    with contextlib.ExitStack() as stack:
+        replicas: list[Union[_PythonReplica, _JsReplica]] = []
+        for name in IMPLEMENTATIONS:
+            folder = workdir / name
+            folder.mkdir()
+            server = stack.enter_context(SyncServer(folder / "remote.db"))
             _prepare_remote(server)
-            with DelayProxy(server.port, settings.local_sql_delay) as proxy:
-                if name == JS:
-                    samples, notes = await _run_js(settings, folder, server, proxy)
-                else:
-                    samples, notes = await _run_python(name, settings, folder, server, proxy)
-        results += _summaries(name, samples, settings.local_sql_bound)
-        all_notes.append(notes)
-    return results, all_notes
+            proxy = stack.enter_context(DelayProxy(server.port, settings.local_sql_delay))
+            replicas.append(
+                _JsReplica(settings, server, proxy) if name == JS else _PythonReplica(name, settings, server, proxy)
+            )
+        loop = asyncio.get_running_loop()
+        previous_handler = loop.get_exception_handler()
+        # Who is taking its turn: what the loop's exception handler hears is put down to it.
+        current: list[Union[_PythonReplica, _JsReplica]] = [replicas[0]]
+        loop.set_exception_handler(
+            lambda _, context: current[0].notes.loop_errors.append(
+                f"{context.get('message')}: {context.get('exception')!r}"
+            )
+        )
+        try:
+            for replica in replicas:
+                current[0] = replica
+                await replica.open(workdir / replica.name)
+            for turn, scenario in enumerate(_steps(settings)):
+                for replica in rotated(replicas, turn):
+                    current[0] = replica
+                    await replica.step(scenario)
+        finally:
+            for replica in replicas:
+                current[0] = replica
+                await replica.close()
+            loop.set_exception_handler(previous_handler)
+    results: list[LocalSqlResult] = []
+    for replica in replicas:
+        results += _summaries(replica.name, replica.samples, settings.local_sql_bound)
+    return results, [replica.notes for replica in replicas]
