@@ -228,10 +228,13 @@ class BackgroundSync:
         # has nothing to report about it.
         try:
             while not self._stop_requested:
-                await self._one_round()
+                error = await self._one_round()
                 if self._stop_requested:
                     break
-                await self._wait(self._backoff.delay(self._failures))
+                delay = self._backoff.delay(self._failures)
+                if error is not None:
+                    self._log_failure(error, delay)
+                await self._wait(delay)
         finally:
             self._next_round_unix_time = None
             round_future = self._round
@@ -239,7 +242,8 @@ class BackgroundSync:
             if round_future is not None:
                 _fail_quietly(round_future, ProgrammingError("Background sync stopped before this round ran"))
 
-    async def _one_round(self) -> None:
+    async def _one_round(self) -> Optional[Exception]:
+        # One push-then-pull; returns its error, if it failed (it never raises one, only CancelledError).
         round_future = self._round
         if round_future is None:
             round_future = self._round = self._loop.create_future()
@@ -250,6 +254,7 @@ class BackgroundSync:
         except Exception as error:
             self._round_failed(error)
             _fail_quietly(round_future, error)
+            return error
         except asyncio.CancelledError:
             _fail_quietly(round_future, ProgrammingError("Background sync stopped before this round finished"))
             raise
@@ -257,6 +262,7 @@ class BackgroundSync:
             self._round_succeeded()
             if not round_future.done():
                 round_future.set_result(changed)
+            return None
         finally:
             if self._round is round_future:
                 self._round = None
@@ -276,14 +282,25 @@ class BackgroundSync:
         self._last_error = error
         if self._failures == 1:
             self._streak_started = self._loop.time()
+
+    def _log_failure(self, error: Exception, delay: float) -> None:
+        # One WARNING when a streak of failures begins; its retries only at DEBUG.
+        if self._failures == 1:
             logger.warning(
-                "Background sync failed: %s: %s; retrying with backoff (at most every %.3g s)",
+                "Background sync failed: %s: %s; retrying in %.2f s, then backing off up to %.3g s (±20%%) "
+                "until a round succeeds",
                 type(error).__name__,
                 error,
+                delay,
                 self._backoff.max_backoff,
             )
         else:
-            logger.debug("Background sync failed again (%d rounds in a row): %s", self._failures, error)
+            logger.debug(
+                "Background sync failed again (%d rounds in a row): %s; retrying in %.2f s",
+                self._failures,
+                error,
+                delay,
+            )
 
     def _round_succeeded(self) -> None:
         if self._failures:
