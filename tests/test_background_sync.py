@@ -518,6 +518,28 @@ def test_asyncio_run_ending_with_background_sync_running_stops_it_without_a_repo
     assert wait_until_blocking(lambda: not (turso_threads() - baseline))
 
 
+async def test_a_stopped_background_sync_keeps_no_reference_to_its_connection_even_after_failed_rounds(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    conn = await open_replica(replica_path, sync_server.url)
+    background = conn.sync_in_background(INTERVAL / 4, max_backoff=INTERVAL / 4)
+    assert await wait_until(lambda: background.status.rounds >= 1)
+    sync_server.stop()
+    assert await wait_until(lambda: background.status.consecutive_failures >= 2)
+    await bounded(background.stop())
+    assert isinstance(background.status.last_error, turso.Error)
+    # Dropping the unclosed connection now collects it at once (no cycle through the background sync or the
+    # error it keeps): it warns there and then, with the cycle collector off.
+    gc.disable()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del conn
+        assert [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+    finally:
+        gc.enable()
+
+
 # --- sync_now ----------------------------------------------------------------------------------------------------
 
 

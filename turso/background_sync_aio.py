@@ -21,6 +21,7 @@ import logging
 import math
 import random
 import time
+import traceback
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Callable, Optional, Protocol
@@ -119,7 +120,8 @@ class BackgroundSync:
         """Check the arguments, then start at once on the running event loop (raises RuntimeError if none runs)."""
         self._backoff = Backoff(_seconds("interval", interval), _seconds("max_backoff", max_backoff))
         self._loop = asyncio.get_running_loop()
-        self._target = target
+        # Held while running; released when it stops, so that a stopped background sync keeps no connection alive.
+        self._target: Optional[SyncTarget] = target
         self._rounds = 0
         self._failures = 0
         self._last_error: Optional[BaseException] = None
@@ -184,6 +186,8 @@ class BackgroundSync:
         self._wake()
         task = self._task
         if task.done() or self._loop.is_closed():
+            # (A task cancelled before it ever ran never reached _run's cleanup.)
+            self._target = None
             return
         try:
             done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT_SECONDS)
@@ -236,6 +240,7 @@ class BackgroundSync:
                     self._log_failure(error, delay)
                 await self._wait(delay)
         finally:
+            self._target = None
             self._next_round_unix_time = None
             round_future = self._round
             self._round = None
@@ -248,9 +253,12 @@ class BackgroundSync:
         if round_future is None:
             round_future = self._round = self._loop.create_future()
         self._next_round_unix_time = None
+        target = self._target
         try:
-            await self._target.push()
-            changed = await self._target.pull()
+            if target is None:
+                raise ProgrammingError("Background sync is stopped")
+            await target.push()
+            changed = await target.pull()
         except Exception as error:
             self._round_failed(error)
             _fail_quietly(round_future, error)
@@ -264,6 +272,8 @@ class BackgroundSync:
                 round_future.set_result(changed)
             return None
         finally:
+            # A failed round's traceback keeps this frame (in last_error): it must not keep the connection too.
+            target = None
             if self._round is round_future:
                 self._round = None
 
@@ -279,6 +289,8 @@ class BackgroundSync:
 
     def _round_failed(self, error: Exception) -> None:
         self._failures += 1
+        # Kept in the status: drop the locals of the frames it passed through (they hold the connection).
+        traceback.clear_frames(error.__traceback__)
         self._last_error = error
         if self._failures == 1:
             self._streak_started = self._loop.time()
