@@ -518,6 +518,40 @@ def test_asyncio_run_ending_with_background_sync_running_stops_it_without_a_repo
     assert wait_until_blocking(lambda: not (turso_threads() - baseline))
 
 
+def test_event_loop_closed_without_shutdown_leaves_no_thread_and_nothing_but_asyncio_s_pending_task_report(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    # The rough way out: loop.close() with the background sync and the connection still running (no asyncio.run to
+    # cancel tasks first). Nothing can run on a closed loop; what is left must still go away.
+    baseline = turso_threads()
+    loop_errors: list[LoopContext] = []
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda loop, context: loop_errors.append(context))
+
+    async def start() -> BackgroundSync:
+        conn = await open_replica(replica_path, sync_server.url)
+        background = conn.sync_in_background(INTERVAL)
+        assert await wait_until(lambda: background.status.rounds >= 1)
+        return background
+
+    try:
+        background = loop.run_until_complete(start())
+        assert background.status.running
+    finally:
+        loop.close()
+    assert not background.status.running and background.status.next_round_unix_time is None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del background
+        gc.collect()
+    # The unclosed connection warns, as any does, and its worker exits.
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+    assert wait_until_blocking(lambda: not (turso_threads() - baseline)), "the worker outlived its event loop"
+    # The only report is asyncio's own, for the task that a closed loop can no longer run.
+    messages = [str(context.get("message")) for context in loop_errors]
+    assert all(message == "Task was destroyed but it is pending!" for message in messages), messages
+
+
 async def test_a_stopped_background_sync_keeps_no_reference_to_its_connection_even_after_failed_rounds(
     sync_server: SyncServer, replica_path: str
 ) -> None:
