@@ -291,8 +291,8 @@ async def test_connect_cancelled_while_bootstrapping_stops_the_worker_once_boots
     opening.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(opening, AWAIT_SECONDS)
-    # The bootstrap is still on the wire: the worker cannot be interrupted.
-    assert len(new_threads(baseline)) == THREADS_PER_CONNECTION
+    # The bootstrap is still on the wire: the SQL worker cannot be interrupted (the idle sync lane may be gone).
+    assert "turso-async-worker" in {thread.name for thread in new_threads(baseline)}
 
     assert await wait_until(lambda: not new_threads(baseline)), "the worker outlived the cancelled connect"
     with pytest.raises(turso.ProgrammingError):
@@ -315,8 +315,8 @@ async def test_connect_timed_out_while_bootstrapping_stops_the_worker_once_boots
     conn = connect_sync(replica_path, sync_server.url)
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(conn, 0.001)
-    # The bootstrap still runs: the worker cannot be interrupted.
-    assert len(new_threads(baseline)) == THREADS_PER_CONNECTION
+    # The bootstrap still runs: the SQL worker cannot be interrupted (the idle sync lane may be gone).
+    assert "turso-async-worker" in {thread.name for thread in new_threads(baseline)}
     assert await wait_until(lambda: not new_threads(baseline)), "the worker outlived the timed-out connect"
     with pytest.raises(turso.ProgrammingError):
         await asyncio.wait_for(conn.stats(), AWAIT_SECONDS)
