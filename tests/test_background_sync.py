@@ -28,7 +28,7 @@ from tests.conftest import turso_threads
 from tests.sync_server import SyncServer
 from tests.test_faults import AWAIT_SECONDS, DelayingProxy, LoopContext, wait_until, wait_until_blocking
 from turso.background_sync_aio import BackgroundSync, BackgroundSyncStatus, Backoff
-from turso.lib_sync_aio import ConnectionSync, connect_sync
+from turso.lib_sync_aio import LANE_CLOSE_SECONDS, ConnectionSync, connect_sync
 
 LOGGER = "turso.background_sync_aio"
 # The interval of most tests: short, so that tests stay fast, and long enough to tell rounds apart.
@@ -364,21 +364,26 @@ async def open_behind_a_slow_proxy(
         raise
 
 
-@pytest.mark.parametrize("how", ["stop", "close"])
-async def test_stop_or_close_during_a_round_waits_for_it_and_its_push_lands_exactly_once(
-    sync_server: SyncServer, replica_path: str, how: str
+async def lands_exactly_once(sync_server: SyncServer, replica_path: str, baseline: set[threading.Thread]) -> None:
+    """Once the closed connection's threads are gone (a sync lane left waiting on the remote exits when its request
+    ends), the replica's row is on the server exactly once after one more sync: nothing lost, nothing doubled."""
+    assert await wait_until(lambda: not (turso_threads() - baseline), AWAIT_SECONDS)
+    async with await open_replica(replica_path, sync_server.url) as again:
+        await bounded(again.sync())
+    assert remote_counts(sync_server) == {"written before the round": 1}
+
+
+async def test_stop_during_a_round_waits_for_it_and_its_push_lands_exactly_once(
+    sync_server: SyncServer, replica_path: str
 ) -> None:
     conn, proxy = await open_behind_a_slow_proxy(sync_server, replica_path, 0.3)
     try:
         background = conn.sync_in_background(INTERVAL)
         assert await wait_until(lambda: proxy.requests > 0)  # the first round's push is held by the proxy
         began = time.monotonic()
-        if how == "stop":
-            await bounded(background.stop())
-        else:
-            await bounded(conn.close())
+        await bounded(background.stop())
         took = time.monotonic() - began
-        # The round finished (push and pull, each held by the proxy) before stop/close returned, within the bound.
+        # The round finished (push and pull, each held by the proxy) before stop() returned, within its bound.
         assert background.status.rounds == 1 and background.status.consecutive_failures == 0
         assert 0.2 < took < turso.background_sync_aio.STOP_TIMEOUT_SECONDS + 2.0, took
         assert not background.status.running and background.status.next_round_unix_time is None
@@ -390,26 +395,47 @@ async def test_stop_or_close_during_a_round_waits_for_it_and_its_push_lands_exac
         proxy.close()
 
 
-async def test_stop_waits_at_most_its_timeout_then_the_abandoned_round_still_lands_once_when_the_connection_closes(
-    sync_server: SyncServer, replica_path: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+async def test_close_during_a_round_stops_background_sync_within_close_s_bound_and_loses_or_doubles_nothing(
+    sync_server: SyncServer, replica_path: str
 ) -> None:
-    monkeypatch.setattr(turso.background_sync_aio, "STOP_TIMEOUT_SECONDS", 0.1)
+    baseline = turso_threads()
+    conn, proxy = await open_behind_a_slow_proxy(sync_server, replica_path, 1.0)
+    try:
+        background = conn.sync_in_background(INTERVAL)
+        assert await wait_until(lambda: proxy.requests > 0)  # the first round's push is held by the proxy
+        began = time.monotonic()
+        await bounded(conn.close())
+        took = time.monotonic() - began
+        # close() gives the round the bound of any sync operation in flight (LANE_CLOSE_SECONDS), not stop()'s 5 s.
+        assert took < 2 * LANE_CLOSE_SECONDS + 1.0, took
+        assert not background.status.running and background.status.next_round_unix_time is None
+        with pytest.raises(turso.ProgrammingError):
+            await bounded(background.sync_now())
+        await lands_exactly_once(sync_server, replica_path, baseline)
+    finally:
+        await bounded(conn.close())
+        proxy.close()
+
+
+async def test_stop_waits_at_most_its_timeout_and_the_abandoned_round_loses_or_doubles_nothing(
+    sync_server: SyncServer, replica_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    baseline = turso_threads()
     proxy_delay = 1.0
     conn, proxy = await open_behind_a_slow_proxy(sync_server, replica_path, proxy_delay)
     try:
         background = conn.sync_in_background(INTERVAL)
         assert await wait_until(lambda: proxy.requests > 0)
         began = time.monotonic()
-        await bounded(background.stop())
+        await bounded(background.stop(timeout=0.1))
         took = time.monotonic() - began
         # stop() returned before the held push could have reached the server.
         assert took < proxy_delay * 0.9, took
         assert background.status.rounds == 0 and not background.status.running
         stopped_waiting = [r for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING]
         assert len(stopped_waiting) == 1 and "stopped waiting" in stopped_waiting[0].getMessage()
-        # The push goes on without the background sync; close() waits for it: nothing lost, nothing doubled.
         await bounded(conn.close())
-        assert remote_counts(sync_server) == {"written before the round": 1}
+        await lands_exactly_once(sync_server, replica_path, baseline)
     finally:
         await bounded(conn.close())
         proxy.close()

@@ -17,7 +17,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import turso
 import turso.aio
-from tests.conftest import UNDER_TEST, turso_threads
+from tests.conftest import THREADS_PER_CONNECTION, UNDER_TEST, turso_threads
 from tests.sync_server import SyncServer
 from turso.lib_sync_aio import ConnectionSync
 from turso.sqlalchemy_sync_aio import AioTursoSyncDialect, ReplicaPool, get_sync_connection
@@ -226,7 +226,7 @@ async def test_dispose_closes_the_replica_and_stops_its_worker(sync_server: Sync
     engine = create_async_engine(replica_url(replica_path, sync_server))
     async with engine.connect() as conn:
         replica = await get_sync_connection(conn)
-        assert len(turso_threads() - before) == 1
+        assert len(turso_threads() - before) == THREADS_PER_CONNECTION
     await engine.dispose()
 
     assert turso_threads() - before == set()
