@@ -208,6 +208,20 @@ async def test_two_replicas_in_background_sync_converge_within_three_intervals_w
         assert remote_counts(sync_server) == {"hello": 1, "world": 1}
 
 
+async def test_background_sync_adds_no_thread_a_replica_keeps_its_two(
+    sync_server: SyncServer, tmp_path: Path
+) -> None:
+    baseline = threading.enumerate()
+    first, second = await two_replicas(tmp_path, sync_server.url)
+    async with first, second:
+        async with first.sync_in_background(INTERVAL / 4), second.sync_in_background(INTERVAL / 4) as background:
+            assert await wait_until(lambda: background.status.rounds >= 3)
+            added = [thread.name for thread in threading.enumerate() if thread not in baseline]
+            # The SQL worker and the sync lane of each replica, nothing more (the rounds are tasks on the loop).
+            assert len(added) <= 4, added
+            assert all(name.startswith("turso") for name in added), added
+
+
 async def test_status_reports_rounds_last_success_next_round_and_running(
     sync_server: SyncServer, replica_path: str
 ) -> None:
