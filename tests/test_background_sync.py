@@ -302,7 +302,7 @@ async def test_offline_rounds_fail_back_off_by_the_formula_local_sql_goes_on_and
             ]
             for failures, gap in gaps:
                 base = policy.base_delay(failures)
-                assert base * 0.8 - 0.01 <= gap <= base * 1.2 + LATE_SLACK_SECONDS, (failures, gap, base, gaps)
+                assert base * 0.8 - 0.05 <= gap <= base * 1.2 + LATE_SLACK_SECONDS, (failures, gap, base, gaps)
             assert [policy.base_delay(failures) for failures, _ in gaps][:3] == [0.4, 0.8, 0.8]
             # Local SQL kept working at local speed (each write and read well under a second; the median is a few
             # ms even on a busy machine).

@@ -28,6 +28,7 @@ from typing import Callable, Optional, Protocol
 
 from .lib import ProgrammingError
 
+# Where background sync says that rounds fail (one WARNING per streak) and work again (one INFO); DEBUG per retry.
 logger = logging.getLogger(__name__)
 
 # How long stop() (and leaving `async with`) waits for a round in progress by default before it stops waiting. The
