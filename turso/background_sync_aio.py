@@ -92,7 +92,7 @@ class BackgroundSyncStatus:
     # Rounds that failed since the last success; 0 while rounds succeed. It drives the backoff.
     consecutive_failures: int
     # The error of the latest failed round, kept after later successes; None if no round has failed.
-    last_error: Optional[BaseException]
+    last_error: Optional[Exception]
     # When the latest round succeeded, in Unix seconds (time.time()); None before the first success.
     last_success_unix_time: Optional[float]
     # When the next round is due, in Unix seconds; None while a round runs and once stopped.
@@ -125,7 +125,7 @@ class BackgroundSync:
         self._target: Optional[SyncTarget] = target
         self._rounds = 0
         self._failures = 0
-        self._last_error: Optional[BaseException] = None
+        self._last_error: Optional[Exception] = None
         self._last_success_unix_time: Optional[float] = None
         self._next_round_unix_time: Optional[float] = time.time()
         # When the current failure streak began (loop time), for the log line that ends it.
