@@ -213,8 +213,8 @@ class ConnectionSync(NonBlockingConnection):
         left to end on its own (its thread exits when it does, and makes no new request), and the sync operations
         that had not started raise `turso.ProgrammingError`. Safe to call more than once, also from several tasks.
         """
-        # Background sync first, so that it starts no round on a closing connection (issue 14); its round in progress
-        # gets the bound of any sync operation in flight.
+        # Background sync first, so that it starts no round on a closing connection; its round in progress gets the
+        # bound of any sync operation in flight.
         if self._background is not None:
             await self._background.stop(timeout=LANE_CLOSE_SECONDS)
         stopped, lane_stopped = self._stopped, self._lane_stopped
@@ -305,8 +305,7 @@ class ConnectionSync(NonBlockingConnection):
         """
         return await self._run(functools.partial(self._fetchall_blocking, sql, parameters))
 
-    # --- issue 14: sync() and background sync (the machinery is in background_sync_aio.py) ---
-
+    # sync() and background sync (the machinery is in background_sync_aio.py)
     async def sync(self) -> bool:
         """Push the local changes, then pull the remote's; returns what pull returns (True if changes came in)."""
         await self.push()
