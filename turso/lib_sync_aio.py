@@ -940,10 +940,17 @@ def _check_arguments(path: object, remote_url: object) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise OperationalError(f"cannot open sync replica {path!r}: directory {directory!r} does not exist")
-    if remote_url is None or callable(remote_url):
+    if remote_url is None:
         return
+    if callable(remote_url):
+        # The pinned driver puts remote_url into the native replica config, which takes only a string.
+        raise ProgrammingError(
+            "remote_url as a callable is not supported by the pinned driver (pyturso 0.8.3 fails with \"'function' "
+            "object is not an instance of 'str'\"); pass the URL as a string, and use a callable auth_token to "
+            "refresh credentials per request"
+        )
     if not isinstance(remote_url, str):
-        raise TypeError(f"remote_url must be a str, a callable or None, not {type(remote_url).__name__}")
+        raise TypeError(f"remote_url must be a str or None, not {type(remote_url).__name__}")
     try:
         parts = urllib.parse.urlsplit(remote_url)
     except ValueError as error:
