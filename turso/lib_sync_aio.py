@@ -74,6 +74,7 @@ from .lib_sync import (
 from .lib_aio import (
     Connection as NonBlockingConnection,
 )
+from .background_sync_aio import BackgroundSync
 
 _T = TypeVar("_T")
 _Runner = TypeVar("_Runner", bound="_JobRunner")
@@ -199,6 +200,8 @@ class ConnectionSync(NonBlockingConnection):
         self._row_factory_cache: Any = None
         self._text_factory_cache: Any = None
         self._autocommit_cache: object | bool | None = None
+        # The background sync started by sync_in_background(), if any; close() stops it first.
+        self._background: Optional[BackgroundSync] = None
 
     # internal worker is stopped here, and on every other way out: failed or cancelled open, garbage collection
     # (__del__), and the event loop closing (_JobRunner)
@@ -210,6 +213,10 @@ class ConnectionSync(NonBlockingConnection):
         left to end on its own (its thread exits when it does, and makes no new request), and the sync operations
         that had not started raise `turso.ProgrammingError`. Safe to call more than once, also from several tasks.
         """
+        # Background sync first, so that it starts no round on a closing connection; its round in progress gets the
+        # bound of any sync operation in flight.
+        if self._background is not None:
+            await self._background.stop(timeout=LANE_CLOSE_SECONDS)
         stopped, lane_stopped = self._stopped, self._lane_stopped
         if stopped is None or lane_stopped is None:
             # Never opened: there is no thread to stop.
@@ -297,6 +304,28 @@ class ConnectionSync(NonBlockingConnection):
         `description`, `lastrowid` or `rowcount`, or to read a large result in parts with `fetchmany`.
         """
         return await self._run(functools.partial(self._fetchall_blocking, sql, parameters))
+
+    # sync() and background sync (the machinery is in background_sync_aio.py)
+    async def sync(self) -> bool:
+        """Push the local changes, then pull the remote's; returns what pull returns (True if changes came in)."""
+        await self.push()
+        return await self.pull()
+
+    def sync_in_background(self, interval: float, *, max_backoff: float = 60.0) -> BackgroundSync:
+        """Keep the replica in sync: push, then pull, at once and then every `interval` seconds, until stopped.
+
+        Returns the running `BackgroundSync`, also an async context manager (leaving the block stops it); `close()`
+        stops it too. While rounds fail (say the remote is unreachable), the waits grow as
+        `min(interval * 2**failures, max_backoff)` (never below `interval`), with ±20% jitter; its `status` says how
+        it goes. Raises `turso.ProgrammingError` if this connection already syncs in the background, TypeError or
+        ValueError for an `interval` or `max_backoff` that is not a finite number of seconds > 0.
+        """
+        if self._state is not _OPENED or _get_running_loop() is not self._loop:
+            self._raise_unusable()
+        if self._background is not None and self._background.status.running:
+            raise ProgrammingError("This connection already syncs in the background; stop that one first")
+        self._background = BackgroundSync(self, interval, max_backoff=max_backoff)
+        return self._background
 
     def __del__(self) -> None:
         # Unclosed connection being garbage collected: warn like asyncio and aiosqlite do, then let both threads
@@ -911,10 +940,17 @@ def _check_arguments(path: object, remote_url: object) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise OperationalError(f"cannot open sync replica {path!r}: directory {directory!r} does not exist")
-    if remote_url is None or callable(remote_url):
+    if remote_url is None:
         return
+    if callable(remote_url):
+        # The pinned driver puts remote_url into the native replica config, which takes only a string.
+        raise ProgrammingError(
+            "remote_url as a callable is not supported by the pinned driver (pyturso 0.8.3 fails with \"'function' "
+            "object is not an instance of 'str'\"); pass the URL as a string, and use a callable auth_token to "
+            "refresh credentials per request"
+        )
     if not isinstance(remote_url, str):
-        raise TypeError(f"remote_url must be a str, a callable or None, not {type(remote_url).__name__}")
+        raise TypeError(f"remote_url must be a str or None, not {type(remote_url).__name__}")
     try:
         parts = urllib.parse.urlsplit(remote_url)
     except ValueError as error:
