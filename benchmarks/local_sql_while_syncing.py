@@ -1,9 +1,10 @@
 """Local SQL while syncing: how long a local read and a local write + commit take while the replica syncs.
 
-Three implementations, each on its own sync server reached through one `DelayProxy` that delays every request (1 s in
-the full run): ours, pyturso's module, and Turso's JavaScript sync binding (`@tursodatabase/sync`, pinned in
+Three implementations, each on its own sync server reached through its own `DelayProxy` that delays every request
+(1 s in the full run): ours, pyturso's module, and Turso's JavaScript sync binding (`@tursodatabase/sync`, pinned in
 package.json and installed by `make setup`, driven by `benchmarks/js_local_sql_while_syncing.mjs`, which runs the
-same scenarios and prints its samples as JSON).
+same scenarios and prints its samples as JSON). All three stay open and take turns scenario by scenario, in a
+rotating order, so that none always meets the shared machine's busier moments.
 
 On each replica a reader and a writer run side by side, each timing its statements one after the other with a
 3 ms pause after each: the reader a one-row SELECT (`execute` + `fetchall`; in JS a prepared statement's `get`), the
@@ -13,13 +14,13 @@ writer an INSERT then `commit` (in JS an autocommitted `run`). They run:
 - **during a push**: rows were inserted locally just before, so the push has something to send;
 - **on a stalled remote**: the proxy holds every request (it accepts connections and never answers), a pull is
   abandoned after 0.5 s (`asyncio.wait_for` in Python, `Promise.race` in JS), then the replica reads and writes for a
-  while. The proxy is then released, the abandoned pull ends, and the replica closes.
+  while. The proxy is then released, the abandoned pull ends, the next pull must return, and the replica's rows are
+  counted against the remote's (nothing lost, nothing doubled).
 
-A statement that has not ended after a bound (2 s in the full run) is counted as blocked and ends its reader's or
+A statement that has not ended after a bound (3 s in the full run) is counted as blocked and ends its reader's or
 writer's sampling in that scenario (it would only queue more statements behind it); its latency is recorded as the
-time waited, a lower bound.
-Errors are counted per scenario (a "database is locked" or "busy" would be one). Nothing here can hang: every wait
-is bounded, the Node process too.
+time waited, a lower bound. Errors are counted per scenario (a "database is locked" or "busy" would be one), and so
+are failed pulls and pushes. Nothing here can hang: every wait is bounded, the Node process's too.
 """
 
 import asyncio
@@ -155,7 +156,7 @@ def js_version() -> str:
 
 
 class _Sampler:
-    """Reads and writes in turn on one connection and records each statement's latency, within a bound."""
+    """A reader and a writer on one connection, recording each statement's latency, within a bound."""
 
     def __init__(self, conn: SyncingConnection, bound: float) -> None:
         self.conn = conn
