@@ -121,10 +121,10 @@ SMOKE = Settings(
     replica_counts=(1, 2),
     proxy_delay=0.050,
     footprint_counts=(1, 2),
-    local_sql_delay=0.2,
+    local_sql_delay=0.1,
     local_sql_rounds=1,
-    local_sql_window=0.3,
-    local_sql_bound=0.6,
+    local_sql_window=0.2,
+    local_sql_bound=0.5,
 )
 
 
