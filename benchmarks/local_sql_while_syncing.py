@@ -451,14 +451,15 @@ class _JsReplica:
         process = self.process
         if process is None:
             return
+        if not self.samples and process.stdin is not None:
+            # The run stopped early: the script waits for an answer; end of input makes it exit at once.
+            process.stdin.close()
         try:
             await asyncio.wait_for(process.wait(), JS_STEP_LIMIT_SECONDS)
         finally:
             if process.returncode is None:
                 process.kill()
                 await process.wait()
-        if not self.samples:
-            raise RuntimeError(f"the JS benchmark ended without a result (exit status {process.returncode})")
 
 
 def _summaries(name: str, samples: dict[str, _Samples], bound: float) -> list[LocalSqlResult]:
@@ -524,5 +525,7 @@ async def measure_local_sql(settings: Settings, workdir: Path) -> tuple[list[Loc
             loop.set_exception_handler(previous_handler)
     results: list[LocalSqlResult] = []
     for replica in replicas:
+        if not replica.samples:
+            raise RuntimeError(f"{replica.name}: the local-SQL benchmark ended without a result")
         results += _summaries(replica.name, replica.samples, settings.local_sql_bound)
     return results, [replica.notes for replica in replicas]
