@@ -279,7 +279,7 @@ def write_local_sql_chart(results: Results, path: Path) -> None:
         fontsize=12,
     )
     cells = [f"{check.short}: {check.measured} {check.verdict}" for check in results.targets
-             if check.short.startswith("local SQL")]
+             if check.short.startswith("local SQL") or check.short == "stalled remote"]
     verdicts = "\n".join("    ".join(cells[start:start + 2]) for start in range(0, len(cells), 2))
     figure.text(0.5, -0.01, f"{results.machine.describe()}\nturso/lib_sync_aio.py {results.ours}    "
                 f"{results.started}\n{verdicts}", ha="center", va="top", fontsize=8)

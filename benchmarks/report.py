@@ -211,6 +211,17 @@ def local_sql_checks(results: list[LocalSqlResult], notes: list[SyncNotes]) -> l
          f"{errors} statement errors, {blocked} blocked, {sync_errors} sync errors",
          errors == 0 and blocked == 0 and sync_errors == 0)
     )
+    for found in notes:
+        if found.implementation == OURS:
+            checks.append(
+                ("stalled remote",
+                 f"stalled remote: wait_for(pull(), {STALL_TIMEOUT_SECONDS:g}) returns in < 1 s; next pull works; no "
+                 "row lost or doubled (ours)",
+                 f"{found.stalled_pull_returned_ms:,.0f} ms, next pull {found.next_pull}, rows {found.replica_rows} of "
+                 f"{found.remote_rows}",
+                 found.stalled_pull_timed_out and found.stalled_pull_returned_ms < 1000
+                 and not found.next_pull.startswith("error") and found.replica_rows == found.remote_rows)
+            )
     return checks
 
 
