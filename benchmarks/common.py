@@ -71,8 +71,8 @@ class Settings:
     # Footprint: numbers of open replicas to measure.
     footprint_counts: tuple[int, ...]
     # Local SQL while syncing: the delay the proxy adds to every request, rounds of (pull, push) per implementation,
-    # how long the replica reads and writes after the timed-out pull on the stalled remote, and after how long a
-    # statement counts as blocked (longer than a push, which makes two requests).
+    # how long the replica reads and writes with no sync in flight and after the timed-out pull on the stalled
+    # remote, and after how long a statement counts as blocked (longer than a push, which makes two requests).
     local_sql_delay: float
     local_sql_rounds: int
     local_sql_window: float
