@@ -2,6 +2,10 @@
 
 import asyncio
 import os
+import socket
+import threading
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -10,7 +14,7 @@ import pytest
 import sqlalchemy
 from sqlalchemy import String, event, func, pool, select, text
 from sqlalchemy.dialects import registry
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InvalidRequestError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -20,7 +24,7 @@ import turso.aio
 from tests.conftest import UNDER_TEST, turso_threads
 from tests.sync_server import SyncServer
 from turso.lib_sync_aio import ConnectionSync
-from turso.sqlalchemy_sync_aio import AioTursoSyncDialect, ReplicaPool, get_sync_connection
+from turso.sqlalchemy_sync_aio import AioTursoSyncDialect, ReplicaPool, get_sync_connection, replica_of
 
 # In the checkout the dialect is not installed with an entry point: register it the way SQLAlchemy documents. Against
 # the installed wheel (`make test-wheel`) nothing is registered, so the URL must resolve through the wheel's
@@ -30,6 +34,10 @@ if UNDER_TEST == "checkout":
 
 # Bound for anything that talks to the server, generous for a loaded 2-core machine.
 TIMEOUT = 60.0
+# The slow link of the "sessions keep running" tests: the proxy holds every request this long.
+SLOW_LINK_SECONDS = 1.0
+# What a short session may take while a pull or push is in flight (local speed is about a millisecond).
+LOCAL_SESSION_SECONDS = 0.5
 
 
 class Base(DeclarativeBase):
@@ -407,3 +415,233 @@ async def test_pool_settings_that_keep_one_connection_are_accepted(
             assert (await conn.execute(select(func.count()).select_from(Note))).scalar_one() == 0
     finally:
         await engine.dispose()
+
+
+class DelayingProxy:
+    """A TCP proxy on 127.0.0.1 in front of the sync server that holds every request for `delay` seconds.
+
+    A minimal copy of tests/test_faults.py's DelayingProxy (the driver makes one HTTP connection per request, so each
+    request reaches the server `delay` seconds late), with a `delay` that may change. Every socket has a timeout and
+    `close()` joins its threads.
+    """
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self._target_port = target_port
+        # How long each request accepted from now on is held.
+        self.delay = delay
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._spawn(self._accept)
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name="delaying-proxy", daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def _track(self, sock: socket.socket) -> bool:
+        with self._lock:
+            if self._closing.is_set():
+                return False
+            self._sockets.append(sock)
+            return True
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            client.settimeout(TIMEOUT)
+            if not self._track(client):
+                client.close()
+                return
+            self._spawn(self._relay, client)
+
+    def _relay(self, client: socket.socket) -> None:
+        upstream: Optional[socket.socket] = None
+        try:
+            if self._closing.wait(self.delay):
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target_port), timeout=TIMEOUT)
+            if not self._track(upstream):
+                return
+            answer = threading.Thread(target=self._pump, args=(upstream, client), name="delaying-proxy", daemon=True)
+            answer.start()
+            self._pump(client, upstream)
+            answer.join(TIMEOUT)
+        except OSError:
+            pass
+        finally:
+            client.close()
+            if upstream is not None:
+                upstream.close()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                target.sendall(chunk)
+            target.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing.set()
+            sockets, threads = list(self._sockets), list(self._threads)
+        self._listener.close()
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in threads:
+            thread.join(5.0)
+
+
+# Text keys: rows written on the replica during a pull cannot collide with the pulled ones (rowid keys would).
+ENTRIES = "CREATE TABLE entries(id TEXT PRIMARY KEY, body TEXT NOT NULL)"
+
+
+async def sessions_until(done: "asyncio.Future[Any]", engine: AsyncEngine, label: str) -> tuple[list[float], list[str]]:
+    """Short sessions on `engine`, a write then a read, until `done`: how long each took, and the bodies committed."""
+    durations: list[float] = []
+    committed: list[str] = []
+    number = 0
+    while not done.done():
+        body = f"{label} {number}"
+        number += 1
+        started = time.perf_counter()
+        async with AsyncSession(engine) as session:
+            row = {"id": str(uuid.uuid4()), "body": body}
+            await session.execute(text("INSERT INTO entries VALUES (:id, :body)"), row)
+            await session.commit()
+        durations.append(time.perf_counter() - started)
+        committed.append(body)
+        started = time.perf_counter()
+        async with AsyncSession(engine) as session:
+            count = (await session.execute(text("SELECT count(*) FROM entries"))).scalar_one()
+            assert count >= len(committed)
+        durations.append(time.perf_counter() - started)
+        await asyncio.sleep(0.02)
+    return durations, committed
+
+
+async def test_sessions_keep_running_while_the_engines_replica_pulls_and_pushes_over_a_slow_link(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    proxy = DelayingProxy(sync_server.port, 0.0)  # fast while the replica bootstraps, slow from the first pull on
+    engine = create_async_engine(replica_url(replica_path, None, f"remote_url={proxy.url}"))
+    try:
+        replica = await replica_of(engine)
+        async with engine.begin() as conn:
+            await conn.execute(text(ENTRIES))
+        await asyncio.wait_for(replica.push(), TIMEOUT)
+        sync_server.execute("INSERT INTO entries VALUES ('remote-1', 'from the server')")
+        proxy.delay = SLOW_LINK_SECONDS
+
+        started = time.perf_counter()
+        pulling = asyncio.ensure_future(replica.pull())
+        durations, written_during_pull = await asyncio.wait_for(sessions_until(pulling, engine, "during pull"), TIMEOUT)
+        assert await pulling is True
+        assert time.perf_counter() - started >= SLOW_LINK_SECONDS * 0.9  # the pull did wait on the slow link
+        assert len(durations) >= 4 and max(durations) < LOCAL_SESSION_SECONDS, durations
+
+        async with engine.connect() as conn:
+            local = set((await conn.execute(text("SELECT body FROM entries"))).scalars())
+        assert local == {"from the server", *written_during_pull}
+
+        started = time.perf_counter()
+        pushing = asyncio.ensure_future(replica.push())  # everything committed so far is in this push
+        durations, written_during_push = await asyncio.wait_for(sessions_until(pushing, engine, "during push"), TIMEOUT)
+        await pushing
+        assert time.perf_counter() - started >= SLOW_LINK_SECONDS * 0.9
+        assert len(durations) >= 4 and max(durations) < LOCAL_SESSION_SECONDS, durations
+        on_server = [str(body) for (body,) in sync_server.execute("SELECT body FROM entries")]
+        assert len(on_server) == len(set(on_server))
+        assert {"from the server", *written_during_pull} <= set(on_server)
+
+        proxy.delay = 0.0
+        await asyncio.wait_for(replica.push(), TIMEOUT)
+        on_server = [str(body) for (body,) in sync_server.execute("SELECT body FROM entries")]
+        assert sorted(on_server) == sorted(["from the server", *written_during_pull, *written_during_push])
+    finally:
+        await engine.dispose()
+        proxy.close()
+
+
+async def test_replica_of_opens_the_replica_before_any_session_and_is_the_pools_connection(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    before = turso_threads()
+    sync_server.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body VARCHAR(200) NOT NULL)")
+    engine = create_async_engine(replica_url(replica_path, sync_server))
+    opened: list[object] = []
+
+    def count_new_connection(dbapi_connection: object, record: object) -> None:
+        opened.append(dbapi_connection)
+
+    event.listen(engine.sync_engine, "connect", count_new_connection)
+    try:
+        replica = await asyncio.wait_for(replica_of(engine), TIMEOUT)
+        assert isinstance(replica, ConnectionSync)
+        assert len(opened) == 1 and turso_threads() - before
+        assert await replica_of(engine) is replica
+        async with AsyncSession(engine) as session:
+            assert await get_sync_connection(session) is replica
+            assert (await session.scalars(select(Note.body))).all() == []
+        assert len(opened) == 1  # sessions use the connection replica_of opened
+    finally:
+        await engine.dispose()
+
+
+async def test_replica_of_takes_nothing_from_the_pool_while_a_session_holds_its_connection(
+    engine: AsyncEngine,
+) -> None:
+    async with AsyncSession(engine) as session:
+        session.add(Note(body="held"))
+        await session.flush()  # the session holds the pool's one connection, in a transaction
+        replica = await asyncio.wait_for(replica_of(engine), 1.0)
+        assert replica is await get_sync_connection(session)
+        stats = await asyncio.wait_for(replica.stats(), 1.0)
+        assert stats.cdc_operations >= 0
+        await session.commit()
+    assert isinstance(engine.pool, ReplicaPool)
+    assert engine.pool.checkedin() == 1
+
+
+async def test_replica_of_after_dispose_raises_until_a_session_reopens_the_replica(engine: AsyncEngine) -> None:
+    replica = await replica_of(engine)
+    await engine.dispose()
+
+    with pytest.raises(InvalidRequestError, match=r"was disposed, which closed its replica.*does not reopen"):
+        await replica_of(engine)
+    with pytest.raises(turso.ProgrammingError, match="closed"):
+        await replica.pull()
+
+    assert await local_bodies(engine) == []  # a session reopens the replica, as SQLAlchemy engines do
+    reopened = await replica_of(engine)
+    assert reopened is not replica
+    assert (await reopened.stats()).cdc_operations == 0
+
+
+async def test_replica_of_rejects_what_is_not_an_engine_of_the_dialect(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    with pytest.raises(TypeError, match="expects a sqlalchemy.ext.asyncio.AsyncEngine, not Engine"):
+        await replica_of(engine.sync_engine)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    registry.register("sqlite.aioturso", "turso.sqlalchemy.dialect", "AioTursoDialect")  # pyturso's local dialect
+    local = create_async_engine(f"sqlite+aioturso:///{tmp_path / 'local.db'}")
+    try:
+        with pytest.raises(TypeError, match=r"expects an engine of sqlite\+aioturso_sync://, not of sqlite\+aioturso://"):
+            await replica_of(local)
+    finally:
+        await local.dispose()

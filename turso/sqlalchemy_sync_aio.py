@@ -28,19 +28,27 @@ point. Otherwise (a checkout, or this file vendored) register the dialect once b
 """
 
 import os
-from typing import Any, Union, cast
+import weakref
+from typing import Any, Optional, Union, cast
 
-from sqlalchemy import exc, pool
+from sqlalchemy import event, exc, pool
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.engine.interfaces import ConnectArgsType, DBAPIConnection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.engine.interfaces import ConnectArgsType, DBAPIConnection, Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 import turso
 import turso.aio.sync
 from turso.lib_sync_aio import ConnectionSync
 from turso.sqlalchemy.dialect import AioTursoDialect, AsyncAdapt_turso_dbapi, TursoSyncDialect
 
-__all__ = ["DRIVER_NAME", "AioTursoSyncDialect", "AsyncAdaptTursoSyncDbapi", "ReplicaPool", "get_sync_connection"]
+__all__ = [
+    "DRIVER_NAME",
+    "AioTursoSyncDialect",
+    "AsyncAdaptTursoSyncDbapi",
+    "ReplicaPool",
+    "get_sync_connection",
+    "replica_of",
+]
 
 # The name SQLAlchemy URLs use for this dialect: `sqlite+aioturso_sync://`.
 DRIVER_NAME = "aioturso_sync"
@@ -106,7 +114,7 @@ class AioTursoSyncDialect(AioTursoDialect):
     carry any parameter of `turso.lib_sync_aio.connect_sync` (a callable `auth_token` or `remote_url`, ...).
 
     The pool is `ReplicaPool` (one connection per replica). Reach pull/push/checkpoint/stats with
-    `await get_sync_connection(conn_or_session)`.
+    `await replica_of(engine)` (without taking the pool's connection) or `await get_sync_connection(conn_or_session)`.
     """
 
     driver = DRIVER_NAME
@@ -162,13 +170,70 @@ class AioTursoSyncDialect(AioTursoDialect):
 
     @classmethod
     def engine_created(cls, engine: Engine) -> None:
-        """Refuse a pool that could open two connections to the replica (called by SQLAlchemy)."""
+        """Refuse a pool that could open two connections, and follow the engine's replica (called by SQLAlchemy)."""
         if not isinstance(engine.pool, _ONE_CONNECTION_POOLS):
             raise exc.ArgumentError(
                 _POOL_ADVICE + f"{type(engine.pool).__name__} may open several: leave poolclass out (the default is "
                 "turso.sqlalchemy_sync_aio.ReplicaPool) or use StaticPool. For parallel work, use one engine per "
                 "replica file."
             )
+        _EngineReplica.follow(engine)
+
+
+class _EngineReplica:
+    """The open replica of one engine: the driver connection of its pool's one connection, and whether it was disposed.
+
+    Pool and engine events keep it current: the pool opening its connection records the replica, closing it (dispose,
+    invalidation, recycling) forgets it, and `engine.dispose()` marks the engine disposed until the pool opens the
+    replica again. Kept per dialect, which an engine and its `execution_options()` copies share.
+    """
+
+    def __init__(self) -> None:
+        self.replica: Optional[ConnectionSync] = None
+        self.disposed = False
+
+    @classmethod
+    def follow(cls, engine: Engine) -> None:
+        """Start following `engine`'s replica (once per engine, when it is created)."""
+        followed = cls()
+        _ENGINE_REPLICAS[engine.dialect] = followed
+        # Pool events registered on the engine follow it across dispose(), which recreates the pool.
+        event.listen(engine, "connect", followed._opened)
+        event.listen(engine, "close", followed._closed)
+        event.listen(engine, "close_detached", followed._closed_detached)
+        event.listen(engine, "engine_disposed", followed._disposed)
+
+    @classmethod
+    def of(cls, engine: AsyncEngine, caller: str) -> "_EngineReplica":
+        """What is known of `engine`'s replica; TypeError for an engine of another dialect."""
+        followed = _ENGINE_REPLICAS.get(engine.sync_engine.dialect)
+        if followed is None:
+            raise TypeError(
+                f"{caller}() expects an engine of sqlite+{DRIVER_NAME}://, not of {engine.url.drivername}:// "
+                f"({type(engine.sync_engine.dialect).__name__})"
+            )
+        return followed
+
+    def _opened(self, connection: DBAPIConnection, record: object) -> None:
+        # The pool's new connection (an `AdaptedConnection`): its driver connection is the replica from now on.
+        replica = getattr(connection, "driver_connection", None)
+        if isinstance(replica, ConnectionSync):
+            self.replica = replica
+            self.disposed = False
+
+    def _closed(self, connection: DBAPIConnection, record: object) -> None:
+        self._closed_detached(connection)
+
+    def _closed_detached(self, connection: DBAPIConnection) -> None:
+        if getattr(connection, "driver_connection", None) is self.replica:
+            self.replica = None
+
+    def _disposed(self, engine: Engine) -> None:
+        self.disposed = True
+
+
+# Each sqlite+aioturso_sync:// engine's replica, by the engine's dialect (one per create_async_engine).
+_ENGINE_REPLICAS: "weakref.WeakKeyDictionary[Dialect, _EngineReplica]" = weakref.WeakKeyDictionary()
 
 
 # pyturso's blocking sync dialect, used only for its URL parsing (the same query parameters, errors and warnings).
@@ -206,5 +271,45 @@ async def get_sync_connection(connection: Union[AsyncConnection, AsyncSession]) 
         raise TypeError(
             f"get_sync_connection() expects a connection of a sqlite+{DRIVER_NAME}:// engine, but this one's driver "
             f"connection is {type(replica).__name__} (engine URL {async_connection.engine.url!r})"
+        )
+    return replica
+
+
+async def replica_of(engine: AsyncEngine) -> ConnectionSync:
+    """The replica of a `sqlite+aioturso_sync://` engine, reached without taking the pool's connection: for sync calls.
+
+        replica = await replica_of(engine)
+        await replica.push()    # sessions keep using the engine meanwhile
+        await replica.pull()
+
+    It is the driver connection of the pool's one connection, the one every session uses in turn. Holding it checks
+    nothing out, so sessions keep running while a pull or push waits on the network (that part runs off the
+    connection's SQL worker; pulled changes are applied between the sessions' transactions). If the engine has not
+    opened its replica yet, this opens it (bootstrapping a new replica from the remote) and hands it back to the pool.
+
+    Raises TypeError for anything but an AsyncEngine of `sqlite+aioturso_sync://`, and
+    `sqlalchemy.exc.InvalidRequestError` after `engine.dispose()` (which closes the replica) until a session opens the
+    replica again, so that a sync task outliving the engine's shutdown fails instead of reopening the replica. A replica
+    returned before `dispose()` raises `turso.ProgrammingError` from then on.
+    """
+    # Checked as `object`: callers without a type checker may pass anything.
+    candidate = cast(object, engine)
+    if not isinstance(candidate, AsyncEngine):
+        raise TypeError(f"replica_of() expects a sqlalchemy.ext.asyncio.AsyncEngine, not {type(candidate).__name__}")
+    followed = _EngineReplica.of(candidate, "replica_of")
+    if followed.replica is None:
+        if followed.disposed:
+            raise exc.InvalidRequestError(
+                f"replica_of(): the engine of {candidate.url.render_as_string(hide_password=True)} was disposed, "
+                "which closed its replica, and replica_of() does not reopen it. Create a new engine, or use this one "
+                "again (a session reopens the replica) before calling replica_of()."
+            )
+        # The pool opens its connection (the connect event records the replica), and takes it back at once.
+        async with candidate.connect() as connection:
+            await connection.get_raw_connection()
+    replica = followed.replica
+    if replica is None:
+        raise TypeError(
+            "replica_of(): the engine's pool connection is not a sync replica (was the engine made by async_creator?)"
         )
     return replica

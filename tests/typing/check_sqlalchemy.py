@@ -1,7 +1,7 @@
 """Application-style SQLAlchemy code on a sync replica, checked (never run) by mypy --strict and pyright strict.
 
 A FastAPI-style service: one engine for the process, opened in a lifespan, sessions per request, and the replica's
-sync operations through `get_sync_connection`. An `assert_type` that stops holding fails `make typecheck`.
+sync operations through `replica_of` (beside the sessions) and `get_sync_connection` (inside one). An `assert_type` that stops holding fails `make typecheck`.
 """
 
 from collections.abc import AsyncGenerator
@@ -13,7 +13,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from typing_extensions import assert_type
 
 from turso.lib_sync_aio import ConnectionSync, SyncStats
-from turso.sqlalchemy_sync_aio import get_sync_connection
+from turso.sqlalchemy_sync_aio import get_sync_connection, replica_of
 
 
 class Base(DeclarativeBase):
@@ -64,7 +64,18 @@ async def refresh_and_list(sessions: async_sessionmaker[AsyncSession]) -> list[s
         return list(bodies)
 
 
-async def misuse(engine: AsyncEngine, blocking: Connection) -> None:
+async def sync_beside_the_sessions(engine: AsyncEngine) -> bool:
+    # The engine's replica without a checkout: sessions keep running while this waits on the network.
+    replica = await replica_of(engine)
+    assert_type(replica, ConnectionSync)
+    assert_type(await replica.push(), None)
+    return await replica.pull()
+
+
+async def misuse(engine: AsyncEngine, blocking: Connection, session: AsyncSession) -> None:
+    # replica_of takes the AsyncEngine, not a session or the blocking engine behind it.
+    await replica_of(session)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    await replica_of(engine.sync_engine)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     # The engine itself, or a blocking SQLAlchemy connection, is not what get_sync_connection takes.
     await get_sync_connection(engine)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     await get_sync_connection(blocking)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
