@@ -58,6 +58,7 @@ from .lib_sync import (
 from .lib_aio import (
     Connection as NonBlockingConnection,
 )
+from .background_sync_aio import BackgroundSync
 
 _T = TypeVar("_T")
 
@@ -157,6 +158,8 @@ class ConnectionSync(NonBlockingConnection):
         self._row_factory_cache: Any = None
         self._text_factory_cache: Any = None
         self._autocommit_cache: object | bool | None = None
+        # The background sync started by sync_in_background(), if any; close() stops it first.
+        self._background: Optional[BackgroundSync] = None
 
     # internal worker is stopped here, and on every other way out: failed or cancelled open, garbage collection
     # (__del__), and the event loop closing (_JobRunner)
@@ -166,6 +169,9 @@ class ConnectionSync(NonBlockingConnection):
         Work called before close() still runs first; work called after it raises `turso.ProgrammingError`. Safe to
         call more than once, also from several tasks: every call returns once the worker thread has exited.
         """
+        # Background sync first: it would otherwise queue rounds on a closing connection (issue 14).
+        if self._background is not None:
+            await self._background.stop()
         stopped = self._stopped
         if stopped is None:
             # Never opened: there is no worker to stop.
@@ -224,6 +230,29 @@ class ConnectionSync(NonBlockingConnection):
         `description`, `lastrowid` or `rowcount`, or to read a large result in parts with `fetchmany`.
         """
         return await self._run(functools.partial(self._fetchall_blocking, sql, parameters))
+
+    # --- issue 14: sync() and background sync (the machinery is in background_sync_aio.py) ---
+
+    async def sync(self) -> bool:
+        """Push the local changes, then pull the remote's; returns what pull returns (True if changes came in)."""
+        await self.push()
+        return await self.pull()
+
+    def sync_in_background(self, interval: float, *, max_backoff: float = 60.0) -> BackgroundSync:
+        """Keep the replica in sync: push, then pull, at once and then every `interval` seconds, until stopped.
+
+        Returns the running `BackgroundSync`, also an async context manager (leaving the block stops it); `close()`
+        stops it too. While rounds fail (say the remote is unreachable), the waits grow as
+        `min(interval * 2**failures, max_backoff)` (never below `interval`), with ±20% jitter; its `status` says how
+        it goes. Raises `turso.ProgrammingError` if this connection already syncs in the background, TypeError or
+        ValueError for an `interval` or `max_backoff` that is not a finite number of seconds > 0.
+        """
+        if self._state is not _OPENED or _get_running_loop() is not self._loop:
+            self._raise_unusable()
+        if self._background is not None and self._background.status.running:
+            raise ProgrammingError("This connection already syncs in the background; stop that one first")
+        self._background = BackgroundSync(self, interval, max_backoff=max_backoff)
+        return self._background
 
     def __del__(self) -> None:
         # Unclosed connection being garbage collected: warn like asyncio and aiosqlite do, then let the worker close

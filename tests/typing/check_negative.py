@@ -85,8 +85,12 @@ async def wrong_stats(conn: ConnectionSync) -> None:
 async def wrong_methods(conn: ConnectionSync) -> None:
     # pull() takes no arguments.
     await conn.pull(True)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
-    # No such method.
-    await conn.sync()  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
+    # No such method (a misspelt sync).
+    await conn.synchronize()  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
+    # sync() takes no arguments; sync_in_background's max_backoff is keyword-only and interval is a number.
+    await conn.sync(True)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    conn.sync_in_background(1.0, 30.0)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    conn.sync_in_background("5")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     # The inherited SQL API keeps its parameter types.
     await conn.execute(42)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     conn.isolation_level = 5  # type: ignore[assignment]  # pyright: ignore[reportAttributeAccessIssue]
