@@ -19,13 +19,22 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from benchmarks.background import measure_background
 from benchmarks.chart import write_chart
 from benchmarks.common import FULL, SMOKE, Settings, describe_ours, filesystem_of, machine
 from benchmarks.concurrency import measure_concurrency
 from benchmarks.footprint import measure_footprint
 from benchmarks.overhead import measure_overhead, ours_over_pyturso
 from benchmarks.queries import measure_queries, query_ratios
-from benchmarks.report import Results, check_targets, describe_implementations, settings_dict, tables, write_json
+from benchmarks.report import (
+    Results,
+    background_targets,
+    check_targets,
+    describe_implementations,
+    settings_dict,
+    tables,
+    write_json,
+)
 from benchmarks.responsiveness import measure_responsiveness
 
 DESCRIPTION = "Benchmarks of turso.lib_sync_aio against a local sync server."
@@ -39,7 +48,10 @@ async def _run(settings: Settings, workdir: Path) -> Results:
     ours_module = describe_ours()
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
-    folders = {name: workdir / name for name in ("overhead", "queries", "responsiveness", "concurrency", "footprint")}
+    folders = {
+        name: workdir / name
+        for name in ("overhead", "queries", "responsiveness", "concurrency", "footprint", "background")
+    }
     for folder in folders.values():
         folder.mkdir()
     _progress("1/5 per-call overhead ...")
@@ -52,6 +64,8 @@ async def _run(settings: Settings, workdir: Path) -> Results:
     concurrency, speedups = await measure_concurrency(settings, folders["concurrency"])
     _progress(f"5/5 footprint ... ({time.perf_counter() - start:.0f} s)")
     footprint = measure_footprint(settings.footprint_counts, folders["footprint"])
+    _progress(f"and background sync of many replicas ... ({time.perf_counter() - start:.0f} s)")
+    background = await measure_background(settings.smoke, folders["background"])
     return Results(
         machine=machine(),
         ours=ours_module,
@@ -68,7 +82,9 @@ async def _run(settings: Settings, workdir: Path) -> Results:
         concurrency=concurrency,
         speedups=speedups,
         footprint=footprint,
-        targets=check_targets(settings.smoke, overhead, queries, responsiveness, speedups),
+        background=background,
+        targets=check_targets(settings.smoke, overhead, queries, responsiveness, speedups)
+        + background_targets(settings.smoke, background),
     )
 
 
