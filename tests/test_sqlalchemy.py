@@ -6,7 +6,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,8 +24,15 @@ import turso
 import turso.aio
 from tests.conftest import UNDER_TEST, turso_threads
 from tests.sync_server import SyncServer
+from turso.background_sync_aio import BackgroundSync
 from turso.lib_sync_aio import ConnectionSync
-from turso.sqlalchemy_sync_aio import AioTursoSyncDialect, ReplicaPool, get_sync_connection, replica_of
+from turso.sqlalchemy_sync_aio import (
+    AioTursoSyncDialect,
+    ReplicaPool,
+    background_sync_of,
+    get_sync_connection,
+    replica_of,
+)
 
 # In the checkout the dialect is not installed with an entry point: register it the way SQLAlchemy documents. Against
 # the installed wheel (`make test-wheel`) nothing is registered, so the URL must resolve through the wheel's
@@ -645,3 +653,158 @@ async def test_replica_of_rejects_what_is_not_an_engine_of_the_dialect(
             await replica_of(local)
     finally:
         await local.dispose()
+
+
+# --- sync_interval: background sync of the engine's replica ---------------------------------------------------------
+
+# The interval of the background sync tests, seconds.
+SYNC_INTERVAL = 0.2
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float) -> float:
+    """Await `check()` every 20 ms until it is true; how long that took (fails after `seconds`)."""
+    started = time.perf_counter()
+    while not await check():
+        assert time.perf_counter() - started < seconds, f"not true within {seconds} s"
+        await asyncio.sleep(0.02)
+    return time.perf_counter() - started
+
+
+def background_tasks() -> set["asyncio.Task[Any]"]:
+    return {task for task in asyncio.all_tasks() if task.get_name() == "turso-background-sync" and not task.done()}
+
+
+async def test_two_engines_with_sync_interval_converge_without_explicit_pull_or_push(
+    sync_server: SyncServer, tmp_path: Path
+) -> None:
+    sync_server.execute(ENTRIES)
+    query = f"sync_interval={SYNC_INTERVAL}"
+    first = create_async_engine(replica_url(str(tmp_path / "first.db"), sync_server, query))
+    second = create_async_engine(replica_url(str(tmp_path / "second.db"), sync_server, query))
+    try:
+        for engine, body in ((first, "from the first"), (second, "from the second")):
+            async with AsyncSession(engine) as session:
+                await session.execute(text("INSERT INTO entries VALUES (:id, :body)"), {"id": body, "body": body})
+                await session.commit()
+
+        async def has_both(engine: AsyncEngine) -> bool:
+            async with engine.connect() as conn:
+                return bool((await conn.execute(text("SELECT count(*) FROM entries"))).scalar_one() == 2)
+
+        # Within 3 intervals in the background sync's own tests; here with room for a loaded 2-core machine.
+        await eventually(lambda: has_both(first), 5.0)
+        await eventually(lambda: has_both(second), 5.0)
+        assert sorted(str(body) for (body,) in sync_server.execute("SELECT body FROM entries")) == [
+            "from the first",
+            "from the second",
+        ]
+    finally:
+        await first.dispose()
+        await second.dispose()
+
+
+async def test_background_sync_of_gives_its_status_and_syncs_now(sync_server: SyncServer, replica_path: str) -> None:
+    sync_server.execute(ENTRIES)
+    engine = create_async_engine(replica_url(replica_path, sync_server, "sync_interval=30"))
+    try:
+        background = await asyncio.wait_for(background_sync_of(engine), TIMEOUT)  # opens the replica: a round at once
+        assert isinstance(background, BackgroundSync)
+        assert background.interval == 30.0
+        assert await background_sync_of(engine) is background
+        await eventually(lambda: asyncio.sleep(0, background.status.rounds >= 1), 5.0)
+        status = background.status
+        assert status.running and status.consecutive_failures == 0 and status.last_error is None
+        assert status.last_success_unix_time is not None and status.next_round_unix_time is not None
+        assert status.next_round_unix_time > time.time() + 20  # the next round is an interval away
+
+        sync_server.execute("INSERT INTO entries VALUES ('remote', 'from the server')")
+        assert await asyncio.wait_for(background.sync_now(), TIMEOUT) is True  # no need to wait 30 s
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT body FROM entries"))).scalars().all() == ["from the server"]
+        assert background.status.rounds >= 2
+    finally:
+        await engine.dispose()
+
+
+async def test_dispose_stops_the_background_sync_and_leaves_no_thread_or_task(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    before = turso_threads()
+    engine = create_async_engine(replica_url(replica_path, sync_server, f"sync_interval={SYNC_INTERVAL}"))
+    background = await background_sync_of(engine)
+    assert background is not None
+    await eventually(lambda: asyncio.sleep(0, background.status.rounds >= 2), 5.0)
+    assert background_tasks()
+
+    await asyncio.wait_for(engine.dispose(), TIMEOUT)
+
+    assert not background.status.running
+    assert background_tasks() == set()
+    assert turso_threads() - before == set()
+    rounds = background.status.rounds
+    await asyncio.sleep(3 * SYNC_INTERVAL)
+    assert background.status.rounds == rounds
+    with pytest.raises(InvalidRequestError, match="was disposed"):
+        await background_sync_of(engine)
+
+
+async def test_a_session_after_dispose_reopens_the_replica_with_a_new_background_sync(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    engine = create_async_engine(replica_url(replica_path, sync_server, "sync_interval=30"))
+    try:
+        first = await background_sync_of(engine)
+        await engine.dispose()
+        async with engine.connect() as conn:  # SQLAlchemy reopens the pool on demand, and with it the background sync
+            await conn.execute(text("SELECT 1"))
+        second = await background_sync_of(engine)
+        assert first is not None and second is not None and second is not first
+        assert not first.status.running and second.status.running
+    finally:
+        await engine.dispose()
+
+
+async def test_an_engine_without_sync_interval_has_no_background_sync(engine: AsyncEngine) -> None:
+    assert await background_sync_of(engine) is None
+    assert background_tasks() == set()
+
+
+async def test_sessions_keep_running_while_a_background_round_waits_on_a_slow_link(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    proxy = DelayingProxy(sync_server.port, 0.0)
+    engine = create_async_engine(replica_url(replica_path, None, f"remote_url={proxy.url}&sync_interval=30"))
+    try:
+        background = await background_sync_of(engine)
+        assert background is not None
+        async with engine.begin() as conn:
+            await conn.execute(text(ENTRIES))
+        await background.sync_now()
+        sync_server.execute("INSERT INTO entries VALUES ('remote', 'from the server')")
+        proxy.delay = SLOW_LINK_SECONDS
+
+        syncing = asyncio.ensure_future(background.sync_now())  # a push and a pull, each over the slow link
+        durations, written = await asyncio.wait_for(sessions_until(syncing, engine, "during a round"), TIMEOUT)
+        assert await syncing is True
+        assert len(durations) >= 4 and max(durations) < LOCAL_SESSION_SECONDS, durations
+        proxy.delay = 0.0
+        await background.sync_now()
+        on_server = sorted(str(body) for (body,) in sync_server.execute("SELECT body FROM entries"))
+        assert on_server == sorted(["from the server", *written])
+    finally:
+        await engine.dispose()
+        proxy.close()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "nan", "inf", "1s"])
+def test_a_bad_sync_interval_is_refused_when_the_engine_is_created(replica_path: str, value: str) -> None:
+    with pytest.raises(ArgumentError, match=rf"sync_interval must be one number of seconds greater than 0.*{value!r}"):
+        create_async_engine(replica_url(replica_path, None, f"remote_url=http://h:1&sync_interval={value}"))
+    assert not os.path.exists(replica_path)
+
+
+def test_sync_interval_is_the_dialects_own_parameter_and_not_warned_about(replica_path: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine = create_async_engine(replica_url(replica_path, None, "remote_url=http://h:1&sync_interval=2.5"))
+    assert isinstance(engine.pool, ReplicaPool)
