@@ -56,7 +56,7 @@ class BackgroundSettings:
 
 
 BACKGROUND_FULL = BackgroundSettings(
-    replicas=100, interval=1.0, duration=30.0, warm_up=3.0, write_every=0.5, poll=0.025, baseline=3.0,
+    replicas=100, interval=1.0, duration=30.0, warm_up=3.0, write_every=2.0, poll=0.025, baseline=3.0,
     latency_rounds=15,
 )
 BACKGROUND_SMOKE = BackgroundSettings(
