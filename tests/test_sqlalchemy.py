@@ -22,7 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import turso
 import turso.aio
-from tests.conftest import UNDER_TEST, turso_threads
+from tests.conftest import THREADS_PER_CONNECTION, UNDER_TEST, turso_threads
 from tests.sync_server import SyncServer
 from turso.background_sync_aio import BackgroundSync
 from turso.lib_sync_aio import ConnectionSync
@@ -242,7 +242,7 @@ async def test_dispose_closes_the_replica_and_stops_its_worker(sync_server: Sync
     engine = create_async_engine(replica_url(replica_path, sync_server))
     async with engine.connect() as conn:
         replica = await get_sync_connection(conn)
-        assert len(turso_threads() - before) == 1
+        assert len(turso_threads() - before) == THREADS_PER_CONNECTION
     await engine.dispose()
 
     assert turso_threads() - before == set()
