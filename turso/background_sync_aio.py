@@ -21,6 +21,7 @@ import logging
 import math
 import random
 import time
+import traceback
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Callable, Optional, Protocol
@@ -119,7 +120,8 @@ class BackgroundSync:
         """Check the arguments, then start at once on the running event loop (raises RuntimeError if none runs)."""
         self._backoff = Backoff(_seconds("interval", interval), _seconds("max_backoff", max_backoff))
         self._loop = asyncio.get_running_loop()
-        self._target = target
+        # Held while running; released when it stops, so that a stopped background sync keeps no connection alive.
+        self._target: Optional[SyncTarget] = target
         self._rounds = 0
         self._failures = 0
         self._last_error: Optional[BaseException] = None
@@ -184,6 +186,8 @@ class BackgroundSync:
         self._wake()
         task = self._task
         if task.done() or self._loop.is_closed():
+            # (A task cancelled before it ever ran never reached _run's cleanup.)
+            self._target = None
             return
         try:
             done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT_SECONDS)
@@ -228,28 +232,37 @@ class BackgroundSync:
         # has nothing to report about it.
         try:
             while not self._stop_requested:
-                await self._one_round()
+                error = await self._one_round()
                 if self._stop_requested:
                     break
-                await self._wait(self._backoff.delay(self._failures))
+                delay = self._backoff.delay(self._failures)
+                if error is not None:
+                    self._log_failure(error, delay)
+                await self._wait(delay)
         finally:
+            self._target = None
             self._next_round_unix_time = None
             round_future = self._round
             self._round = None
             if round_future is not None:
                 _fail_quietly(round_future, ProgrammingError("Background sync stopped before this round ran"))
 
-    async def _one_round(self) -> None:
+    async def _one_round(self) -> Optional[Exception]:
+        # One push-then-pull; returns its error, if it failed (it never raises one, only CancelledError).
         round_future = self._round
         if round_future is None:
             round_future = self._round = self._loop.create_future()
         self._next_round_unix_time = None
+        target = self._target
         try:
-            await self._target.push()
-            changed = await self._target.pull()
+            if target is None:
+                raise ProgrammingError("Background sync is stopped")
+            await target.push()
+            changed = await target.pull()
         except Exception as error:
             self._round_failed(error)
             _fail_quietly(round_future, error)
+            return error
         except asyncio.CancelledError:
             _fail_quietly(round_future, ProgrammingError("Background sync stopped before this round finished"))
             raise
@@ -257,7 +270,10 @@ class BackgroundSync:
             self._round_succeeded()
             if not round_future.done():
                 round_future.set_result(changed)
+            return None
         finally:
+            # A failed round's traceback keeps this frame (in last_error): it must not keep the connection too.
+            target = None
             if self._round is round_future:
                 self._round = None
 
@@ -273,17 +289,30 @@ class BackgroundSync:
 
     def _round_failed(self, error: Exception) -> None:
         self._failures += 1
+        # Kept in the status: drop the locals of the frames it passed through (they hold the connection).
+        traceback.clear_frames(error.__traceback__)
         self._last_error = error
         if self._failures == 1:
             self._streak_started = self._loop.time()
+
+    def _log_failure(self, error: Exception, delay: float) -> None:
+        # One WARNING when a streak of failures begins; its retries only at DEBUG.
+        if self._failures == 1:
             logger.warning(
-                "Background sync failed: %s: %s; retrying with backoff (at most every %.3g s)",
+                "Background sync failed: %s: %s; retrying in %.2f s, then backing off up to %.3g s (±20%%) "
+                "until a round succeeds",
                 type(error).__name__,
                 error,
+                delay,
                 self._backoff.max_backoff,
             )
         else:
-            logger.debug("Background sync failed again (%d rounds in a row): %s", self._failures, error)
+            logger.debug(
+                "Background sync failed again (%d rounds in a row): %s; retrying in %.2f s",
+                self._failures,
+                error,
+                delay,
+            )
 
     def _round_succeeded(self) -> None:
         if self._failures:

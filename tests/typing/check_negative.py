@@ -13,6 +13,7 @@ from typing_extensions import assert_type
 import turso.aio.sync
 import turso.lib_aio
 import turso.lib_sync
+from turso.background_sync_aio import BackgroundSync, BackgroundSyncStatus
 from turso.lib_sync_aio import ConnectionSync, SyncStats, connect_sync
 
 if TYPE_CHECKING:
@@ -101,3 +102,20 @@ def not_the_protocol(plain: turso.lib_aio.Connection, blocking: turso.lib_sync.C
     needs_operations(plain)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     # The blocking sync connection has them, but not awaitable.
     needs_operations(blocking)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+class PushOnly:
+    async def push(self) -> None: ...
+
+
+async def wrong_background_sync(conn: ConnectionSync, status: BackgroundSyncStatus) -> None:
+    background = conn.sync_in_background(5.0)
+    # The status is a frozen snapshot.
+    status.rounds = 0  # type: ignore[misc]  # pyright: ignore[reportAttributeAccessIssue]
+    # sync_now() gives pull's bool, not the status.
+    rounds: BackgroundSyncStatus = await background.sync_now()  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+    # stop() returns nothing.
+    stopped: bool = await background.stop()  # type: ignore[func-returns-value, assignment]  # pyright: ignore[reportAssignmentType]
+    # A target must have pull() too.
+    BackgroundSync(PushOnly(), 1.0)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    print(rounds, stopped)
