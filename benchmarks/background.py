@@ -197,9 +197,15 @@ async def _server_latency(replica: turso.lib_sync_aio.ConnectionSync, rounds: in
     return median(durations)
 
 
-async def measure_background(smoke: bool, workdir: Path) -> BackgroundResult:
-    """N replicas in background sync on this event loop: lateness, CPU, threads and propagation (module docstring)."""
-    settings = BACKGROUND_SMOKE if smoke else BACKGROUND_FULL
+async def measure_background(
+    smoke: bool, workdir: Path, settings: Optional[BackgroundSettings] = None
+) -> BackgroundResult:
+    """N replicas in background sync on this event loop: lateness, CPU, threads and propagation (module docstring).
+
+    `settings` replaces BACKGROUND_FULL or BACKGROUND_SMOKE (for experiments: other sizes, intervals).
+    """
+    if settings is None:
+        settings = BACKGROUND_SMOKE if smoke else BACKGROUND_FULL
     process = psutil.Process()
     threads_before = process.num_threads()
     with SyncServer(workdir / "remote.db") as server:
