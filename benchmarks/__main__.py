@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark against a local sync server and write the table, results.json and chart.png.
 
-    python -m benchmarks            # the full run (about two minutes); prints PASS/FAIL against the targets
+    python -m benchmarks            # the full run (about three minutes); prints PASS/FAIL against the targets
     python -m benchmarks --smoke    # a tiny run (seconds) into benchmarks/results/smoke/; checks no target
     python -m benchmarks --workdir /dev/shm   # replicas and remotes in another folder (default: the temp folder)
 
