@@ -641,18 +641,35 @@ async def test_replica_of_after_dispose_raises_until_a_session_reopens_the_repli
     assert (await reopened.stats()).cdc_operations == 0
 
 
-async def test_replica_of_rejects_what_is_not_an_engine_of_the_dialect(
-    engine: AsyncEngine, tmp_path: Path
-) -> None:
+async def test_replica_of_rejects_what_is_not_an_async_engine_of_the_dialect(engine: AsyncEngine) -> None:
     with pytest.raises(TypeError, match="expects a sqlalchemy.ext.asyncio.AsyncEngine, not Engine"):
         await replica_of(engine.sync_engine)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
-    registry.register("sqlite.aioturso", "turso.sqlalchemy.dialect", "AioTursoDialect")  # pyturso's local dialect
-    local = create_async_engine(f"sqlite+aioturso:///{tmp_path / 'local.db'}")
+    with pytest.raises(TypeError, match="expects a sqlalchemy.ext.asyncio.AsyncEngine, not AsyncSession"):
+        await background_sync_of(AsyncSession(engine))  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+async def test_replica_of_rejects_an_engine_of_another_dialect(tmp_path: Path) -> None:
+    # aiosqlite is in the benchmarks' requirements (every test venv has them), not in requirements.txt; pyturso's own
+    # sqlite+aioturso:// does not load on SQLAlchemy 2.0.58 and later (its adapter has no has_stop).
+    pytest.importorskip("aiosqlite")
+    other = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'local.db'}")
     try:
-        with pytest.raises(TypeError, match=r"expects an engine of sqlite\+aioturso_sync://, not of sqlite\+aioturso://"):
-            await replica_of(local)
+        with pytest.raises(TypeError, match=r"expects an engine of sqlite\+aioturso_sync://, not of sqlite\+aiosqlite://"):
+            await replica_of(other)
     finally:
-        await local.dispose()
+        await other.dispose()
+
+
+async def test_replica_of_rejects_an_engine_whose_pool_connection_is_not_a_sync_replica(tmp_path: Path) -> None:
+    local_path = str(tmp_path / "local.db")
+    engine = create_async_engine(
+        f"sqlite+aioturso_sync:///{local_path}", async_creator=lambda: turso.aio.connect(local_path)
+    )
+    try:
+        with pytest.raises(TypeError, match="pool connection is not a sync replica"):
+            await replica_of(engine)
+    finally:
+        await engine.dispose()
 
 
 # --- sync_interval: background sync of the engine's replica ---------------------------------------------------------
