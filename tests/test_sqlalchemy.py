@@ -765,6 +765,25 @@ async def test_dispose_stops_the_background_sync_and_leaves_no_thread_or_task(
         await background_sync_of(engine)
 
 
+async def test_dispose_while_a_session_holds_the_replica_still_stops_its_background_sync(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    engine = create_async_engine(replica_url(replica_path, sync_server, f"sync_interval={SYNC_INTERVAL}"))
+    background = await background_sync_of(engine)
+    assert background is not None
+    async with AsyncSession(engine) as session:
+        await session.execute(text("SELECT 1"))  # holds the pool's connection: dispose() cannot close it
+        await asyncio.wait_for(engine.dispose(), TIMEOUT)
+        assert not background.status.running
+        assert background_tasks() == set()
+        assert (await session.execute(text("SELECT 2"))).scalar_one() == 2  # the session itself goes on
+        with pytest.raises(InvalidRequestError, match="was disposed"):
+            await replica_of(engine)
+        replica = await get_sync_connection(session)
+    # Returned to the disposed pool, which keeps it open until it is collected; close it as dispose() would have.
+    await replica.close()
+
+
 async def test_a_session_after_dispose_reopens_the_replica_with_a_new_background_sync(
     sync_server: SyncServer, replica_path: str
 ) -> None:

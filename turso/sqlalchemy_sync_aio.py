@@ -39,6 +39,7 @@ from sqlalchemy import event, exc, pool
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.engine.interfaces import ConnectArgsType, DBAPIConnection, Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.util.concurrency import await_only, in_greenlet
 
 import turso
 import turso.aio.sync
@@ -256,6 +257,12 @@ class _EngineReplica:
 
     def _disposed(self, engine: Engine) -> None:
         self.disposed = True
+        # dispose() closed the replica if it was in the pool. One that a session still holds is left open until the
+        # session returns it (SQLAlchemy's way with checked-out connections): forget it, and stop its background sync
+        # now, so that dispose() stops the syncing either way. AsyncEngine.dispose() runs this in SQLAlchemy's greenlet.
+        background, self.background, self.replica = self.background, None, None
+        if background is not None and in_greenlet():
+            await_only(background.stop())
 
 
 # Each sqlite+aioturso_sync:// engine's replica, by the engine's dialect (one per create_async_engine).
