@@ -342,7 +342,8 @@ async def replica_of(engine: AsyncEngine) -> ConnectionSync:
     Raises TypeError for anything but an AsyncEngine of `sqlite+aioturso_sync://`, and
     `sqlalchemy.exc.InvalidRequestError` after `engine.dispose()` (which closes the replica) until a session opens the
     replica again, so that a sync task outliving the engine's shutdown fails instead of reopening the replica. A replica
-    returned before `dispose()` raises `turso.ProgrammingError` from then on.
+    returned before `dispose()` is closed by it (unless a session held it then), and then raises
+    `turso.ProgrammingError`.
     """
     followed = await _opened(engine, "replica_of")
     replica = followed.replica
