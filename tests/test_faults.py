@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Optional, cast
+from typing import Any, Optional, Union, cast
 
 import pytest
 
@@ -694,6 +694,7 @@ def _raise_token_error() -> str:
         ("server_answers_401", turso.DatabaseError, "401"),
         ("missing_directory", turso.OperationalError, "does not exist"),
         ("path_not_a_string", TypeError, "path"),
+        ("remote_url_callable", turso.ProgrammingError, "remote_url as a callable is not supported"),
     ],
 )
 async def test_bad_input_raises_a_clear_error_and_leaves_nothing_behind(
@@ -705,7 +706,7 @@ async def test_bad_input_raises_a_clear_error_and_leaves_nothing_behind(
     message: str,
 ) -> None:
     path: object = str(replica_dir / "replica.db")
-    url = sync_server.url
+    url: Union[str, Callable[[], str]] = sync_server.url
     auth_token: Optional[Callable[[], str]] = None
     if case == "nothing_listening":
         url = f"http://127.0.0.1:{free_port()}"
@@ -721,6 +722,8 @@ async def test_bad_input_raises_a_clear_error_and_leaves_nothing_behind(
         path = str(replica_dir / "missing" / "replica.db")
     elif case == "path_not_a_string":
         path = 123
+    elif case == "remote_url_callable":
+        url = lambda: sync_server.url  # noqa: E731
 
     baseline = turso_threads()
     with pytest.raises(error, match=message) as raised:

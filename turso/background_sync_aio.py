@@ -28,11 +28,12 @@ from typing import Callable, Optional, Protocol
 
 from .lib import ProgrammingError
 
+# Where background sync says that rounds fail (one WARNING per streak) and work again (one INFO); DEBUG per retry.
 logger = logging.getLogger(__name__)
 
-# How long stop() (and so the connection's close()) waits for a round in progress to finish before it stops waiting.
-# The round's operation is not lost when stop() stops waiting: it still ends on the connection's own threads, and
-# close() waits for it there.
+# How long stop() (and leaving `async with`) waits for a round in progress by default before it stops waiting. The
+# round's push or pull in progress is not lost when stop() stops waiting: it still ends on the connection's sync
+# lane. (The connection's close() gives the round its own, shorter bound: that of any sync operation in flight.)
 STOP_TIMEOUT_SECONDS = 5.0
 # The random factor of every wait is drawn uniformly from [1 - JITTER, 1 + JITTER].
 JITTER = 0.2
@@ -91,7 +92,7 @@ class BackgroundSyncStatus:
     # Rounds that failed since the last success; 0 while rounds succeed. It drives the backoff.
     consecutive_failures: int
     # The error of the latest failed round, kept after later successes; None if no round has failed.
-    last_error: Optional[BaseException]
+    last_error: Optional[Exception]
     # When the latest round succeeded, in Unix seconds (time.time()); None before the first success.
     last_success_unix_time: Optional[float]
     # When the next round is due, in Unix seconds; None while a round runs and once stopped.
@@ -124,7 +125,7 @@ class BackgroundSync:
         self._target: Optional[SyncTarget] = target
         self._rounds = 0
         self._failures = 0
-        self._last_error: Optional[BaseException] = None
+        self._last_error: Optional[Exception] = None
         self._last_success_unix_time: Optional[float] = None
         self._next_round_unix_time: Optional[float] = time.time()
         # When the current failure streak began (loop time), for the log line that ends it.
@@ -175,12 +176,13 @@ class BackgroundSync:
             self._wake()
         return await asyncio.shield(round_future)
 
-    async def stop(self) -> None:
+    async def stop(self, *, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
         """Stop it: no round starts after this. Safe to call more than once, also from several tasks.
 
-        A round in progress may finish first, for at most STOP_TIMEOUT_SECONDS; after that stop() stops waiting for
-        it (with a WARNING), and its push or pull still ends on the connection's threads, neither lost nor doubled.
-        Returns once the background task has ended.
+        A round in progress may finish first, for at most `timeout` seconds; after that stop() stops waiting for it
+        (with a WARNING), and the round's push or pull still ends on the connection's sync lane, neither lost nor
+        doubled (an operation that had not started yet is dropped; the next round, or the next open of the replica,
+        sends what it would have). Returns once the background task has ended.
         """
         self._stop_requested = True
         self._wake()
@@ -190,12 +192,12 @@ class BackgroundSync:
             self._target = None
             return
         try:
-            done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT_SECONDS)
+            done, _ = await asyncio.wait({task}, timeout=timeout)
             if not done:
                 logger.warning(
-                    "Background sync stopped waiting for its round after %.1f s; the round's push or pull still "
-                    "ends on the connection, and close() waits for it",
-                    STOP_TIMEOUT_SECONDS,
+                    "Background sync stopped waiting for its round after %.3g s; the round's push or pull in "
+                    "progress still ends on the connection's sync lane",
+                    timeout,
                 )
                 task.cancel()
                 # Prompt: the round only awaits the connection's futures, which cancel at once.

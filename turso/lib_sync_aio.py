@@ -213,9 +213,10 @@ class ConnectionSync(NonBlockingConnection):
         left to end on its own (its thread exits when it does, and makes no new request), and the sync operations
         that had not started raise `turso.ProgrammingError`. Safe to call more than once, also from several tasks.
         """
-        # Background sync first: it would otherwise queue rounds on a closing connection (issue 14).
+        # Background sync first, so that it starts no round on a closing connection; its round in progress gets the
+        # bound of any sync operation in flight.
         if self._background is not None:
-            await self._background.stop()
+            await self._background.stop(timeout=LANE_CLOSE_SECONDS)
         stopped, lane_stopped = self._stopped, self._lane_stopped
         if stopped is None or lane_stopped is None:
             # Never opened: there is no thread to stop.
@@ -304,8 +305,7 @@ class ConnectionSync(NonBlockingConnection):
         """
         return await self._run(functools.partial(self._fetchall_blocking, sql, parameters))
 
-    # --- issue 14: sync() and background sync (the machinery is in background_sync_aio.py) ---
-
+    # sync() and background sync (the machinery is in background_sync_aio.py)
     async def sync(self) -> bool:
         """Push the local changes, then pull the remote's; returns what pull returns (True if changes came in)."""
         await self.push()
@@ -940,10 +940,17 @@ def _check_arguments(path: object, remote_url: object) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise OperationalError(f"cannot open sync replica {path!r}: directory {directory!r} does not exist")
-    if remote_url is None or callable(remote_url):
+    if remote_url is None:
         return
+    if callable(remote_url):
+        # The pinned driver puts remote_url into the native replica config, which takes only a string.
+        raise ProgrammingError(
+            "remote_url as a callable is not supported by the pinned driver (pyturso 0.8.3 fails with \"'function' "
+            "object is not an instance of 'str'\"); pass the URL as a string, and use a callable auth_token to "
+            "refresh credentials per request"
+        )
     if not isinstance(remote_url, str):
-        raise TypeError(f"remote_url must be a str, a callable or None, not {type(remote_url).__name__}")
+        raise TypeError(f"remote_url must be a str or None, not {type(remote_url).__name__}")
     try:
         parts = urllib.parse.urlsplit(remote_url)
     except ValueError as error:

@@ -165,7 +165,7 @@ async def catch_driver_errors() -> ConnectionSync | None:
 def read_background_status(status: BackgroundSyncStatus) -> bool:
     assert_type(status.rounds, int)
     assert_type(status.consecutive_failures, int)
-    assert_type(status.last_error, BaseException | None)
+    assert_type(status.last_error, Exception | None)
     assert_type(status.last_success_unix_time, float | None)
     assert_type(status.next_round_unix_time, float | None)
     assert_type(status.running, bool)
