@@ -87,7 +87,7 @@ async def lifespan_with_background_sync() -> AsyncGenerator[AsyncEngine, None]:
             assert_type(status, BackgroundSyncStatus)
             assert_type(status.rounds, int)
             assert_type(status.consecutive_failures, int)
-            assert_type(status.last_error, Optional[BaseException])
+            assert_type(status.last_error, Optional[Exception])
             assert_type(status.last_success_unix_time, Optional[float])
             assert_type(status.next_round_unix_time, Optional[float])
             assert_type(status.running, bool)
