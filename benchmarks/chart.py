@@ -13,6 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from benchmarks.background import LATENESS_P99_LIMIT_MS, THREADS_PER_REPLICA_LIMIT
 from benchmarks.common import BLOCKING, JS, MB, OURS, PYTURSO, THREADS
 from benchmarks.local_sql_while_syncing import KINDS, READ, SCENARIO_LABELS, SCENARIOS, STALL_TIMEOUT_SECONDS
 from benchmarks.overhead import NOT_PINNED, OTHER_CORE, SAME_CORE
@@ -194,10 +195,68 @@ def _footprint(axes: Axes, results: Results) -> None:
     axes.grid(True, axis="y", alpha=0.3)
 
 
+def _background_lateness(axes: Axes, results: Results) -> None:
+    result = results.background
+    values = [max(ms, 0.01) for _, ms in result.lateness_quantiles_ms]
+    fractions = [fraction for fraction, _ in result.lateness_quantiles_ms]
+    axes.step(values, fractions, where="post", color=COLORS[OURS],
+              label=f"{result.replicas} replicas syncing (p99 {result.lateness_p99_ms:.2f} ms, "
+                    f"max {result.lateness_max_ms:.1f} ms)")
+    axes.axvline(LATENESS_P99_LIMIT_MS, color="red", linestyle="--", linewidth=1,
+                 label=f"target: p99 < {LATENESS_P99_LIMIT_MS:.0f} ms")
+    axes.axhline(0.99, color="gray", linestyle=":", linewidth=1)
+    axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(FuncFormatter(_plain_number))
+    axes.set_xlabel("heartbeat lateness (ms, log scale)")
+    axes.set_ylabel("fraction of 1 ms heartbeats")
+    axes.set_title(f"Background sync: event-loop lateness, {result.replicas} replicas at interval "
+                   f"{result.interval_s:g} s, {result.duration_s:.0f} s", fontsize=10)
+    axes.legend(fontsize=8, loc="lower right")
+    axes.grid(True, which="both", alpha=0.3)
+
+
+def _background_propagation(axes: Axes, results: Results) -> None:
+    result = results.background
+    values = [ms / 1000 for _, ms in result.propagation_quantiles_ms]
+    fractions = [fraction for fraction, _ in result.propagation_quantiles_ms]
+    axes.step(values, fractions, where="post", color=COLORS[OURS],
+              label=f"p50 {result.propagation_p50_ms / 1000:.2f} s, p99 {result.propagation_p99_ms / 1000:.2f} s "
+                    f"({result.arrivals} arrivals, {result.missing_arrivals} missing)")
+    axes.axvline(result.propagation_limit_ms / 1000, color="red", linestyle="--", linewidth=1,
+                 label=f"target: p99 < 2 x interval + server latency ({result.propagation_limit_ms / 1000:.2f} s)")
+    axes.axhline(0.99, color="gray", linestyle=":", linewidth=1)
+    axes.set_xlabel("time for a row written on one replica to reach another (s)")
+    axes.set_ylabel("fraction of arrivals")
+    axes.set_title("Background sync: propagation between replicas", fontsize=10)
+    axes.legend(fontsize=8, loc="lower right")
+    axes.grid(True, alpha=0.3)
+
+
+def _background_cost(axes: Axes, results: Results) -> None:
+    result = results.background
+    labels = ["CPU s per replica-hour", "CPU s per replica-hour,\nnet of the heartbeat", "threads per replica"]
+    values = [result.cpu_s_per_replica_hour, result.cpu_s_per_replica_hour_net, result.threads_per_replica]
+    bars = axes.bar(labels[:2], values[:2], color=COLORS[OURS], width=0.5)
+    axes.bar_label(bars, [f"{value:,.1f} s" for value in values[:2]], fontsize=8)
+    axes.set_ylabel("process CPU seconds per replica per hour")
+    threads_axes = axes.twinx()
+    thread_bar = threads_axes.bar(labels[2:], values[2:], color=COLORS["none"], width=0.5)
+    threads_axes.bar_label(thread_bar, [f"{result.threads_per_replica:.2f}"], fontsize=8)
+    threads_axes.axhline(THREADS_PER_REPLICA_LIMIT, color="red", linestyle="--", linewidth=1,
+                         label=f"target: <= {THREADS_PER_REPLICA_LIMIT:.0f} threads per replica")
+    threads_axes.set_ylim(0, THREADS_PER_REPLICA_LIMIT * 1.5)
+    threads_axes.set_ylabel("OS threads per replica")
+    threads_axes.legend(fontsize=8, loc="upper left")
+    axes.set_title(f"Background sync: cost per replica ({result.cpu_cores:.2f} cores for {result.replicas} "
+                   f"replicas, {result.rounds_per_replica_s:.2f} rounds/s each)", fontsize=10)
+    axes.grid(True, axis="y", alpha=0.3)
+
+
 def write_chart(results: Results, path: Path) -> None:
-    """Seven panels: speedup, wall time, per-call overhead, lateness CDFs (bootstrap, pull), footprint, queries."""
-    figure = Figure(figsize=(18, 16), layout="constrained")
-    grid = figure.add_gridspec(3, 3)
+    """Ten panels: speedup, wall time, per-call overhead, lateness CDFs (bootstrap, pull), footprint, queries, and
+    background sync (lateness, propagation, cost)."""
+    figure = Figure(figsize=(18, 21), layout="constrained")
+    grid = figure.add_gridspec(4, 3)
     _speedup(figure.add_subplot(grid[0, 0]), results)
     _wall_time(figure.add_subplot(grid[0, 1]), results)
     _overhead(figure.add_subplot(grid[0, 2]), results)
@@ -210,6 +269,9 @@ def write_chart(results: Results, path: Path) -> None:
          f"Event-loop lateness during a pull of {pull_mb:.1f} MiB of new rows ({rounds} rounds)")
     _footprint(figure.add_subplot(grid[1, 2]), results)
     _queries(figure.add_subplot(grid[2, :]), results)
+    _background_lateness(figure.add_subplot(grid[3, 0]), results)
+    _background_propagation(figure.add_subplot(grid[3, 1]), results)
+    _background_cost(figure.add_subplot(grid[3, 2]), results)
     verdict_cells = [f"{check.short} {check.measured} {check.verdict}" for check in results.targets]
     verdicts = "\n".join("    ".join(verdict_cells[start:start + 6]) for start in range(0, len(verdict_cells), 6))
     figure.suptitle("turso-sync-aio benchmarks" + (" (smoke run: targets not checked)" if results.smoke else ""),

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.background import LATENESS_P99_LIMIT_MS, THREADS_PER_REPLICA_LIMIT, BackgroundResult
 from benchmarks.common import BLOCKING, DESCRIPTIONS, JS, MB, OURS, PYTURSO, THREADS, Machine, Settings, median
 from benchmarks.concurrency import ConcurrencyResult, Speedup
 from benchmarks.footprint import FootprintRow
@@ -102,6 +103,8 @@ class Results:
     footprint: list[FootprintRow]
     local_sql: list[LocalSqlResult]
     local_sql_notes: list[SyncNotes]
+    # Many replicas in background sync on one event loop (benchmarks/background.py).
+    background: BackgroundResult
     targets: list[TargetCheck]
 
 
@@ -347,6 +350,8 @@ def tables(results: Results) -> str:
     out.append("")
     out += local_sql_table(results)
     out.append("")
+    out += background_table(results.background)
+    out.append("")
     out.append("Targets" + (" (smoke run: not checked)" if results.smoke else ""))
     out.append("")
     out += _table(["target", "measured", "verdict"], [[c.target, c.measured, c.verdict] for c in results.targets])
@@ -430,6 +435,55 @@ def local_sql_table(results: Results) -> list[str]:
                if notes.loop_errors else "")
         )
     return out
+
+
+def background_targets(smoke: bool, result: BackgroundResult) -> list[TargetCheck]:
+    """The background sync benchmark against its targets (issue 14); a smoke run checks nothing."""
+    count = result.replicas
+    missing = f", {result.missing_arrivals} never arrived" if result.missing_arrivals else ""
+    checks = [
+        ("background lateness p99",
+         f"{count} replicas in background sync: loop lateness p99 < {LATENESS_P99_LIMIT_MS:.0f} ms",
+         f"{result.lateness_p99_ms:.2f} ms", result.lateness_p99_ms < LATENESS_P99_LIMIT_MS),
+        ("threads per replica",
+         f"{count} replicas in background sync: <= {THREADS_PER_REPLICA_LIMIT:.0f} threads per replica",
+         f"{result.threads_per_replica:.2f}", result.threads_per_replica <= THREADS_PER_REPLICA_LIMIT),
+        ("propagation p99",
+         f"{count} replicas: propagation p99 < 2 x interval + server latency ({result.propagation_limit_ms:,.0f} ms)",
+         f"{result.propagation_p99_ms:,.0f} ms{missing}",
+         result.propagation_p99_ms < result.propagation_limit_ms and result.missing_arrivals == 0),
+    ]
+    return [
+        TargetCheck(short, target, measured, "not checked" if smoke else ("PASS" if passed else "FAIL"))
+        for short, target, measured, passed in checks
+    ]
+
+
+def background_table(result: BackgroundResult) -> list[str]:
+    """The background sync benchmark as a Markdown table."""
+    out = [
+        f"Background sync: {result.replicas} replicas, each in sync_in_background(interval={result.interval_s:g}), "
+        f"on one event loop, measured for {result.duration_s:.0f} s after a warm-up; a row written every "
+        f"{result.write_every_s:g} s on a different replica",
+        "",
+    ]
+    rows = [
+        ["loop lateness p50 / p99 / max (1 ms heartbeat)",
+         f"{result.lateness_p50_ms:.2f} / {result.lateness_p99_ms:.2f} / {result.lateness_max_ms:.2f} ms",
+         f"heartbeat alone: p99 {result.idle_lateness_p99_ms:.2f}, max {result.idle_lateness_max_ms:.2f} ms"],
+        ["CPU per replica per hour",
+         f"{result.cpu_s_per_replica_hour:,.1f} s ({result.cpu_s_per_replica_hour_net:,.1f} s net of the heartbeat)",
+         f"process: {result.cpu_cores:.2f} cores; heartbeat alone {result.heartbeat_cpu_cores:.3f}"],
+        ["threads per replica", f"{result.threads_per_replica:.2f}",
+         f"{result.threads_before} threads before, {result.threads_syncing} while syncing"],
+        ["rounds per replica per second", f"{result.rounds_per_replica_s:.2f}",
+         f"replicas with a failed round: {result.replicas_with_failures}"],
+        ["propagation p50 / p99 / max",
+         f"{result.propagation_p50_ms:,.0f} / {result.propagation_p99_ms:,.0f} / {result.propagation_max_ms:,.0f} ms",
+         f"{result.arrivals} arrivals of {result.rows_written} rows, {result.missing_arrivals} missing; "
+         f"server latency (one idle round) {result.server_latency_ms:.1f} ms"],
+    ]
+    return out + _table(["measure", "value", "context"], rows)
 
 
 def write_json(results: Results, path: Path) -> None:
