@@ -1,6 +1,7 @@
-"""`make bench`: run every benchmark against a local sync server and write the table, results.json and chart.png.
+"""`make bench`: run every benchmark against a local sync server; write the tables, results.json, chart.png and
+local_sql.png (local SQL while syncing).
 
-    python -m benchmarks            # the full run (about two minutes); prints PASS/FAIL against the targets
+    python -m benchmarks            # the full run (about four minutes); prints PASS/FAIL against the targets
     python -m benchmarks --smoke    # a tiny run (seconds) into benchmarks/results/smoke/; checks no target
     python -m benchmarks --workdir /dev/shm   # replicas and remotes in another folder (default: the temp folder)
 
@@ -19,13 +20,23 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.chart import write_chart
+from benchmarks.background import measure_background
+from benchmarks.chart import write_chart, write_local_sql_chart
 from benchmarks.common import FULL, SMOKE, Settings, describe_ours, filesystem_of, machine
 from benchmarks.concurrency import measure_concurrency
 from benchmarks.footprint import measure_footprint
+from benchmarks.local_sql_while_syncing import measure_local_sql
 from benchmarks.overhead import measure_overhead, ours_over_pyturso
 from benchmarks.queries import measure_queries, query_ratios
-from benchmarks.report import Results, check_targets, describe_implementations, settings_dict, tables, write_json
+from benchmarks.report import (
+    Results,
+    background_targets,
+    check_targets,
+    describe_implementations,
+    settings_dict,
+    tables,
+    write_json,
+)
 from benchmarks.responsiveness import measure_responsiveness
 
 DESCRIPTION = "Benchmarks of turso.lib_sync_aio against a local sync server."
@@ -39,19 +50,24 @@ async def _run(settings: Settings, workdir: Path) -> Results:
     ours_module = describe_ours()
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
-    folders = {name: workdir / name for name in ("overhead", "queries", "responsiveness", "concurrency", "footprint")}
+    names = ("overhead", "queries", "responsiveness", "concurrency", "footprint", "local_sql", "background")
+    folders = {name: workdir / name for name in names}
     for folder in folders.values():
         folder.mkdir()
-    _progress("1/5 per-call overhead ...")
+    _progress("1/7 per-call overhead ...")
     overhead = await measure_overhead(settings, folders["overhead"])
-    _progress(f"2/5 local queries ... ({time.perf_counter() - start:.0f} s)")
+    _progress(f"2/7 local queries ... ({time.perf_counter() - start:.0f} s)")
     queries = await measure_queries(settings, folders["queries"])
-    _progress(f"3/5 loop responsiveness ... ({time.perf_counter() - start:.0f} s)")
+    _progress(f"3/7 loop responsiveness ... ({time.perf_counter() - start:.0f} s)")
     responsiveness = await measure_responsiveness(settings, folders["responsiveness"])
-    _progress(f"4/5 concurrency through the delay proxy ... ({time.perf_counter() - start:.0f} s)")
+    _progress(f"4/7 concurrency through the delay proxy ... ({time.perf_counter() - start:.0f} s)")
     concurrency, speedups = await measure_concurrency(settings, folders["concurrency"])
-    _progress(f"5/5 footprint ... ({time.perf_counter() - start:.0f} s)")
+    _progress(f"5/7 footprint ... ({time.perf_counter() - start:.0f} s)")
     footprint = measure_footprint(settings.footprint_counts, folders["footprint"])
+    _progress(f"6/7 local SQL while syncing, through the delay proxy ... ({time.perf_counter() - start:.0f} s)")
+    local_sql, local_sql_notes = await measure_local_sql(settings, folders["local_sql"])
+    _progress(f"7/7 background sync of many replicas ... ({time.perf_counter() - start:.0f} s)")
+    background = await measure_background(settings.smoke, folders["background"])
     return Results(
         machine=machine(),
         ours=ours_module,
@@ -68,7 +84,11 @@ async def _run(settings: Settings, workdir: Path) -> Results:
         concurrency=concurrency,
         speedups=speedups,
         footprint=footprint,
-        targets=check_targets(settings.smoke, overhead, queries, responsiveness, speedups),
+        local_sql=local_sql,
+        local_sql_notes=local_sql_notes,
+        background=background,
+        targets=check_targets(settings.smoke, overhead, queries, responsiveness, speedups, local_sql, local_sql_notes)
+        + background_targets(settings.smoke, background),
     )
 
 
@@ -87,11 +107,13 @@ def main(argv: "list[str] | None" = None) -> int:
         results = asyncio.run(_run(settings, Path(workdir)))
     json_path = settings.results_dir / "results.json"
     chart_path = settings.results_dir / "chart.png"
+    local_sql_chart_path = settings.results_dir / "local_sql.png"
     write_json(results, json_path)
     write_chart(results, chart_path)
+    write_local_sql_chart(results, local_sql_chart_path)
     print(tables(results))
     print()
-    print(f"Wrote {json_path} and {chart_path}")
+    print(f"Wrote {json_path}, {chart_path} and {local_sql_chart_path}")
     return 0
 
 

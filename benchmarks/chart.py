@@ -1,4 +1,5 @@
-"""chart.png: the run at a glance (speedup, wall time, per-call overhead, loop lateness, footprint).
+"""chart.png: the run at a glance (speedup, wall time, per-call overhead, loop lateness, footprint); local_sql.png:
+local SQL while syncing.
 
 matplotlib's type stubs leave `**kwargs` untyped on nearly every plotting method, which pyright's strict mode reports
 as a partially unknown member type on each call; that one rule is off in this file. Everything else stays strict.
@@ -12,7 +13,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from benchmarks.common import BLOCKING, MB, OURS, PYTURSO, THREADS
+from benchmarks.background import LATENESS_P99_LIMIT_MS, THREADS_PER_REPLICA_LIMIT
+from benchmarks.common import BLOCKING, JS, MB, OURS, PYTURSO, THREADS
+from benchmarks.local_sql_while_syncing import KINDS, READ, SCENARIO_LABELS, SCENARIOS, STALL_TIMEOUT_SECONDS
 from benchmarks.overhead import NOT_PINNED, OTHER_CORE, SAME_CORE
 from benchmarks.queries import (
     AIOSQLITE,
@@ -28,11 +31,13 @@ from benchmarks.report import (
     COLORS,
     EXECUTE_FETCHALL_LIMIT,
     LABELS,
+    LOCAL_SQL_P99_LIMIT_MS,
     OVERHEAD_RATIO_LIMIT,
     SPEEDUP_TARGETS,
     Results,
     format_us,
     lateness_of,
+    local_sql_of,
 )
 from benchmarks.responsiveness import BOOTSTRAP, IDLE, PULL, LatenessResult
 
@@ -190,10 +195,68 @@ def _footprint(axes: Axes, results: Results) -> None:
     axes.grid(True, axis="y", alpha=0.3)
 
 
+def _background_lateness(axes: Axes, results: Results) -> None:
+    result = results.background
+    values = [max(ms, 0.01) for _, ms in result.lateness_quantiles_ms]
+    fractions = [fraction for fraction, _ in result.lateness_quantiles_ms]
+    axes.step(values, fractions, where="post", color=COLORS[OURS],
+              label=f"{result.replicas} replicas syncing (p99 {result.lateness_p99_ms:.2f} ms, "
+                    f"max {result.lateness_max_ms:.1f} ms)")
+    axes.axvline(LATENESS_P99_LIMIT_MS, color="red", linestyle="--", linewidth=1,
+                 label=f"target: p99 < {LATENESS_P99_LIMIT_MS:.0f} ms")
+    axes.axhline(0.99, color="gray", linestyle=":", linewidth=1)
+    axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(FuncFormatter(_plain_number))
+    axes.set_xlabel("heartbeat lateness (ms, log scale)")
+    axes.set_ylabel("fraction of 1 ms heartbeats")
+    axes.set_title(f"Background sync: event-loop lateness, {result.replicas} replicas at interval "
+                   f"{result.interval_s:g} s, {result.duration_s:.0f} s", fontsize=10)
+    axes.legend(fontsize=8, loc="lower right")
+    axes.grid(True, which="both", alpha=0.3)
+
+
+def _background_propagation(axes: Axes, results: Results) -> None:
+    result = results.background
+    values = [ms / 1000 for _, ms in result.propagation_quantiles_ms]
+    fractions = [fraction for fraction, _ in result.propagation_quantiles_ms]
+    axes.step(values, fractions, where="post", color=COLORS[OURS],
+              label=f"p50 {result.propagation_p50_ms / 1000:.2f} s, p99 {result.propagation_p99_ms / 1000:.2f} s "
+                    f"({result.arrivals} arrivals, {result.missing_arrivals} missing)")
+    axes.axvline(result.propagation_limit_ms / 1000, color="red", linestyle="--", linewidth=1,
+                 label=f"target: p99 < 2 x interval + server latency ({result.propagation_limit_ms / 1000:.2f} s)")
+    axes.axhline(0.99, color="gray", linestyle=":", linewidth=1)
+    axes.set_xlabel("time for a row written on one replica to reach another (s)")
+    axes.set_ylabel("fraction of arrivals")
+    axes.set_title("Background sync: propagation between replicas", fontsize=10)
+    axes.legend(fontsize=8, loc="lower right")
+    axes.grid(True, alpha=0.3)
+
+
+def _background_cost(axes: Axes, results: Results) -> None:
+    result = results.background
+    labels = ["CPU s per replica-hour", "CPU s per replica-hour,\nnet of the heartbeat", "threads per replica"]
+    values = [result.cpu_s_per_replica_hour, result.cpu_s_per_replica_hour_net, result.threads_per_replica]
+    bars = axes.bar(labels[:2], values[:2], color=COLORS[OURS], width=0.5)
+    axes.bar_label(bars, [f"{value:,.1f} s" for value in values[:2]], fontsize=8)
+    axes.set_ylabel("process CPU seconds per replica per hour")
+    threads_axes = axes.twinx()
+    thread_bar = threads_axes.bar(labels[2:], values[2:], color=COLORS["none"], width=0.5)
+    threads_axes.bar_label(thread_bar, [f"{result.threads_per_replica:.2f}"], fontsize=8)
+    threads_axes.axhline(THREADS_PER_REPLICA_LIMIT, color="red", linestyle="--", linewidth=1,
+                         label=f"target: <= {THREADS_PER_REPLICA_LIMIT:.0f} threads per replica")
+    threads_axes.set_ylim(0, THREADS_PER_REPLICA_LIMIT * 1.5)
+    threads_axes.set_ylabel("OS threads per replica")
+    threads_axes.legend(fontsize=8, loc="upper left")
+    axes.set_title(f"Background sync: cost per replica ({result.cpu_cores:.2f} cores for {result.replicas} "
+                   f"replicas, {result.rounds_per_replica_s:.2f} rounds/s each)", fontsize=10)
+    axes.grid(True, axis="y", alpha=0.3)
+
+
 def write_chart(results: Results, path: Path) -> None:
-    """Seven panels: speedup, wall time, per-call overhead, lateness CDFs (bootstrap, pull), footprint, queries."""
-    figure = Figure(figsize=(18, 16), layout="constrained")
-    grid = figure.add_gridspec(3, 3)
+    """Ten panels: speedup, wall time, per-call overhead, lateness CDFs (bootstrap, pull), footprint, queries, and
+    background sync (lateness, propagation, cost)."""
+    figure = Figure(figsize=(18, 21), layout="constrained")
+    grid = figure.add_gridspec(4, 3)
     _speedup(figure.add_subplot(grid[0, 0]), results)
     _wall_time(figure.add_subplot(grid[0, 1]), results)
     _overhead(figure.add_subplot(grid[0, 2]), results)
@@ -206,6 +269,9 @@ def write_chart(results: Results, path: Path) -> None:
          f"Event-loop lateness during a pull of {pull_mb:.1f} MiB of new rows ({rounds} rounds)")
     _footprint(figure.add_subplot(grid[1, 2]), results)
     _queries(figure.add_subplot(grid[2, :]), results)
+    _background_lateness(figure.add_subplot(grid[3, 0]), results)
+    _background_propagation(figure.add_subplot(grid[3, 1]), results)
+    _background_cost(figure.add_subplot(grid[3, 2]), results)
     verdict_cells = [f"{check.short} {check.measured} {check.verdict}" for check in results.targets]
     verdicts = "\n".join("    ".join(verdict_cells[start:start + 6]) for start in range(0, len(verdict_cells), 6))
     figure.suptitle("turso-sync-aio benchmarks" + (" (smoke run: targets not checked)" if results.smoke else ""),
@@ -216,4 +282,67 @@ def write_chart(results: Results, path: Path) -> None:
     )
     figure.text(0.5, -0.005, f"{where}\n{verdicts}",
                 ha="center", va="top", fontsize=9)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def _local_sql(axes: Axes, results: Results, kind: str) -> None:
+    names = (OURS, PYTURSO, JS)
+    width = 0.8 / len(names)
+    bound_ms = results.settings["local_sql_bound"] * 1000
+    for index, name in enumerate(names):
+        found = [local_sql_of(results.local_sql, name, scenario, kind) for scenario in SCENARIOS]
+        positions = [group + (index - (len(names) - 1) / 2) * width for group in range(len(SCENARIOS))]
+        floor = 0.01
+        axes.bar(positions, [max(result.p99_ms, floor) for result in found], width=width, color=COLORS[name],
+                        label=f"{LABELS[name]}: bar p99, dot p50, line up to max", alpha=0.85,
+                        hatch=["//" if result.blocked else "" for result in found])
+        axes.vlines(positions, [max(result.p50_ms, floor) for result in found],
+                    [max(result.max_ms, floor) for result in found], color="black", linewidth=1)
+        axes.plot(positions, [max(result.p50_ms, floor) for result in found], "o", color="black", markersize=3)
+        axes.plot(positions, [max(result.max_ms, floor) for result in found], "_", color="black", markersize=8)
+        for position, result in zip(positions, found):
+            if result.blocked:
+                label = f"blocked\n> {bound_ms / 1000:g} s"
+            elif result.count == 0:
+                label = "no sample"
+            else:
+                label = f"p99 {result.p99_ms:,.2f}\nmax {result.max_ms:,.1f}"
+            if result.errors:
+                label += f"\n{result.errors} error" + ("s" if result.errors > 1 else "")
+            # Above the largest value, where no line of this bar runs.
+            top = max(result.max_ms, result.p99_ms, floor)
+            axes.annotate(label, (position, top), textcoords="offset points", xytext=(0, 4),
+                          ha="center", va="bottom", fontsize=6, color="red" if result.errors else "black")
+    axes.axhline(LOCAL_SQL_P99_LIMIT_MS, color="red", linestyle="--", linewidth=1,
+                 label=f"target for ours: p99 ≤ {LOCAL_SQL_P99_LIMIT_MS:.0f} ms (and max below the JS binding's)")
+    axes.set_yscale("log")
+    axes.set_ylim(0.01, bound_ms * 20)
+    axes.yaxis.set_major_formatter(FuncFormatter(_plain_number))
+    axes.set_xticks(range(len(SCENARIOS)), [SCENARIO_LABELS[scenario].replace(", ", ",\n") for scenario in SCENARIOS],
+                    fontsize=8)
+    axes.set_ylabel("latency per statement (ms, log scale)")
+    what = "a one-row SELECT" if kind == READ else "an INSERT + commit"
+    axes.set_title(f"Local {kind}s while syncing ({what})", fontsize=10)
+    axes.legend(fontsize=7, loc="upper left")
+    axes.grid(True, axis="y", which="both", alpha=0.3)
+
+
+def write_local_sql_chart(results: Results, path: Path) -> None:
+    """Two panels, reads and writes: p50, p99 and max per scenario and implementation."""
+    figure = Figure(figsize=(16, 6.5), layout="constrained")
+    for column, kind in enumerate(KINDS):
+        _local_sql(figure.add_subplot(1, len(KINDS), column + 1), results, kind)
+    settings = results.settings
+    figure.suptitle(
+        f"Local SQL while syncing, through a proxy adding {settings['local_sql_delay'] * 1000:,.0f} ms per request "
+        f"({settings['local_sql_rounds']} pulls and pushes each; {settings['local_sql_window']:g} s after a pull "
+        f"abandoned after {STALL_TIMEOUT_SECONDS:g} s on a stalled remote)"
+        + (" (smoke run)" if results.smoke else ""),
+        fontsize=12,
+    )
+    cells = [f"{check.short}: {check.measured} {check.verdict}" for check in results.targets
+             if check.short.startswith("local SQL") or check.short == "stalled remote"]
+    verdicts = "\n".join("    ".join(cells[start:start + 2]) for start in range(0, len(cells), 2))
+    figure.text(0.5, -0.01, f"{results.machine.describe()}\nturso/lib_sync_aio.py {results.ours}    "
+                f"{results.started}\n{verdicts}", ha="center", va="top", fontsize=8)
     figure.savefig(path, dpi=100, bbox_inches="tight")

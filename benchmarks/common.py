@@ -30,6 +30,7 @@ OURS = "ours"
 PYTURSO = "pyturso"
 BLOCKING = "blocking"
 THREADS = "threads"
+JS = "js"
 DESCRIPTIONS = {
     OURS: "turso.lib_sync_aio (this project)",
     PYTURSO: "lib_sync_aio.py shipped in pyturso 0.8.3, loaded from the installed wheel",
@@ -37,6 +38,8 @@ DESCRIPTIONS = {
     "aiosqlite": "aiosqlite (sqlite3 on a worker thread) on a local file (queries reference only)",
     BLOCKING: "turso.lib_sync (blocking driver, called directly)",
     THREADS: "turso.lib_sync from N plain threads at once (concurrency reference only)",
+    JS: "@tursodatabase/sync (Turso's JavaScript sync binding, pinned in package.json) in Node, driven by "
+    "benchmarks/js_local_sql_while_syncing.mjs (local SQL while syncing only)",
 }
 
 
@@ -67,6 +70,13 @@ class Settings:
     proxy_delay: float
     # Footprint: numbers of open replicas to measure.
     footprint_counts: tuple[int, ...]
+    # Local SQL while syncing: the delay the proxy adds to every request, rounds of (pull, push) per implementation,
+    # how long the replica reads and writes with no sync in flight and after the timed-out pull on the stalled
+    # remote, and after how long a statement counts as blocked (longer than a push, which makes two requests).
+    local_sql_delay: float
+    local_sql_rounds: int
+    local_sql_window: float
+    local_sql_bound: float
 
 
 MB = 1024 * 1024
@@ -88,6 +98,10 @@ FULL = Settings(
     replica_counts=(1, 2, 4, 8, 16, 32),
     proxy_delay=0.050,
     footprint_counts=(1, 32, 128),
+    local_sql_delay=1.0,
+    local_sql_rounds=3,
+    local_sql_window=2.0,
+    local_sql_bound=3.0,
 )
 
 SMOKE = Settings(
@@ -107,6 +121,10 @@ SMOKE = Settings(
     replica_counts=(1, 2),
     proxy_delay=0.050,
     footprint_counts=(1, 2),
+    local_sql_delay=0.1,
+    local_sql_rounds=1,
+    local_sql_window=0.2,
+    local_sql_bound=0.5,
 )
 
 

@@ -8,6 +8,11 @@ It runs as its own process (`python -m benchmarks.proxy UPSTREAM_PORT --delay-ms
 never competes with the benchmark for the interpreter lock; `DelayProxy` starts and stops that process. The process
 prints the port it listens on, then serves on 127.0.0.1 until it is terminated, its parent goes away (standard input
 closes) or `--max-seconds` pass.
+
+It can also play a remote that stopped answering: the line "hold" on its standard input holds every client byte not
+yet forwarded, and every later one (connections are still accepted: a request then waits for an answer forever);
+"release" forwards them again, held bytes first. Each command is acknowledged with a line on standard output once it
+is in effect (`DelayProxy.hold()` and `DelayProxy.release()`).
 """
 
 import argparse
@@ -25,8 +30,11 @@ CHUNK_SIZE = 64 * 1024
 CONNECTION_TIMEOUT_SECONDS = 60.0
 
 
-async def _forward_delayed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
-    # Client to server: each chunk (and the end of the stream) leaves `delay` seconds after it arrived, in order.
+async def _forward_delayed(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float, flowing: asyncio.Event
+) -> None:
+    # Client to server: each chunk (and the end of the stream) leaves `delay` seconds after it arrived, in order, and
+    # only while `flowing` is set (cleared: the remote is stalled).
     loop = asyncio.get_running_loop()
     # Each item: when it is due, and the chunk (b"" for the end of the stream).
     in_flight: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
@@ -37,6 +45,7 @@ async def _forward_delayed(reader: asyncio.StreamReader, writer: asyncio.StreamW
             wait = due - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
+            await flowing.wait()
             if not chunk:
                 if writer.can_write_eof():
                     writer.write_eof()
@@ -77,6 +86,7 @@ async def _serve_connection(
     client_writer: asyncio.StreamWriter,
     upstream_port: int,
     delay: float,
+    flowing: asyncio.Event,
 ) -> None:
     try:
         upstream_reader, upstream_writer = await asyncio.open_connection(HOST, upstream_port)
@@ -84,7 +94,7 @@ async def _serve_connection(
         _close(client_writer)
         return
     directions = [
-        asyncio.create_task(_forward_delayed(client_reader, upstream_writer, delay)),
+        asyncio.create_task(_forward_delayed(client_reader, upstream_writer, delay, flowing)),
         asyncio.create_task(_forward(upstream_reader, client_writer)),
     ]
     try:
@@ -98,23 +108,37 @@ async def _serve_connection(
         _close(client_writer)
 
 
+def _command(line: bytes, flowing: asyncio.Event) -> None:
+    # One line from the parent: "hold" or "release", acknowledged on standard output once in effect.
+    if line.strip() == b"hold":
+        flowing.clear()
+        print("held", flush=True)
+    elif line.strip() == b"release":
+        flowing.set()
+        print("released", flush=True)
+
+
 async def serve(upstream_port: int, delay: float, max_seconds: float) -> None:
     """Listen on a free port of 127.0.0.1, print it, and forward to `upstream_port` until stopped."""
     loop = asyncio.get_running_loop()
     stopped = loop.create_future()
+    # Cleared while the remote plays stalled ("hold"), set again by "release".
+    flowing = asyncio.Event()
+    flowing.set()
 
     def stop() -> None:
         if not stopped.done():
             stopped.set_result(None)
 
     def watch_parent() -> None:
-        # Standard input closes when the parent process goes away (or closes it to stop us).
-        sys.stdin.buffer.read()
+        # Commands, one a line; standard input closes when the parent process goes away (or closes it to stop us).
+        for line in sys.stdin.buffer:
+            loop.call_soon_threadsafe(_command, line, flowing)
         loop.call_soon_threadsafe(stop)
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await _serve_connection(reader, writer, upstream_port, delay)
+            await _serve_connection(reader, writer, upstream_port, delay, flowing)
         except asyncio.CancelledError:
             # Shutting down. Ending cancelled would make asyncio's stream callback log a traceback (it calls
             # task.exception() on the cancelled task), so the connection just ends here.
@@ -160,6 +184,24 @@ class DelayProxy:
             self.stop()
             raise RuntimeError(f"the delay proxy did not start (it printed {line!r})")
         self.url = f"http://{HOST}:{int(line)}"
+
+    def hold(self) -> None:
+        """Play a stalled remote: from now on no client byte reaches the server (connections are still accepted)."""
+        self._command("hold", "held")
+
+    def release(self) -> None:
+        """End `hold()`: held bytes go on to the server (their delay already spent), and so do later ones."""
+        self._command("release", "released")
+
+    def _command(self, command: str, acknowledgement: str) -> None:
+        process = self._process
+        if process is None or process.stdin is None or process.stdout is None:
+            raise RuntimeError("the delay proxy is not running")
+        process.stdin.write(command.encode() + b"\n")
+        process.stdin.flush()
+        answer = process.stdout.readline().strip().decode()
+        if answer != acknowledgement:
+            raise RuntimeError(f"the delay proxy answered {answer!r} to {command!r}")
 
     def stop(self) -> None:
         """Stop the proxy process."""

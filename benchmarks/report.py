@@ -5,9 +5,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BLOCKING, DESCRIPTIONS, MB, OURS, PYTURSO, THREADS, Machine, Settings, median
+from benchmarks.background import LATENESS_P99_LIMIT_MS, THREADS_PER_REPLICA_LIMIT, BackgroundResult
+from benchmarks.common import BLOCKING, DESCRIPTIONS, JS, MB, OURS, PYTURSO, THREADS, Machine, Settings, median
 from benchmarks.concurrency import ConcurrencyResult, Speedup
 from benchmarks.footprint import FootprintRow
+from benchmarks.local_sql_while_syncing import (
+    KINDS,
+    SCENARIO_LABELS,
+    SCENARIOS,
+    STALL_TIMEOUT_SECONDS,
+    SYNCING,
+    LocalSqlResult,
+    SyncNotes,
+    js_version,
+)
 from benchmarks.overhead import NOT_PINNED, OTHER_CORE, SAME_CORE, OverheadResult, ours_over_pyturso
 from benchmarks.queries import (
     AIOSQLITE,
@@ -31,6 +42,9 @@ NETWORK_RATIO_LIMIT = 1.10
 EXECUTE_FETCHALL_LIMIT = 0.50
 BOOTSTRAP_LATENESS_LIMIT_MS = 15.0
 SPEEDUP_TARGETS = {8: 5.0, 32: 15.0}
+# Local SQL while syncing (ours): p99 of reads and of writes at most this (ms) in every scenario; the max below the
+# JS binding's; no error and nothing blocked.
+LOCAL_SQL_P99_LIMIT_MS = 5.0
 
 COLORS = {
     OURS: "#1f77b4",
@@ -40,6 +54,7 @@ COLORS = {
     "none": "#2ca02c",
     TURSO_AIO: "#8c564b",
     AIOSQLITE: "#17becf",
+    JS: "#2ca02c",
 }
 LABELS = {
     OURS: "ours",
@@ -49,6 +64,7 @@ LABELS = {
     BLOCKING: "blocking driver",
     THREADS: "blocking driver, N threads",
     "none": "idle loop (floor)",
+    JS: "JS sync binding",
 }
 
 
@@ -85,6 +101,10 @@ class Results:
     concurrency: list[ConcurrencyResult]
     speedups: list[Speedup]
     footprint: list[FootprintRow]
+    local_sql: list[LocalSqlResult]
+    local_sql_notes: list[SyncNotes]
+    # Many replicas in background sync on one event loop (benchmarks/background.py).
+    background: BackgroundResult
     targets: list[TargetCheck]
 
 
@@ -94,6 +114,8 @@ def check_targets(
     queries: list[QueryResult],
     responsiveness: list[LatenessResult],
     speedups: list[Speedup],
+    local_sql: list[LocalSqlResult],
+    local_sql_notes: list[SyncNotes],
 ) -> list[TargetCheck]:
     """Compare this run with the targets; a smoke run reports the figures but checks nothing."""
     # (short name, the target in words, what was measured, whether it meets the target)
@@ -137,10 +159,73 @@ def check_targets(
                      f"{count} replicas pull >= {target:.0f}x faster than {count} blocking pulls in turn (ours)",
                      f"{speedup.speedup:.2f}x", speedup.speedup >= target)
                 )
+    checks += local_sql_checks(local_sql, local_sql_notes)
     return [
         TargetCheck(short, target, measured, "not checked" if smoke else ("PASS" if passed else "FAIL"))
         for short, target, measured, passed in checks
     ]
+
+
+def local_sql_of(results: list[LocalSqlResult], implementation: str, scenario: str, kind: str) -> LocalSqlResult:
+    for result in results:
+        if (result.implementation, result.scenario, result.kind) == (implementation, scenario, kind):
+            return result
+    raise KeyError((implementation, scenario, kind))
+
+
+def format_ms(result: LocalSqlResult, value: float) -> str:
+    """A latency in ms; the largest of a scenario with a blocked statement is only a lower bound."""
+    if result.count == 0:
+        return "no sample"
+    if result.blocked and value >= result.bound_s * 1000 * 0.99:
+        return f"> {result.bound_s * 1000:,.0f} (blocked)"
+    return f"{value:,.2f}"
+
+
+def local_sql_checks(results: list[LocalSqlResult], notes: list[SyncNotes]) -> list[tuple[str, str, str, bool]]:
+    """Ours in every scenario: p99 <= 5 ms and max below the JS binding's, for reads and writes; no errors (of a
+    statement, or of a pull or push), nothing blocked."""
+    checks: list[tuple[str, str, str, bool]] = []
+    for scenario in SYNCING:
+        ours = {kind: local_sql_of(results, OURS, scenario, kind) for kind in KINDS}
+        js = {kind: local_sql_of(results, JS, scenario, kind) for kind in KINDS}
+        # A kind that never ran (the scenario ended before it got a turn) or was blocked cannot pass.
+        ran = all(result.count > 0 and not result.blocked for result in ours.values())
+        checks.append(
+            (f"local SQL p99 ({scenario})",
+             f"local reads and writes {SCENARIO_LABELS[scenario]}: p99 <= {LOCAL_SQL_P99_LIMIT_MS:.0f} ms (ours)",
+             ", ".join(f"{kind} {format_ms(ours[kind], ours[kind].p99_ms)} ms" for kind in KINDS),
+             ran and all(result.p99_ms <= LOCAL_SQL_P99_LIMIT_MS for result in ours.values()))
+        )
+        checks.append(
+            (f"local SQL max ({scenario})",
+             f"local reads and writes {SCENARIO_LABELS[scenario]}: max below the JS binding's (ours)",
+             ", ".join(f"{kind} {format_ms(ours[kind], ours[kind].max_ms)} vs {format_ms(js[kind], js[kind].max_ms)} ms"
+                       for kind in KINDS),
+             ran and all(ours[kind].max_ms < js[kind].max_ms for kind in KINDS))
+        )
+    ours_all = [result for result in results if result.implementation == OURS and result.scenario in SYNCING]
+    errors = sum(result.errors for result in ours_all)
+    blocked = sum(result.blocked for result in ours_all)
+    sync_errors = sum(len(found.sync_errors) for found in notes if found.implementation == OURS)
+    checks.append(
+        ("local SQL errors",
+         "local SQL while syncing: no statement fails or is blocked, no pull or push fails (ours, every scenario)",
+         f"{errors} statement errors, {blocked} blocked, {sync_errors} sync errors",
+         errors == 0 and blocked == 0 and sync_errors == 0)
+    )
+    for found in notes:
+        if found.implementation == OURS:
+            checks.append(
+                ("stalled remote",
+                 f"stalled remote: wait_for(pull(), {STALL_TIMEOUT_SECONDS:g}) returns in < 1 s; next pull works; no "
+                 "row lost or doubled (ours)",
+                 f"{found.stalled_pull_returned_ms:,.0f} ms, next pull {found.next_pull}, rows {found.replica_rows} of "
+                 f"{found.remote_rows}",
+                 found.stalled_pull_timed_out and found.stalled_pull_returned_ms < 1000
+                 and not found.next_pull.startswith("error") and found.replica_rows == found.remote_rows)
+            )
+    return checks
 
 
 QUERY_LABELS = {
@@ -263,6 +348,10 @@ def tables(results: Results) -> str:
     ]
     out += _table(["open replicas", "threads", "added", "RSS MiB", "added MiB", "MiB per replica"], rows)
     out.append("")
+    out += local_sql_table(results)
+    out.append("")
+    out += background_table(results.background)
+    out.append("")
     out.append("Targets" + (" (smoke run: not checked)" if results.smoke else ""))
     out.append("")
     out += _table(["target", "measured", "verdict"], [[c.target, c.measured, c.verdict] for c in results.targets])
@@ -299,6 +388,102 @@ def query_table(results: Results) -> list[str]:
         rows,
     )
     return out
+
+
+def local_sql_table(results: Results) -> list[str]:
+    """Local SQL while syncing as a Markdown table, and what each implementation's sync operations did."""
+    settings = results.settings
+    out = [
+        f"Local SQL while syncing, through a proxy adding {settings['local_sql_delay'] * 1000:,.0f} ms per request: "
+        "a reader (one-row SELECT) and a writer (INSERT + commit) side by side, each pausing 3 ms between "
+        f"statements, during {settings['local_sql_rounds']} pulls and {settings['local_sql_rounds']} pushes per "
+        f"implementation, for {settings['local_sql_window']:g} s after a pull abandoned after "
+        f"{STALL_TIMEOUT_SECONDS:g} s on a stalled remote, and for {settings['local_sql_window']:g} s with no sync in "
+        f"flight (reference). A statement still waiting after {settings['local_sql_bound']:g} s counts as blocked. "
+        f"JS: @tursodatabase/sync {js_version()}.",
+        "",
+    ]
+    rows: list[list[str]] = []
+    for scenario in SCENARIOS:
+        for kind in KINDS:
+            for name in (OURS, PYTURSO, JS):
+                found = local_sql_of(results.local_sql, name, scenario, kind)
+                rows.append(
+                    [SCENARIO_LABELS[scenario], kind, LABELS[name], format_ms(found, found.p50_ms),
+                     format_ms(found, found.p99_ms), format_ms(found, found.max_ms), str(found.count),
+                     str(found.errors) + (f" ({'; '.join(found.error_messages)})" if found.errors else ""),
+                     str(found.blocked)]
+                )
+    out += _table(
+        ["scenario", "statement", "implementation", "p50 ms", "p99 ms", "max ms", "count", "errors", "blocked"], rows
+    )
+    out.append("")
+    for notes in results.local_sql_notes:
+        stalled = (
+            f"the stalled pull gave control back after {notes.stalled_pull_returned_ms:,.0f} ms"
+            + ("" if notes.stalled_pull_timed_out else " (it did not time out)")
+            + f" and its awaitable ended {notes.stalled_pull_after_release!r} once the remote answered; the next pull "
+            f"returned {notes.next_pull}; rows pulled: {notes.replica_rows} in the replica, {notes.remote_rows} on "
+            "the remote"
+        )
+        out.append(
+            f"- {LABELS[notes.implementation]}: pulls returned {notes.pulled} in "
+            f"{', '.join(f'{value:,.0f}' for value in notes.pull_ms)} ms, pushes took "
+            f"{', '.join(f'{value:,.0f}' for value in notes.push_ms)} ms; {stalled}; {notes.closed}"
+            + (f"; sync errors: {notes.sync_errors}" if notes.sync_errors else "")
+            + (f"; the loop's exception handler heard {len(notes.loop_errors)}: {sorted(set(notes.loop_errors))}"
+               if notes.loop_errors else "")
+        )
+    return out
+
+
+def background_targets(smoke: bool, result: BackgroundResult) -> list[TargetCheck]:
+    """The background sync benchmark against its targets (issue 14); a smoke run checks nothing."""
+    count = result.replicas
+    missing = f", {result.missing_arrivals} never arrived" if result.missing_arrivals else ""
+    checks = [
+        ("background lateness p99",
+         f"{count} replicas in background sync: loop lateness p99 < {LATENESS_P99_LIMIT_MS:.0f} ms",
+         f"{result.lateness_p99_ms:.2f} ms", result.lateness_p99_ms < LATENESS_P99_LIMIT_MS),
+        ("threads per replica",
+         f"{count} replicas in background sync: <= {THREADS_PER_REPLICA_LIMIT:.0f} threads per replica",
+         f"{result.threads_per_replica:.2f}", result.threads_per_replica <= THREADS_PER_REPLICA_LIMIT),
+        ("propagation p99",
+         f"{count} replicas: propagation p99 < 2 x interval + server latency ({result.propagation_limit_ms:,.0f} ms)",
+         f"{result.propagation_p99_ms:,.0f} ms{missing}",
+         result.propagation_p99_ms < result.propagation_limit_ms and result.missing_arrivals == 0),
+    ]
+    return [
+        TargetCheck(short, target, measured, "not checked" if smoke else ("PASS" if passed else "FAIL"))
+        for short, target, measured, passed in checks
+    ]
+
+
+def background_table(result: BackgroundResult) -> list[str]:
+    """The background sync benchmark as a Markdown table."""
+    out = [
+        f"Background sync: {result.replicas} replicas, each in sync_in_background(interval={result.interval_s:g}), "
+        f"on one event loop, measured for {result.duration_s:.0f} s after a warm-up; a row written every "
+        f"{result.write_every_s:g} s on a different replica",
+        "",
+    ]
+    rows = [
+        ["loop lateness p50 / p99 / max (1 ms heartbeat)",
+         f"{result.lateness_p50_ms:.2f} / {result.lateness_p99_ms:.2f} / {result.lateness_max_ms:.2f} ms",
+         f"heartbeat alone: p99 {result.idle_lateness_p99_ms:.2f}, max {result.idle_lateness_max_ms:.2f} ms"],
+        ["CPU per replica per hour",
+         f"{result.cpu_s_per_replica_hour:,.1f} s ({result.cpu_s_per_replica_hour_net:,.1f} s net of the heartbeat)",
+         f"process: {result.cpu_cores:.2f} cores; heartbeat alone {result.heartbeat_cpu_cores:.3f}"],
+        ["threads per replica", f"{result.threads_per_replica:.2f}",
+         f"{result.threads_before} threads before, {result.threads_syncing} while syncing"],
+        ["rounds per replica per second", f"{result.rounds_per_replica_s:.2f}",
+         f"replicas with a failed round: {result.replicas_with_failures}"],
+        ["propagation p50 / p99 / max",
+         f"{result.propagation_p50_ms:,.0f} / {result.propagation_p99_ms:,.0f} / {result.propagation_max_ms:,.0f} ms",
+         f"{result.arrivals} arrivals of {result.rows_written} rows, {result.missing_arrivals} missing; "
+         f"server latency (one idle round) {result.server_latency_ms:.1f} ms"],
+    ]
+    return out + _table(["measure", "value", "context"], rows)
 
 
 def write_json(results: Results, path: Path) -> None:

@@ -2,7 +2,7 @@
 
 By default it starts a local `tursodb --sync-server` on 127.0.0.1 (stopped at the end, also on Ctrl-C). With
 TURSO_DATABASE_URL (and TURSO_AUTH_TOKEN) set, it uses that remote instead and writes to a table named
-turso_sync_aio_demo there.
+turso_sync_aio_notes there.
 """
 
 import asyncio
@@ -10,6 +10,7 @@ import contextlib
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Generator
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def describe(stats: SyncStats) -> str:
 
 
 async def count_notes(conn: ConnectionSync) -> int:
-    cursor = await conn.execute("SELECT count(*) FROM turso_sync_aio_demo")
+    cursor = await conn.execute("SELECT count(*) FROM turso_sync_aio_notes")
     row = await cursor.fetchone()
     return int(row[0]) if row is not None else 0
 
@@ -49,15 +50,21 @@ async def run(url: str, token: str | None, workdir: Path) -> None:
     started = time.perf_counter()
     async with turso.aio.sync.connect(str(workdir / "alice.db"), url, auth_token=token) as alice:
         await alice.execute(
-            "CREATE TABLE IF NOT EXISTS turso_sync_aio_demo(id INTEGER PRIMARY KEY, author TEXT, body TEXT)"
+            # Text keys made on each replica cannot collide; rowid keys would (see README, "Keys that cannot collide").
+            "CREATE TABLE IF NOT EXISTS turso_sync_aio_notes(id TEXT PRIMARY KEY, author TEXT, body TEXT, written REAL)"
         )
         await alice.commit()
         await alice.push()
         async with turso.aio.sync.connect(str(workdir / "bob.db"), url, auth_token=token) as bob:
             print(f"bob opened his replica with {await count_notes(bob)} notes")
 
-            notes = [("alice", f"note {n} written at {time.strftime('%H:%M:%S')}") for n in range(3)]
-            await alice.executemany("INSERT INTO turso_sync_aio_demo(author, body) VALUES (?, ?)", notes)
+            notes = [
+                (str(uuid.uuid4()), "alice", f"note {n} written at {time.strftime('%H:%M:%S')}", time.time() + n * 1e-3)
+                for n in range(3)
+            ]
+            await alice.executemany(
+                "INSERT INTO turso_sync_aio_notes(id, author, body, written) VALUES (?, ?, ?, ?)", notes
+            )
             await alice.commit()
             print(f"alice wrote {len(notes)} notes locally: {describe(await alice.stats())}")
             await alice.push()
@@ -65,13 +72,13 @@ async def run(url: str, token: str | None, workdir: Path) -> None:
 
             changed = await bob.pull()
             print(f"bob pulled (new changes: {changed}); he now has {await count_notes(bob)} notes")
-            cursor = await bob.execute("SELECT author, body FROM turso_sync_aio_demo ORDER BY id DESC LIMIT 3")
+            cursor = await bob.execute("SELECT author, body FROM turso_sync_aio_notes ORDER BY written DESC LIMIT 3")
             for author, body in reversed(await cursor.fetchall()):
                 print(f"  {author}: {body}")
             print(f"bob pulled again (new changes: {await bob.pull()})")
             await bob.checkpoint()
             print(f"bob after checkpoint:         {describe(await bob.stats())}")
-    print(f"done in {time.perf_counter() - started:.2f}s; both replicas closed, their worker threads stopped")
+    print(f"done in {time.perf_counter() - started:.2f}s; both replicas closed, their threads stopped")
 
 
 def main() -> None:

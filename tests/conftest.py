@@ -17,6 +17,9 @@ UNDER_TEST = os.environ.get("TURSO_SYNC_AIO_UNDER_TEST", "checkout")
 # The project's checkout: where this file is, or, for a copy of tests/, where it was copied from.
 CHECKOUT = Path(os.environ.get("TURSO_SYNC_AIO_CHECKOUT", Path(__file__).resolve().parent.parent)).resolve()
 
+# Threads per open connection: the SQL worker ("turso-async-worker") and the sync lane ("turso-sync-lane").
+THREADS_PER_CONNECTION = 2
+
 # How long a worker may take to exit after the test: the lifecycle promises "within a few seconds at most".
 WORKER_EXIT_SECONDS = 5.0
 

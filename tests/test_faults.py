@@ -15,12 +15,12 @@ import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Optional, cast
+from typing import Any, Optional, Union, cast
 
 import pytest
 
 import turso
-from tests.conftest import turso_threads
+from tests.conftest import THREADS_PER_CONNECTION, turso_threads
 from tests.proxy import DelayingProxy
 from tests.sync_server import SyncServer, free_port
 from turso.lib_sync_aio import ConnectionSync, connect_sync
@@ -148,7 +148,7 @@ async def open_replica(path: str, url: str) -> ConnectionSync:
 async def test_close_stops_the_worker_thread(sync_server: SyncServer, replica_path: str) -> None:
     baseline = turso_threads()
     conn = await open_replica(replica_path, sync_server.url)
-    assert len(new_threads(baseline)) == 1
+    assert len(new_threads(baseline)) == THREADS_PER_CONNECTION
     await asyncio.wait_for(conn.pull(), AWAIT_SECONDS)
     await asyncio.wait_for(conn.close(), AWAIT_SECONDS)
     assert await wait_until(lambda: not new_threads(baseline))
@@ -157,7 +157,7 @@ async def test_close_stops_the_worker_thread(sync_server: SyncServer, replica_pa
 async def test_async_with_stops_the_worker_when_the_block_ends(sync_server: SyncServer, replica_path: str) -> None:
     baseline = turso_threads()
     async with connect_sync(replica_path, sync_server.url) as conn:
-        assert len(new_threads(baseline)) == 1
+        assert len(new_threads(baseline)) == THREADS_PER_CONNECTION
         await asyncio.wait_for(conn.execute("CREATE TABLE t(x INTEGER)"), AWAIT_SECONDS)
         await asyncio.wait_for(conn.commit(), AWAIT_SECONDS)
     assert await wait_until(lambda: not new_threads(baseline))
@@ -168,7 +168,7 @@ async def test_async_with_stops_the_worker_when_the_block_raises(sync_server: Sy
     with pytest.raises(ZeroDivisionError):
         async with connect_sync(replica_path, sync_server.url) as conn:
             await asyncio.wait_for(conn.pull(), AWAIT_SECONDS)
-            assert len(new_threads(baseline)) == 1
+            assert len(new_threads(baseline)) == THREADS_PER_CONNECTION
             _ = 1 / 0
     assert await wait_until(lambda: not new_threads(baseline))
 
@@ -197,7 +197,8 @@ async def test_connect_cancelled_while_bootstrapping_stops_the_worker_once_boots
     opening.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(opening, AWAIT_SECONDS)
-    assert len(new_threads(baseline)) == 1  # the bootstrap is still on the wire: the worker cannot be interrupted
+    # The bootstrap is still on the wire: the SQL worker cannot be interrupted (the idle sync lane may be gone).
+    assert "turso-async-worker" in {thread.name for thread in new_threads(baseline)}
 
     assert await wait_until(lambda: not new_threads(baseline)), "the worker outlived the cancelled connect"
     with pytest.raises(turso.ProgrammingError):
@@ -220,7 +221,8 @@ async def test_connect_timed_out_while_bootstrapping_stops_the_worker_once_boots
     conn = connect_sync(replica_path, sync_server.url)
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(conn, 0.001)
-    assert len(new_threads(baseline)) == 1  # the bootstrap still runs: the worker cannot be interrupted
+    # The bootstrap still runs: the SQL worker cannot be interrupted (the idle sync lane may be gone).
+    assert "turso-async-worker" in {thread.name for thread in new_threads(baseline)}
     assert await wait_until(lambda: not new_threads(baseline)), "the worker outlived the timed-out connect"
     with pytest.raises(turso.ProgrammingError):
         await asyncio.wait_for(conn.stats(), AWAIT_SECONDS)
@@ -237,7 +239,7 @@ async def test_connection_dropped_without_close_warns_and_its_worker_stops(
     conn = await open_replica(replica_path, sync_server.url)
     await asyncio.wait_for(conn.execute("INSERT INTO t VALUES (1)"), AWAIT_SECONDS)
     await asyncio.wait_for(conn.commit(), AWAIT_SECONDS)
-    assert len(new_threads(baseline)) == 1
+    assert len(new_threads(baseline)) == THREADS_PER_CONNECTION
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -285,7 +287,7 @@ def test_event_loop_closing_mid_operation_stops_the_worker_without_traceback(
         assert not running.done()
         if operation == "slow_pull":
             assert slow_proxy.requests > requests_before  # the pull is held by the proxy
-        assert len(new_threads(baseline)) == 1
+        assert len(new_threads(baseline)) == THREADS_PER_CONNECTION
     finally:
         loop.close()
 
@@ -302,12 +304,12 @@ def test_event_loop_closing_mid_operation_stops_the_worker_without_traceback(
 
 
 async def test_operations_racing_close_complete_or_raise_programming_error(
-    sync_server: SyncServer, slow_proxy: DelayingProxy, replica_path: str
+    sync_server: SyncServer, replica_path: str
 ) -> None:
     sync_server.execute("CREATE TABLE t(x INTEGER)")
     errors = record_loop_errors()
     baseline = turso_threads()
-    conn = await open_replica(replica_path, slow_proxy.url)
+    conn = await open_replica(replica_path, sync_server.url)
 
     def operations() -> list[Awaitable[object]]:
         # Single calls, each queued by its first step (executescript commits its INSERT on its own).
@@ -412,7 +414,7 @@ async def test_close_from_two_tasks_at_once_both_return_after_the_worker_exited(
 # --- 3. cancellation is safe -------------------------------------------------------------------------------------
 
 
-async def test_cancelled_pull_logs_nothing_and_its_changes_arrive_before_the_next_call(
+async def test_cancelled_pull_logs_nothing_and_its_changes_are_applied_before_the_next_pull_returns(
     sync_server: SyncServer, slow_proxy: DelayingProxy, replica_path: str
 ) -> None:
     sync_server.execute("CREATE TABLE t(x INTEGER)")
@@ -426,9 +428,9 @@ async def test_cancelled_pull_logs_nothing_and_its_changes_arrive_before_the_nex
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(pulling, AWAIT_SECONDS)
 
-        # The next call runs after the cancelled pull, which still applied the remote row.
-        assert await rows(conn, "SELECT x FROM t") == [(7,)]
+        # The next pull takes its turn after the cancelled one, which still applied the remote row.
         assert await asyncio.wait_for(conn.pull(), AWAIT_SECONDS) is False
+        assert await rows(conn, "SELECT x FROM t") == [(7,)]
         assert errors == []
 
 
@@ -489,12 +491,15 @@ async def test_cancelled_executescript_insert_and_commit_still_reach_the_server(
         assert errors == []
 
 
-async def test_cancelled_stats_logs_nothing_and_next_call_works(sync_server: SyncServer, replica_path: str) -> None:
-    async with await open_replica(replica_path, sync_server.url) as conn:
+async def test_cancelled_stats_logs_nothing_and_next_call_works(
+    sync_server: SyncServer, slow_proxy: DelayingProxy, replica_path: str
+) -> None:
+    async with await open_replica(replica_path, slow_proxy.url) as conn:
         errors = record_loop_errors()
-        busy = asyncio.create_task(conn.executescript(HEAVY_COUNT))
-        # A task of its own, so that stats() is called after the script on every Python: tasks start in creation
-        # order, while since 3.12 asyncio.wait_for runs a bare coroutine at once, in this task, ahead of the script.
+        # stats() takes its turn on the sync lane, behind a pull that the proxy holds.
+        busy = asyncio.create_task(conn.pull())
+        # A task of its own, so that stats() is called after the pull on every Python: tasks start in creation
+        # order, while since 3.12 asyncio.wait_for runs a bare coroutine at once, in this task, ahead of the pull.
         cancelled_stats = asyncio.create_task(conn.stats())
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(cancelled_stats, 0.05)
@@ -503,7 +508,7 @@ async def test_cancelled_stats_logs_nothing_and_next_call_works(sync_server: Syn
 
         # The next call runs after the cancelled one, whose late result must be dropped without a word.
         stats = await asyncio.wait_for(conn.stats(), AWAIT_SECONDS)
-        assert await asyncio.wait_for(busy, AWAIT_SECONDS) is not None
+        assert await asyncio.wait_for(busy, AWAIT_SECONDS) is False
         assert stats.last_pull_unix_time is not None
         assert stats.cdc_operations == 0
         assert errors == []
@@ -595,6 +600,7 @@ def _raise_token_error() -> str:
         ("server_answers_401", turso.DatabaseError, "401"),
         ("missing_directory", turso.OperationalError, "does not exist"),
         ("path_not_a_string", TypeError, "path"),
+        ("remote_url_callable", turso.ProgrammingError, "remote_url as a callable is not supported"),
     ],
 )
 async def test_bad_input_raises_a_clear_error_and_leaves_nothing_behind(
@@ -606,7 +612,7 @@ async def test_bad_input_raises_a_clear_error_and_leaves_nothing_behind(
     message: str,
 ) -> None:
     path: object = str(replica_dir / "replica.db")
-    url = sync_server.url
+    url: Union[str, Callable[[], str]] = sync_server.url
     auth_token: Optional[Callable[[], str]] = None
     if case == "nothing_listening":
         url = f"http://127.0.0.1:{free_port()}"
@@ -622,6 +628,8 @@ async def test_bad_input_raises_a_clear_error_and_leaves_nothing_behind(
         path = str(replica_dir / "missing" / "replica.db")
     elif case == "path_not_a_string":
         path = 123
+    elif case == "remote_url_callable":
+        url = lambda: sync_server.url  # noqa: E731
 
     baseline = turso_threads()
     with pytest.raises(error, match=message) as raised:

@@ -12,7 +12,7 @@ import turso
 import turso.aio.sync
 import turso.lib_sync
 import turso.lib_sync_aio
-from tests.conftest import CHECKOUT, UNDER_TEST, turso_threads
+from tests.conftest import CHECKOUT, THREADS_PER_CONNECTION, UNDER_TEST, turso_threads
 from tests.sync_server import SyncServer, free_port
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
@@ -52,7 +52,7 @@ async def test_await_opens_and_returns_the_sync_connection(sync_server: SyncServ
     conn = await connect_sync(replica_path, sync_server.url)
     try:
         assert isinstance(conn, ConnectionSync)
-        assert len(turso_threads() - baseline) == 1
+        assert len(turso_threads() - baseline) == THREADS_PER_CONNECTION
         assert await conn.pull() is False
     finally:
         await conn.close()
@@ -91,7 +91,7 @@ async def test_blocking_connection_is_created_on_the_worker_thread(
 async def test_async_with_on_an_awaited_connection_opens_once(sync_server: SyncServer, replica_path: str) -> None:
     baseline = turso_threads()
     async with await connect_sync(replica_path, sync_server.url) as conn:
-        assert len(turso_threads() - baseline) == 1
+        assert len(turso_threads() - baseline) == THREADS_PER_CONNECTION
         await conn.push()
     assert turso_threads() == baseline
 

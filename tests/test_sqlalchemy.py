@@ -2,7 +2,12 @@
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+import socket
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -10,17 +15,24 @@ import pytest
 import sqlalchemy
 from sqlalchemy import String, event, func, pool, select, text
 from sqlalchemy.dialects import registry
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InvalidRequestError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import turso
 import turso.aio
-from tests.conftest import UNDER_TEST, turso_threads
+from tests.conftest import THREADS_PER_CONNECTION, UNDER_TEST, turso_threads
 from tests.sync_server import SyncServer
+from turso.background_sync_aio import BackgroundSync
 from turso.lib_sync_aio import ConnectionSync
-from turso.sqlalchemy_sync_aio import AioTursoSyncDialect, ReplicaPool, get_sync_connection
+from turso.sqlalchemy_sync_aio import (
+    AioTursoSyncDialect,
+    ReplicaPool,
+    background_sync_of,
+    get_sync_connection,
+    replica_of,
+)
 
 # In the checkout the dialect is not installed with an entry point: register it the way SQLAlchemy documents. Against
 # the installed wheel (`make test-wheel`) nothing is registered, so the URL must resolve through the wheel's
@@ -30,6 +42,10 @@ if UNDER_TEST == "checkout":
 
 # Bound for anything that talks to the server, generous for a loaded 2-core machine.
 TIMEOUT = 60.0
+# The slow link of the "sessions keep running" tests: the proxy holds every request this long.
+SLOW_LINK_SECONDS = 1.0
+# What a short session may take while a pull or push is in flight (local speed is about a millisecond).
+LOCAL_SESSION_SECONDS = 0.5
 
 
 class Base(DeclarativeBase):
@@ -226,7 +242,7 @@ async def test_dispose_closes_the_replica_and_stops_its_worker(sync_server: Sync
     engine = create_async_engine(replica_url(replica_path, sync_server))
     async with engine.connect() as conn:
         replica = await get_sync_connection(conn)
-        assert len(turso_threads() - before) == 1
+        assert len(turso_threads() - before) == THREADS_PER_CONNECTION
     await engine.dispose()
 
     assert turso_threads() - before == set()
@@ -407,3 +423,424 @@ async def test_pool_settings_that_keep_one_connection_are_accepted(
             assert (await conn.execute(select(func.count()).select_from(Note))).scalar_one() == 0
     finally:
         await engine.dispose()
+
+
+class DelayingProxy:
+    """A TCP proxy on 127.0.0.1 in front of the sync server that holds every request for `delay` seconds.
+
+    A minimal copy of tests/test_faults.py's DelayingProxy (the driver makes one HTTP connection per request, so each
+    request reaches the server `delay` seconds late), with a `delay` that may change. Every socket has a timeout and
+    `close()` joins its threads.
+    """
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self._target_port = target_port
+        # How long each request accepted from now on is held.
+        self.delay = delay
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._spawn(self._accept)
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name="delaying-proxy", daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def _track(self, sock: socket.socket) -> bool:
+        with self._lock:
+            if self._closing.is_set():
+                return False
+            self._sockets.append(sock)
+            return True
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            client.settimeout(TIMEOUT)
+            if not self._track(client):
+                client.close()
+                return
+            self._spawn(self._relay, client)
+
+    def _relay(self, client: socket.socket) -> None:
+        upstream: Optional[socket.socket] = None
+        try:
+            if self._closing.wait(self.delay):
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target_port), timeout=TIMEOUT)
+            if not self._track(upstream):
+                return
+            answer = threading.Thread(target=self._pump, args=(upstream, client), name="delaying-proxy", daemon=True)
+            answer.start()
+            self._pump(client, upstream)
+            answer.join(TIMEOUT)
+        except OSError:
+            pass
+        finally:
+            client.close()
+            if upstream is not None:
+                upstream.close()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                target.sendall(chunk)
+            target.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing.set()
+            sockets, threads = list(self._sockets), list(self._threads)
+        self._listener.close()
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in threads:
+            thread.join(5.0)
+
+
+# Text keys: rows written on the replica during a pull cannot collide with the pulled ones (rowid keys would).
+ENTRIES = "CREATE TABLE entries(id TEXT PRIMARY KEY, body TEXT NOT NULL)"
+
+
+async def sessions_until(done: "asyncio.Future[Any]", engine: AsyncEngine, label: str) -> tuple[list[float], list[str]]:
+    """Short sessions on `engine`, a write then a read, until `done`: how long each took, and the bodies committed."""
+    durations: list[float] = []
+    committed: list[str] = []
+    number = 0
+    while not done.done():
+        body = f"{label} {number}"
+        number += 1
+        started = time.perf_counter()
+        async with AsyncSession(engine) as session:
+            row = {"id": str(uuid.uuid4()), "body": body}
+            await session.execute(text("INSERT INTO entries VALUES (:id, :body)"), row)
+            await session.commit()
+        durations.append(time.perf_counter() - started)
+        committed.append(body)
+        started = time.perf_counter()
+        async with AsyncSession(engine) as session:
+            count = (await session.execute(text("SELECT count(*) FROM entries"))).scalar_one()
+            assert count >= len(committed)
+        durations.append(time.perf_counter() - started)
+        await asyncio.sleep(0.02)
+    return durations, committed
+
+
+async def test_sessions_keep_running_while_the_engines_replica_pulls_and_pushes_over_a_slow_link(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    proxy = DelayingProxy(sync_server.port, 0.0)  # fast while the replica bootstraps, slow from the first pull on
+    engine = create_async_engine(replica_url(replica_path, None, f"remote_url={proxy.url}"))
+    try:
+        replica = await replica_of(engine)
+        async with engine.begin() as conn:
+            await conn.execute(text(ENTRIES))
+        await asyncio.wait_for(replica.push(), TIMEOUT)
+        sync_server.execute("INSERT INTO entries VALUES ('remote-1', 'from the server')")
+        proxy.delay = SLOW_LINK_SECONDS
+
+        started = time.perf_counter()
+        pulling = asyncio.ensure_future(replica.pull())
+        durations, written_during_pull = await asyncio.wait_for(sessions_until(pulling, engine, "during pull"), TIMEOUT)
+        assert await pulling is True
+        assert time.perf_counter() - started >= SLOW_LINK_SECONDS * 0.9  # the pull did wait on the slow link
+        assert len(durations) >= 4 and max(durations) < LOCAL_SESSION_SECONDS, durations
+
+        async with engine.connect() as conn:
+            local = set((await conn.execute(text("SELECT body FROM entries"))).scalars())
+        assert local == {"from the server", *written_during_pull}
+
+        started = time.perf_counter()
+        pushing = asyncio.ensure_future(replica.push())  # everything committed so far is in this push
+        durations, written_during_push = await asyncio.wait_for(sessions_until(pushing, engine, "during push"), TIMEOUT)
+        await pushing
+        assert time.perf_counter() - started >= SLOW_LINK_SECONDS * 0.9
+        assert len(durations) >= 4 and max(durations) < LOCAL_SESSION_SECONDS, durations
+        on_server = [str(body) for (body,) in sync_server.execute("SELECT body FROM entries")]
+        assert len(on_server) == len(set(on_server))
+        assert {"from the server", *written_during_pull} <= set(on_server)
+
+        proxy.delay = 0.0
+        await asyncio.wait_for(replica.push(), TIMEOUT)
+        on_server = [str(body) for (body,) in sync_server.execute("SELECT body FROM entries")]
+        assert sorted(on_server) == sorted(["from the server", *written_during_pull, *written_during_push])
+    finally:
+        await engine.dispose()
+        proxy.close()
+
+
+async def test_replica_of_opens_the_replica_before_any_session_and_is_the_pools_connection(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    before = turso_threads()
+    sync_server.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body VARCHAR(200) NOT NULL)")
+    engine = create_async_engine(replica_url(replica_path, sync_server))
+    opened: list[object] = []
+
+    def count_new_connection(dbapi_connection: object, record: object) -> None:
+        opened.append(dbapi_connection)
+
+    event.listen(engine.sync_engine, "connect", count_new_connection)
+    try:
+        replica = await asyncio.wait_for(replica_of(engine), TIMEOUT)
+        assert isinstance(replica, ConnectionSync)
+        assert len(opened) == 1 and turso_threads() - before
+        assert await replica_of(engine) is replica
+        async with AsyncSession(engine) as session:
+            assert await get_sync_connection(session) is replica
+            assert (await session.scalars(select(Note.body))).all() == []
+        assert len(opened) == 1  # sessions use the connection replica_of opened
+    finally:
+        await engine.dispose()
+
+
+async def test_replica_of_takes_nothing_from_the_pool_while_a_session_holds_its_connection(
+    engine: AsyncEngine,
+) -> None:
+    async with AsyncSession(engine) as session:
+        session.add(Note(body="held"))
+        await session.flush()  # the session holds the pool's one connection, in a transaction
+        replica = await asyncio.wait_for(replica_of(engine), 1.0)
+        assert replica is await get_sync_connection(session)
+        stats = await asyncio.wait_for(replica.stats(), 1.0)
+        assert stats.cdc_operations >= 0
+        await session.commit()
+    assert isinstance(engine.pool, ReplicaPool)
+    assert engine.pool.checkedin() == 1
+
+
+async def test_replica_of_after_dispose_raises_until_a_session_reopens_the_replica(engine: AsyncEngine) -> None:
+    replica = await replica_of(engine)
+    await engine.dispose()
+
+    with pytest.raises(InvalidRequestError, match=r"was disposed, which closed its replica.*does not reopen"):
+        await replica_of(engine)
+    with pytest.raises(turso.ProgrammingError, match="closed"):
+        await replica.pull()
+
+    assert await local_bodies(engine) == []  # a session reopens the replica, as SQLAlchemy engines do
+    reopened = await replica_of(engine)
+    assert reopened is not replica
+    assert (await reopened.stats()).cdc_operations == 0
+
+
+async def test_replica_of_rejects_what_is_not_an_async_engine_of_the_dialect(engine: AsyncEngine) -> None:
+    with pytest.raises(TypeError, match="expects a sqlalchemy.ext.asyncio.AsyncEngine, not Engine"):
+        await replica_of(engine.sync_engine)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    with pytest.raises(TypeError, match="expects a sqlalchemy.ext.asyncio.AsyncEngine, not AsyncSession"):
+        await background_sync_of(AsyncSession(engine))  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+async def test_replica_of_rejects_an_engine_of_another_dialect(tmp_path: Path) -> None:
+    # aiosqlite is in the benchmarks' requirements (every test venv has them), not in requirements.txt; pyturso's own
+    # sqlite+aioturso:// does not load on SQLAlchemy 2.0.58 and later (its adapter has no has_stop).
+    pytest.importorskip("aiosqlite")
+    other = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'local.db'}")
+    try:
+        with pytest.raises(TypeError, match=r"expects an engine of sqlite\+aioturso_sync://, not of sqlite\+aiosqlite://"):
+            await replica_of(other)
+    finally:
+        await other.dispose()
+
+
+async def test_replica_of_rejects_an_engine_whose_pool_connection_is_not_a_sync_replica(tmp_path: Path) -> None:
+    local_path = str(tmp_path / "local.db")
+    engine = create_async_engine(
+        f"sqlite+aioturso_sync:///{local_path}", async_creator=lambda: turso.aio.connect(local_path)
+    )
+    try:
+        with pytest.raises(TypeError, match="pool connection is not a sync replica"):
+            await replica_of(engine)
+    finally:
+        await engine.dispose()
+
+
+# --- sync_interval: background sync of the engine's replica ---------------------------------------------------------
+
+# The interval of the background sync tests, seconds.
+SYNC_INTERVAL = 0.2
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float) -> float:
+    """Await `check()` every 20 ms until it is true; how long that took (fails after `seconds`)."""
+    started = time.perf_counter()
+    while not await check():
+        assert time.perf_counter() - started < seconds, f"not true within {seconds} s"
+        await asyncio.sleep(0.02)
+    return time.perf_counter() - started
+
+
+def background_tasks() -> set["asyncio.Task[Any]"]:
+    return {task for task in asyncio.all_tasks() if task.get_name() == "turso-background-sync" and not task.done()}
+
+
+async def test_two_engines_with_sync_interval_converge_without_explicit_pull_or_push(
+    sync_server: SyncServer, tmp_path: Path
+) -> None:
+    sync_server.execute(ENTRIES)
+    query = f"sync_interval={SYNC_INTERVAL}"
+    first = create_async_engine(replica_url(str(tmp_path / "first.db"), sync_server, query))
+    second = create_async_engine(replica_url(str(tmp_path / "second.db"), sync_server, query))
+    try:
+        for engine, body in ((first, "from the first"), (second, "from the second")):
+            async with AsyncSession(engine) as session:
+                await session.execute(text("INSERT INTO entries VALUES (:id, :body)"), {"id": body, "body": body})
+                await session.commit()
+
+        async def has_both(engine: AsyncEngine) -> bool:
+            async with engine.connect() as conn:
+                return bool((await conn.execute(text("SELECT count(*) FROM entries"))).scalar_one() == 2)
+
+        # Within 3 intervals in the background sync's own tests; here with room for a loaded 2-core machine.
+        await eventually(lambda: has_both(first), 5.0)
+        await eventually(lambda: has_both(second), 5.0)
+        assert sorted(str(body) for (body,) in sync_server.execute("SELECT body FROM entries")) == [
+            "from the first",
+            "from the second",
+        ]
+    finally:
+        await first.dispose()
+        await second.dispose()
+
+
+async def test_background_sync_of_gives_its_status_and_syncs_now(sync_server: SyncServer, replica_path: str) -> None:
+    sync_server.execute(ENTRIES)
+    engine = create_async_engine(replica_url(replica_path, sync_server, "sync_interval=30"))
+    try:
+        background = await asyncio.wait_for(background_sync_of(engine), TIMEOUT)  # opens the replica: a round at once
+        assert isinstance(background, BackgroundSync)
+        assert background.interval == 30.0
+        assert await background_sync_of(engine) is background
+        await eventually(lambda: asyncio.sleep(0, background.status.rounds >= 1), 5.0)
+        status = background.status
+        assert status.running and status.consecutive_failures == 0 and status.last_error is None
+        assert status.last_success_unix_time is not None and status.next_round_unix_time is not None
+        assert status.next_round_unix_time > time.time() + 20  # the next round is an interval away
+
+        sync_server.execute("INSERT INTO entries VALUES ('remote', 'from the server')")
+        assert await asyncio.wait_for(background.sync_now(), TIMEOUT) is True  # no need to wait 30 s
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT body FROM entries"))).scalars().all() == ["from the server"]
+        assert background.status.rounds >= 2
+    finally:
+        await engine.dispose()
+
+
+async def test_dispose_stops_the_background_sync_and_leaves_no_thread_or_task(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    before = turso_threads()
+    engine = create_async_engine(replica_url(replica_path, sync_server, f"sync_interval={SYNC_INTERVAL}"))
+    background = await background_sync_of(engine)
+    assert background is not None
+    await eventually(lambda: asyncio.sleep(0, background.status.rounds >= 2), 5.0)
+    assert background_tasks()
+
+    await asyncio.wait_for(engine.dispose(), TIMEOUT)
+
+    assert not background.status.running
+    assert background_tasks() == set()
+    assert turso_threads() - before == set()
+    rounds = background.status.rounds
+    await asyncio.sleep(3 * SYNC_INTERVAL)
+    assert background.status.rounds == rounds
+    with pytest.raises(InvalidRequestError, match="was disposed"):
+        await background_sync_of(engine)
+
+
+async def test_dispose_while_a_session_holds_the_replica_still_stops_its_background_sync(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    engine = create_async_engine(replica_url(replica_path, sync_server, f"sync_interval={SYNC_INTERVAL}"))
+    background = await background_sync_of(engine)
+    assert background is not None
+    async with AsyncSession(engine) as session:
+        await session.execute(text("SELECT 1"))  # holds the pool's connection: dispose() cannot close it
+        await asyncio.wait_for(engine.dispose(), TIMEOUT)
+        assert not background.status.running
+        assert background_tasks() == set()
+        assert (await session.execute(text("SELECT 2"))).scalar_one() == 2  # the session itself goes on
+        with pytest.raises(InvalidRequestError, match="was disposed"):
+            await replica_of(engine)
+        replica = await get_sync_connection(session)
+    # Returned to the disposed pool, which keeps it open until it is collected; close it as dispose() would have.
+    await replica.close()
+
+
+async def test_a_session_after_dispose_reopens_the_replica_with_a_new_background_sync(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    engine = create_async_engine(replica_url(replica_path, sync_server, "sync_interval=30"))
+    try:
+        first = await background_sync_of(engine)
+        await engine.dispose()
+        async with engine.connect() as conn:  # SQLAlchemy reopens the pool on demand, and with it the background sync
+            await conn.execute(text("SELECT 1"))
+        second = await background_sync_of(engine)
+        assert first is not None and second is not None and second is not first
+        assert not first.status.running and second.status.running
+    finally:
+        await engine.dispose()
+
+
+async def test_an_engine_without_sync_interval_has_no_background_sync(engine: AsyncEngine) -> None:
+    assert await background_sync_of(engine) is None
+    assert background_tasks() == set()
+
+
+async def test_sessions_keep_running_while_a_background_round_waits_on_a_slow_link(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    proxy = DelayingProxy(sync_server.port, 0.0)
+    engine = create_async_engine(replica_url(replica_path, None, f"remote_url={proxy.url}&sync_interval=30"))
+    try:
+        background = await background_sync_of(engine)
+        assert background is not None
+        async with engine.begin() as conn:
+            await conn.execute(text(ENTRIES))
+        await background.sync_now()
+        sync_server.execute("INSERT INTO entries VALUES ('remote', 'from the server')")
+        proxy.delay = SLOW_LINK_SECONDS
+
+        syncing = asyncio.ensure_future(background.sync_now())  # a push and a pull, each over the slow link
+        durations, written = await asyncio.wait_for(sessions_until(syncing, engine, "during a round"), TIMEOUT)
+        assert await syncing is True
+        assert len(durations) >= 4 and max(durations) < LOCAL_SESSION_SECONDS, durations
+        proxy.delay = 0.0
+        await background.sync_now()
+        on_server = sorted(str(body) for (body,) in sync_server.execute("SELECT body FROM entries"))
+        assert on_server == sorted(["from the server", *written])
+    finally:
+        await engine.dispose()
+        proxy.close()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "nan", "inf", "1s"])
+def test_a_bad_sync_interval_is_refused_when_the_engine_is_created(replica_path: str, value: str) -> None:
+    with pytest.raises(ArgumentError, match=rf"sync_interval must be one number of seconds greater than 0.*{value!r}"):
+        create_async_engine(replica_url(replica_path, None, f"remote_url=http://h:1&sync_interval={value}"))
+    assert not os.path.exists(replica_path)
+
+
+def test_sync_interval_is_the_dialects_own_parameter_and_not_warned_about(replica_path: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine = create_async_engine(replica_url(replica_path, None, "remote_url=http://h:1&sync_interval=2.5"))
+    assert isinstance(engine.pool, ReplicaPool)

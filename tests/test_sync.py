@@ -4,7 +4,7 @@ import asyncio
 from pathlib import Path
 
 import turso
-from tests.conftest import turso_threads
+from tests.conftest import THREADS_PER_CONNECTION, turso_threads
 from tests.sync_server import SyncServer
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
@@ -134,7 +134,7 @@ async def test_32_replicas_sync_concurrently_in_one_event_loop(sync_server: Sync
     baseline = turso_threads()
     replicas = await asyncio.gather(*(connect_sync(str(tmp_path / f"r{n}.db"), sync_server.url) for n in range(32)))
     try:
-        assert len(turso_threads() - baseline) == 32
+        assert len(turso_threads() - baseline) == 32 * THREADS_PER_CONNECTION
 
         async def write_and_push(number: int, conn: ConnectionSync) -> None:
             await conn.execute("INSERT INTO t VALUES (?)", (number,))

@@ -2,18 +2,29 @@
 
 A sync replica is a local SQLite-compatible database file that Turso keeps in sync with a remote database: `pull`
 brings remote changes in, `push` sends local ones out. This module makes the blocking sync driver
-(`turso.lib_sync`) usable from asyncio: every operation runs on one worker thread per connection, in the order it
-was awaited, so the event loop never blocks on the disk or the network.
+(`turso.lib_sync`) usable from asyncio without letting the network near local SQL:
+
+    event loop ──(future, function)──▶ SQL worker   (thread "turso-async-worker"): SQL in call order, plus the
+                                                     local steps of sync (apply pulled changes, checkpoint),
+                                                     only between transactions
+               ──(future, function)──▶ sync lane    (thread "turso-sync-lane"): one sync engine operation at a
+                                                     time: pull's network wait, push, stats; hands apply and
+                                                     checkpoint to the SQL worker and waits for them
 
     async with turso.aio.sync.connect("app.db", "libsql://db-org.turso.io", auth_token=token) as conn:
-        await conn.execute("INSERT INTO notes(body) VALUES (?)", ("hello",))
+        await conn.execute("INSERT INTO notes(id, body) VALUES (?, ?)", (str(uuid.uuid4()), "hello"))
         await conn.commit()
         await conn.push()          # send local changes to the remote
         changed = await conn.pull()  # True if remote changes were applied
 
-Lifecycle: the worker thread starts when the connection is first awaited (or entered with `async with`) and has
-exited when `close()` returns. It also stops after a failed or cancelled open, when the connection is garbage
-collected without `close()` (with a ResourceWarning), and when its event loop closes.
+A slow or silent remote holds up only the sync lane: reads and writes keep local speed, a cancelled pull or push
+returns at once (the operation still ends on the lane: nothing lost, nothing doubled), and close() waits at most
+about a second for a request the remote never answers.
+
+Lifecycle: both threads start when the connection is first awaited (or entered with `async with`). When close()
+returns the SQL worker has exited, and so has the sync lane unless a request is stuck on the network, in which case
+it exits when that request ends, changing nothing after. They also stop after a failed or cancelled open, when the
+connection is garbage collected without close() (with a ResourceWarning), and when its event loop closes.
 """
 
 from typing import (
@@ -29,12 +40,15 @@ from typing import (
     cast,
     runtime_checkable,
 )
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 import asyncio
 import enum
 import functools
 import glob
+import logging
 import os
+import threading
+import time
 import traceback
 import urllib.parse
 import warnings
@@ -53,19 +67,37 @@ from .lib_sync import (
     ConnectionSync as BlockingConnectionSync,
     PartialSyncOpts,
     RemoteEncryptionCipher,  # pyright: ignore[reportUnknownVariableType]  # native enum, no type information
+    _HttpContext as DriverHttpContext,  # pyright: ignore[reportPrivateUsage]  # see _SyncEngine
+    _run_op as run_engine_operation,  # pyright: ignore[reportPrivateUsage, reportUnknownVariableType]  # see _SyncEngine
     connect_sync as blocking_connect_sync,  # pyright: ignore[reportUnknownVariableType]  # (its cipher parameter)
 )
 from .lib_aio import (
     Connection as NonBlockingConnection,
 )
+from .background_sync_aio import BackgroundSync
 
 _T = TypeVar("_T")
+_Runner = TypeVar("_Runner", bound="_JobRunner")
 
-# A job for the worker thread: the future that awaits its outcome (None when nobody awaits it) and the function to run.
+# A job for a worker thread: the future that awaits its outcome (None when nobody awaits it) and the function to run.
 _Job = tuple[Optional["asyncio.Future[Any]"], Callable[[], Any]]
 
 # URL schemes the sync driver can reach; libsql:// and turso:// are rewritten to https:// by the driver.
 _REMOTE_SCHEMES = ("libsql", "turso", "https", "http")
+
+# How long applying pulled changes or a checkpoint waits for an open transaction on the connection to end before it
+# gives up: the busy timeout of Turso's Go sync driver.
+TRANSACTION_WAIT_SECONDS = 5.0
+
+# How long close() waits for the sync lane after the SQL worker has exited. Only a request the remote does not answer
+# takes longer; close() then returns and the lane exits when that request ends.
+LANE_CLOSE_SECONDS = 0.5
+
+# How often a partial-sync page fetch that waits for the lane's operation checks whether close() gave up on the lane.
+_TURN_POLL_SECONDS = 0.1
+
+# Where the sync lane says what close() left behind.
+logger = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -118,9 +150,9 @@ class SyncStats(Protocol):
 
 
 class _State(enum.Enum):
-    # Made by connect_sync(): no worker thread yet; awaiting the connection opens it.
+    # Made by connect_sync(): no threads yet; awaiting the connection opens it.
     UNOPENED = "unopened"
-    # The worker thread runs; the replica is opening or open.
+    # The threads run; the replica is opening or open.
     OPENED = "opened"
     # close() began, or opening failed or was cancelled: no new work is accepted.
     CLOSED = "closed"
@@ -130,51 +162,84 @@ class ConnectionSync(NonBlockingConnection):
     """An asyncio connection to a sync replica: the inherited async SQL API plus pull, push, checkpoint and stats.
 
     Make one with `connect_sync(...)` (also known as `turso.aio.sync.connect`) and open it with `await` or
-    `async with`; it then belongs to that event loop. Operations run one at a time on the connection's worker
-    thread, in the order they were called. Any operation after `close()` raises `turso.ProgrammingError`.
+    `async with`; it then belongs to that event loop. SQL runs one statement at a time on the connection's SQL worker
+    thread, in call order. Sync operations run one at a time on its sync lane thread, in call order, so SQL never
+    waits for the network; pulled changes are applied, and checkpoints run, on the SQL worker between transactions.
+    Any operation after `close()` raises `turso.ProgrammingError`.
     """
 
     def __init__(self, connector: Callable[[], BlockingConnectionSync]) -> None:
         """Wrap `connector`, which opens the blocking sync connection; prefer `connect_sync(...)` to calling this.
 
-        The connector runs on the worker thread, once, when the connection is first awaited.
+        The connector runs on the SQL worker, once, when the connection is first awaited.
         """
         # NonBlockingConnection.__init__ is not called on purpose: it would start its worker at once, bound to
-        # whatever asyncio.get_event_loop() returns at that moment. We start the worker when the connection is
+        # whatever asyncio.get_event_loop() returns at that moment. We start the threads when the connection is
         # awaited, on the running loop.
         self._connector: Callable[[], BlockingConnectionSync] = connector
-        # The worker's queue (named apart from the base class's _queue, which holds plain futures).
+        # The SQL worker's queue (named apart from the base class's _queue, which holds plain futures) and the sync
+        # lane's.
         self._jobs: SimpleQueue[_Job] = SimpleQueue()
-        # The blocking connection, set on the worker by the open job: `_conn` for the inherited SQL API, and
+        self._lane_jobs: SimpleQueue[_Job] = SimpleQueue()
+        # The blocking connection, set on the SQL worker by the open job: `_conn` for the inherited SQL API, and
         # `_sync` with its sync type for ours (no cast on the worker's path).
         self._conn = None
         self._sync: Optional[BlockingConnectionSync] = None
+        # The replica's sync engine, for the lane; set by the open job, which then sets `_open_ended` (also when
+        # opening failed), so that a sync operation called before the open ends waits for it on the lane.
+        self._engine: Optional[_SyncEngine] = None
+        self._open_ended = threading.Event()
+        # Set once the lane may start nothing more: close() stopped waiting for it, or the connection was dropped.
+        self._refusing = False
         self._state = _State.UNOPENED
-        # Settled by the worker's last job, just before its thread exits; made when the worker starts.
+        # Settled by each thread's last job, just before it exits; made when the threads start.
         self._stopped: Optional[asyncio.Future[None]] = None
+        self._lane_stopped: Optional[asyncio.Future[None]] = None
         # Mirrors of the blocking connection's settings, read on the worker once it is open.
         self._isolation_level_cache: Optional[str] = None
         self._row_factory_cache: Any = None
         self._text_factory_cache: Any = None
         self._autocommit_cache: object | bool | None = None
+        # The background sync started by sync_in_background(), if any; close() stops it first.
+        self._background: Optional[BackgroundSync] = None
 
     # internal worker is stopped here, and on every other way out: failed or cancelled open, garbage collection
     # (__del__), and the event loop closing (_JobRunner)
     async def close(self) -> None:
-        """Close the replica and stop the worker thread.
+        """Close the replica and stop both threads.
 
-        Work called before close() still runs first; work called after it raises `turso.ProgrammingError`. Safe to
-        call more than once, also from several tasks: every call returns once the worker thread has exited.
+        Work called before close() still runs first, and anything called after it raises `turso.ProgrammingError`.
+        For sync operations close() waits at most `LANE_CLOSE_SECONDS`: a request the remote does not answer is then
+        left to end on its own (its thread exits when it does, and makes no new request), and the sync operations
+        that had not started raise `turso.ProgrammingError`. Safe to call more than once, also from several tasks.
         """
-        stopped = self._stopped
-        if stopped is None:
-            # Never opened: there is no worker to stop.
+        # Background sync first, so that it starts no round on a closing connection; its round in progress gets the
+        # bound of any sync operation in flight.
+        if self._background is not None:
+            await self._background.stop(timeout=LANE_CLOSE_SECONDS)
+        stopped, lane_stopped = self._stopped, self._lane_stopped
+        if stopped is None or lane_stopped is None:
+            # Never opened: there is no thread to stop.
             self._state = _State.CLOSED
             return
         self._begin_close()
+        try:
+            # The SQL worker keeps running meanwhile: it runs the local steps of the sync operations called earlier.
+            if not lane_stopped.done():
+                await asyncio.wait([lane_stopped], timeout=LANE_CLOSE_SECONDS)
+        finally:
+            self._stop_sql_worker()
         await asyncio.shield(stopped)
         # The worker settles `stopped` as its very last step, so this join returns at once.
         self._worker.join()
+        if lane_stopped.done():
+            self._lane.join()
+        else:
+            logger.warning(
+                "close() returned while the sync lane still waits for the remote: %s; its thread exits when that "
+                "request ends, and starts nothing after",
+                self._lane.current,
+            )
 
     # typed so that the awaited value is ConnectionSync: the base class would type it as the plain Connection and
     # hide pull/push/checkpoint/stats
@@ -199,21 +264,36 @@ class ConnectionSync(NonBlockingConnection):
         """Pull remote changes into the replica.
 
         Returns True if new changes were applied and False if the remote had none (decided by the changes'
-        `.empty()`). Local changes that were not pushed yet are kept.
+        `.empty()`). Local changes that were not pushed yet are kept. The network wait runs on the sync lane while SQL
+        goes on; the changes are applied on the SQL worker between transactions, so SQL awaited after pull() returns
+        sees them. If a transaction stays open on this connection for `TRANSACTION_WAIT_SECONDS`, pull() raises
+        `turso.OperationalError` and applies nothing; the next pull applies those changes. Cancelling the await
+        returns at once; the pull still ends on the lane.
         """
-        return await self._run(self._pull_blocking)
+        return await self._run_on_lane(self._pull_on_lane)
 
     async def push(self) -> None:
-        """Push the local changes (everything committed since the last push) to the remote."""
-        await self._run(self._push_blocking)
+        """Push the local changes to the remote: everything committed before push() was called, and possibly more.
+
+        Runs on the sync lane while SQL goes on. Cancelling the await returns at once; the push still ends on the lane,
+        so its rows reach the remote once, and the next push sends whatever it did not.
+        """
+        await self._run_on_lane(self._push_on_lane)
 
     async def checkpoint(self) -> None:
-        """Checkpoint the replica's write-ahead log into the database file (`stats().main_wal_size` drops to 0)."""
-        await self._run(self._checkpoint_blocking)
+        """Checkpoint the replica's write-ahead log into the database file (`stats().main_wal_size` drops to 0).
+
+        Takes its turn among the sync operations, then runs on the SQL worker between transactions (raising
+        `turso.OperationalError` if a transaction stays open for `TRANSACTION_WAIT_SECONDS`).
+        """
+        await self._run_on_lane(self._checkpoint_on_lane)
 
     async def stats(self) -> SyncStats:
-        """Report the replica's sync counters: pending local changes, WAL sizes, last sync times, network bytes."""
-        return await self._run(self._stats_blocking)
+        """Report the replica's sync counters: pending local changes, WAL sizes, last sync times, network bytes.
+
+        Takes its turn among the sync operations on the sync lane, so it waits for a pull or push in flight.
+        """
+        return await self._run_on_lane(self._stats_on_lane)
 
     async def execute_fetchall(self, sql: str, parameters: Union[Sequence[Any], Mapping[str, Any]] = ()) -> list[Any]:
         """Run one statement and return all its rows, in one trip to the worker thread.
@@ -225,9 +305,31 @@ class ConnectionSync(NonBlockingConnection):
         """
         return await self._run(functools.partial(self._fetchall_blocking, sql, parameters))
 
+    # sync() and background sync (the machinery is in background_sync_aio.py)
+    async def sync(self) -> bool:
+        """Push the local changes, then pull the remote's; returns what pull returns (True if changes came in)."""
+        await self.push()
+        return await self.pull()
+
+    def sync_in_background(self, interval: float, *, max_backoff: float = 60.0) -> BackgroundSync:
+        """Keep the replica in sync: push, then pull, at once and then every `interval` seconds, until stopped.
+
+        Returns the running `BackgroundSync`, also an async context manager (leaving the block stops it); `close()`
+        stops it too. While rounds fail (say the remote is unreachable), the waits grow as
+        `min(interval * 2**failures, max_backoff)` (never below `interval`), with ±20% jitter; its `status` says how
+        it goes. Raises `turso.ProgrammingError` if this connection already syncs in the background, TypeError or
+        ValueError for an `interval` or `max_backoff` that is not a finite number of seconds > 0.
+        """
+        if self._state is not _OPENED or _get_running_loop() is not self._loop:
+            self._raise_unusable()
+        if self._background is not None and self._background.status.running:
+            raise ProgrammingError("This connection already syncs in the background; stop that one first")
+        self._background = BackgroundSync(self, interval, max_backoff=max_backoff)
+        return self._background
+
     def __del__(self) -> None:
-        # Unclosed connection being garbage collected: warn like asyncio and aiosqlite do, then let the worker close
-        # the blocking connection and exit. Nothing here touches the event loop, which may be closed or elsewhere.
+        # Unclosed connection being garbage collected: warn like asyncio and aiosqlite do, then let both threads
+        # close what they hold and exit. Nothing here touches the event loop, which may be closed or elsewhere.
         if self._state is not _State.OPENED:
             return
         self._state = _State.CLOSED
@@ -236,31 +338,32 @@ class ConnectionSync(NonBlockingConnection):
             ResourceWarning,
             source=self,
         )
-        self._queue_last_job(_close_quietly_and_stop(self._conn))
+        self._stop_threads_quietly()
 
     async def _open(self) -> "ConnectionSync":
         if self._state is _State.CLOSED:
             raise ProgrammingError("Cannot open a closed connection; make a new one with connect_sync()")
         if self._state is _State.UNOPENED:
-            self._start_worker(asyncio.get_running_loop())
+            self._start_threads(asyncio.get_running_loop())
         try:
             await asyncio.shield(self._open_future)
         except asyncio.CancelledError:
             # The worker cannot be interrupted mid-bootstrap: it closes the replica and exits once opening ends.
             self._begin_close()
+            self._stop_sql_worker()
             raise
         except BaseException:
             await self.close()
             raise
         return self
 
-    def _start_worker(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _start_threads(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._open_future = loop.create_future()
-        # Two names for one thread: `_worker` is what the base class calls it, `_runner` has our runner's type.
-        self._runner = self._worker = _JobRunner.for_jobs(
-            self._jobs, loop, weakref.WeakMethod(self._stop_after_loop_closed)
-        )
+        on_loop_closed = weakref.WeakMethod(self._stop_after_loop_closed)
+        # Two names for the SQL worker: `_worker` is what the base class calls it, `_runner` has our runner's type.
+        self._runner = self._worker = _SqlWorker.for_jobs(self._jobs, loop, on_loop_closed)
+        self._lane = _SyncLane.for_jobs(self._lane_jobs, loop, on_loop_closed)
         self._jobs.put_nowait((self._open_future, self._open_blocking))
         try:
             self._worker.start()
@@ -269,11 +372,24 @@ class ConnectionSync(NonBlockingConnection):
             self._state = _State.CLOSED
             raise
         self._stopped = loop.create_future()
+        self._lane_stopped = loop.create_future()
         self._state = _State.OPENED
+        try:
+            self._lane.start()
+        except BaseException:
+            # No sync lane: stop the SQL worker (close() then waits for nothing on the lane) and fail the open.
+            self._lane_stopped.set_result(None)
+            self._begin_close()
+            self._stop_sql_worker()
+            raise
 
     def _open_blocking(self) -> None:
-        # Runs on the worker: open the blocking connection and mirror its settings for the property getters.
-        blocking = self._connector()
+        # Runs on the SQL worker: open the blocking connection and mirror its settings for the property getters.
+        try:
+            blocking = self._connector()
+            self._engine = _SyncEngine.of(blocking)
+        finally:
+            self._open_ended.set()
         self._conn = blocking
         self._sync = blocking
         self._isolation_level_cache = blocking.isolation_level
@@ -282,10 +398,19 @@ class ConnectionSync(NonBlockingConnection):
         self._autocommit_cache = blocking.autocommit
 
     def _begin_close(self) -> None:
-        # Queue the worker's last job (close the blocking connection, settle _stopped, exit) unless already queued.
+        # Refuse new work and queue the sync lane's last job, behind the sync operations already called.
         if self._state is not _State.OPENED:
             return
         self._state = _State.CLOSED
+        self._lane_jobs.put_nowait(
+            (None, functools.partial(_settle_and_stop, self._lane, cast("asyncio.Future[None]", self._lane_stopped)))
+        )
+
+    def _stop_sql_worker(self) -> None:
+        # The lane starts no new request (its operation in flight, if any, fails at its next one, and the operations
+        # after it fail at once); then the SQL worker's last job closes the blocking connection, settles _stopped and
+        # ends the worker, unless it is queued already.
+        self._refuse_new_requests()
         stopped = cast("asyncio.Future[None]", self._stopped)
         deliver = self._runner.deliver
 
@@ -299,19 +424,28 @@ class ConnectionSync(NonBlockingConnection):
                 deliver(_set_result_unless_done, stopped, None)
             return STOP_RUNNING_SENTINEL
 
-        self._queue_last_job(close_and_stop)
+        self._runner.stop_with(close_and_stop)
 
-    def _queue_last_job(self, func: Callable[[], object]) -> None:
-        # The last job returns STOP_RUNNING_SENTINEL, on which the worker exits (the job settles _stopped itself).
-        self._jobs.put_nowait((None, func))
+    def _refuse_new_requests(self) -> None:
+        self._refusing = True
+        engine = self._engine
+        if engine is not None:
+            engine.refuse_new_requests()
+        self._open_ended.set()
+
+    def _stop_threads_quietly(self) -> None:
+        # Nobody is left to hear of a close error (garbage collection, loop closed): stop both threads at once.
+        self._refuse_new_requests()
+        self._lane_jobs.put_nowait((None, functools.partial(_settle_and_stop, self._lane, None)))
+        self._runner.stop_with(_close_quietly_and_stop(self._conn))
 
     def _stop_after_loop_closed(self) -> None:
-        # Runs on the worker when a result could not be delivered because the loop has closed: nobody is left to
-        # await this connection's results, so the worker closes the blocking connection and exits.
+        # Runs on a thread of ours when a result could not be delivered because the loop has closed: nobody is left
+        # to await this connection's results, so both threads close what they hold and exit.
         if self._state is not _State.OPENED:
             return
         self._state = _State.CLOSED
-        self._queue_last_job(_close_quietly_and_stop(self._conn))
+        self._stop_threads_quietly()
 
     def _blocking(self) -> BlockingConnectionSync:
         # Runs on the worker, after the open job (jobs run in order); None only if opening failed.
@@ -320,20 +454,41 @@ class ConnectionSync(NonBlockingConnection):
             raise ProgrammingError("Connection is not open")
         return blocking
 
-    # The sync operations as run on the worker: bound methods (no closure per call), one frame each on the common
-    # path (`_sync` is set; connections have no __len__ or __bool__, so `or` is one C check).
-    def _pull_blocking(self) -> bool:
-        return (self._sync or self._blocking()).pull()
+    def _engine_for_lane(self, operation: str) -> "_SyncEngine":
+        # Runs on the lane at the start of each operation: the engine once the open has ended, unless close() gave up
+        # waiting for the lane (the operation then never starts) or the open failed (its await says why).
+        self._open_ended.wait()
+        engine = self._engine
+        if self._refusing or engine is None:
+            raise ProgrammingError(f"Cannot {operation}: the connection was closed before the {operation} started")
+        self._lane.current = operation
+        return engine
 
-    def _push_blocking(self) -> None:
-        (self._sync or self._blocking()).push()
+    # The sync operations as run on the lane; apply and checkpoint are handed to the SQL worker, which runs them
+    # between transactions while the lane waits (so their turn lasts until they have ended).
+    def _pull_on_lane(self) -> bool:
+        engine = self._engine_for_lane("pull")
+        changes = engine.wait_changes()
+        if changes is None or changes.empty():
+            return False
+        apply = functools.partial(engine.apply_changes, changes)
+        del changes  # held by `apply` alone, which the worker drops once it ran: a later pull can fetch them again
+        self._runner.run_between_transactions(apply, "apply pulled changes", self._in_transaction_blocking)
+        return True
 
-    def _checkpoint_blocking(self) -> None:
-        (self._sync or self._blocking()).checkpoint()
+    def _push_on_lane(self) -> None:
+        self._engine_for_lane("push").push_changes()
 
-    def _stats_blocking(self) -> SyncStats:
-        # The driver's stats object comes from its native extension, which has no types.
-        return (self._sync or self._blocking()).stats()  # type: ignore[no-any-return]  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    def _checkpoint_on_lane(self) -> None:
+        engine = self._engine_for_lane("checkpoint")
+        self._runner.run_between_transactions(engine.run_checkpoint, "checkpoint", self._in_transaction_blocking)
+
+    def _stats_on_lane(self) -> SyncStats:
+        return self._engine_for_lane("read stats").read_stats()
+
+    def _in_transaction_blocking(self) -> bool:
+        # On the SQL worker: whether a transaction is open (apply and checkpoint wait for it to end).
+        return (self._sync or self._blocking()).in_transaction
 
     def _fetchall_blocking(self, sql: str, parameters: Union[Sequence[Any], Mapping[str, Any]]) -> list[Any]:
         # execute_fetchall's job: the statement on a fresh blocking cursor, every row (built by row_factory), closed.
@@ -362,6 +517,14 @@ class ConnectionSync(NonBlockingConnection):
         self._jobs.put_nowait((future, func))
         return await future
 
+    async def _run_on_lane(self, func: Callable[[], _T]) -> _T:
+        # The same pattern on the sync lane's queue.
+        if self._state is not _OPENED or _get_running_loop() is not self._loop:
+            self._raise_unusable()
+        future: asyncio.Future[_T] = self._loop.create_future()
+        self._lane_jobs.put_nowait((future, func))
+        return await future
+
     def _run_nowait(self, func: Callable[[], Any]) -> None:
         # Queue a job without awaiting it (the inherited cursor creation and property setters use this). Nobody
         # awaits its result, so a success does not wake the loop; a failure goes to the loop's exception handler.
@@ -376,8 +539,8 @@ _get_running_loop = asyncio.get_running_loop
 
 
 class _JobRunner(Worker):
-    """The driver's Worker thread (same name, daemon, queue of `(future, function)` jobs, run in order) with its own
-    run loop, which keeps the guarantees the driver's loop does not:
+    """The driver's Worker thread (daemon, queue of `(future, function)` jobs, run in order) with its own run loop,
+    which keeps the guarantees the driver's loop does not:
 
     - Every job runs, in order, also when its caller was cancelled (the driver's loop skips a job whose future is
       cancelled, so a cancelled INSERT or push would be lost, or not, depending on timing); an outcome nobody waits
@@ -385,43 +548,55 @@ class _JobRunner(Worker):
     - A job raising SystemExit (say, from a row_factory) fails its call with InternalError; the driver's loop only
       catches Exception, so its thread would end and leave that await and close() waiting forever.
     - Once the event loop has closed, handing a result back raises RuntimeError; instead of a traceback and a thread
-      left running for nobody, `on_loop_closed` stops the worker.
+      left running for nobody, `on_loop_closed` stops the connection's threads.
     - A job queued without a future (nobody awaits it: cursor creation, a property setter) does not wake the loop
       when it succeeds.
     - Between jobs nothing of the last job is kept (its function, outcome, traceback frames), so an unclosed
-      connection can still be garbage collected while its worker waits.
+      connection can still be garbage collected while its threads wait.
+    - A job may ask to wait until the connection is between transactions (see `_BetweenTransactions`): the loop then
+      runs the jobs that follow and runs it as soon as no transaction is open, or fails it after
+      `TRANSACTION_WAIT_SECONDS`. Only the SQL worker is given such jobs.
 
     Working around each of these from outside the driver's loop cost a Python call per job on the worker and one on
-    the loop; in the loop itself they cost a check each.
+    the loop; in the loop itself they cost a check each. Two runners serve a connection: `_SqlWorker` and `_SyncLane`.
     """
 
     # The queue the Worker was given, with our job type (a job may have no future); read by run().
     jobs: "SimpleQueue[_Job]"
-    # Called on the worker when the loop has closed; held weakly, so that an unclosed connection can still be
-    # collected (and warn) while its worker idles.
+    # Called on the thread when the loop has closed; held weakly, so that an unclosed connection can still be
+    # collected (and warn) while its threads idle.
     on_loop_closed: "weakref.WeakMethod[Callable[[], None]]"
+    # The thread's name, for the threads list and for the tests that count threads.
+    thread_name = "turso-async-worker"
 
     @classmethod
     def for_jobs(
-        cls,
+        cls: type[_Runner],
         jobs: "SimpleQueue[_Job]",
         loop: asyncio.AbstractEventLoop,
         on_loop_closed: "weakref.WeakMethod[Callable[[], None]]",
-    ) -> "_JobRunner":
+    ) -> _Runner:
         """A runner for `jobs` (not started), handing results to `loop`."""
         # The cast: the driver's Worker types its queue for its own jobs, which always have a future; ours may not.
         runner = cls(cast("SimpleQueue[Optional[tuple[asyncio.Future[Any], Callable[[], Any]]]]", jobs), loop)
+        runner.name = cls.thread_name
         runner.jobs = jobs
         runner.on_loop_closed = on_loop_closed
+        runner.prepare()
         return runner
+
+    def prepare(self) -> None:
+        """Set up what a kind of runner adds, before it starts."""
 
     def run(self) -> None:
         get_job = self.jobs.get
         # deliver(), inlined: this loop runs once per job, and a method call here is a measurable part of a job.
         call_soon_threadsafe = cast(Callable[..., object], self._loop.call_soon_threadsafe)
         settle: Callable[..., object]
+        # The job waiting for the connection to be between transactions, if any.
+        waiting: Optional[_BetweenTransactions] = None
         while True:
-            future, function = get_job()
+            future, function = get_job() if waiting is None else waiting.next_job(get_job)
             try:
                 outcome = function()
             except BaseException as error:
@@ -430,7 +605,10 @@ class _JobRunner(Worker):
                 settle = _set_exception_unless_done if future is not None else _report_unawaited_failure
             else:
                 if outcome is STOP_RUNNING_SENTINEL:
+                    _BetweenTransactions.fail_at_close(waiting)
                     return
+                if outcome is _NOT_BETWEEN_TRANSACTIONS:
+                    waiting = cast(_BetweenTransactions, function)
                 settle = _set_result_unless_done
             del function
             if future is not None or settle is _report_unawaited_failure:
@@ -439,9 +617,11 @@ class _JobRunner(Worker):
                 except RuntimeError as error:
                     self._undeliverable(error)
             del future, outcome
+            if waiting is not None:
+                waiting = waiting.run_if_between_transactions()
 
     def deliver(self, settle: Callable[..., object], future: Optional["asyncio.Future[Any]"], outcome: Any) -> None:
-        """On the worker: run `settle(future, outcome)` on the loop, or stop the worker if the loop has closed."""
+        """On the thread: run `settle(future, outcome)` on the loop, or stop the threads if the loop has closed."""
         try:
             self._loop.call_soon_threadsafe(settle, future, outcome)
         except RuntimeError as error:
@@ -454,6 +634,263 @@ class _JobRunner(Worker):
         on_loop_closed = self.on_loop_closed()
         if on_loop_closed is not None:
             on_loop_closed()
+
+
+class _SqlWorker(_JobRunner):
+    """The connection's SQL worker: every statement, in call order, and the local steps of sync operations (applying
+    pulled changes, checkpoints), which the sync lane hands over with `run_between_transactions`."""
+
+    # Serializes handing a step over with queueing the last job, so that no step is queued behind the last job (where
+    # it would never run and its lane would wait forever).
+    stop_lock: threading.Lock
+    # Set, under stop_lock, when the last job is queued.
+    stopping: bool
+
+    def prepare(self) -> None:
+        self.stop_lock = threading.Lock()
+        self.stopping = False
+
+    def stop_with(self, last_job: Callable[[], object]) -> None:
+        """Queue the worker's last job (it returns STOP_RUNNING_SENTINEL), unless one is queued already."""
+        with self.stop_lock:
+            if self.stopping:
+                return
+            self.stopping = True
+            self.jobs.put_nowait((None, last_job))
+
+    def run_between_transactions(
+        self, step: Callable[[], Any], description: str, in_transaction: Callable[[], bool]
+    ) -> Any:
+        """On the sync lane: run `step` on this worker once `in_transaction()` is False, and wait for its outcome.
+
+        Raises OperationalError if a transaction stays open for TRANSACTION_WAIT_SECONDS, and ProgrammingError if
+        the connection closes first.
+        """
+        handoff = _BetweenTransactions(step, description, in_transaction)
+        with self.stop_lock:
+            if self.stopping:
+                raise ProgrammingError(f"Cannot {description}: the connection was closed")
+            self.jobs.put_nowait((None, handoff))
+        return handoff.outcome()
+
+
+class _SyncLane(_JobRunner):
+    """The connection's sync lane: one sync engine operation at a time (pull's network wait, push, stats; apply and
+    checkpoint are handed to the SQL worker and waited for), so that an operation's turn lasts until it has ended on
+    its thread, also when its awaiter was cancelled. Local SQL never queues here."""
+
+    thread_name = "turso-sync-lane"
+    # The operation now running or last run, for close()'s warning when it leaves the lane waiting on the remote.
+    current: str
+
+    def prepare(self) -> None:
+        self.current = "nothing"
+
+
+# What a `_BetweenTransactions` job returns when a transaction is open: the run loop then keeps it waiting.
+_NOT_BETWEEN_TRANSACTIONS = object()
+
+
+class _BetweenTransactions:
+    """A step that the sync lane hands to the SQL worker (apply pulled changes, checkpoint), to run only while no
+    transaction is open: running it inside one fails with "Database is busy" and can lose the pulled changes. The lane
+    waits in `outcome()`; the worker's run loop settles it exactly once (runs it, gives up, or fails it at close)."""
+
+    __slots__ = ("step", "description", "in_transaction", "deadline", "done", "result", "error")
+
+    step: Callable[[], Any]
+    description: str
+    in_transaction: Callable[[], bool]
+    # When the worker stops waiting for the open transaction to end (time.monotonic()).
+    deadline: float
+    # Set once the outcome is known.
+    done: threading.Event
+    result: Any
+    error: Optional[BaseException]
+
+    def __new__(
+        cls, step: Callable[[], Any], description: str, in_transaction: Callable[[], bool]
+    ) -> "_BetweenTransactions":
+        handoff = super().__new__(cls)
+        handoff.step, handoff.description, handoff.in_transaction = step, description, in_transaction
+        handoff.deadline = 0.0
+        handoff.done = threading.Event()
+        handoff.result = handoff.error = None
+        return handoff
+
+    def __call__(self) -> object:
+        # On the worker, as a job: run now, or ask the run loop to keep it until the transaction ends.
+        self.deadline = time.monotonic() + TRANSACTION_WAIT_SECONDS
+        return _NOT_BETWEEN_TRANSACTIONS if self.run_if_between_transactions() is self else None
+
+    def run_if_between_transactions(self) -> Optional["_BetweenTransactions"]:
+        """On the worker, after each job while it waits: run it if no transaction is open (None), give up if the
+        deadline passed (None), or keep waiting (itself)."""
+        if self.done.is_set():
+            return None
+        try:
+            if self.in_transaction():
+                if time.monotonic() < self.deadline:
+                    return self
+                self.give_up()
+                return None
+        except BaseException as error:
+            self.fail(error)
+            return None
+        self._run_step()
+        return None
+
+    def next_job(self, get_job: Callable[[bool, float], _Job]) -> _Job:
+        """On the worker, while this step waits: the next job, or, if none comes before the deadline, a job that does
+        nothing once this step has given up."""
+        try:
+            return get_job(True, max(0.0, self.deadline - time.monotonic()))
+        except Empty:
+            self.give_up()
+            return (None, _do_nothing)
+
+    @staticmethod
+    def fail_at_close(waiting: Optional["_BetweenTransactions"]) -> None:
+        """On the worker, at its last job: a step still waiting fails (the connection is closing)."""
+        if waiting is not None:
+            waiting.fail(ProgrammingError(f"Cannot {waiting.description}: the connection was closed"))
+
+    def give_up(self) -> None:
+        """Settle with the error that says the transaction stayed open; the pulled changes are dropped, not lost."""
+        self.fail(
+            OperationalError(
+                f"could not {self.description}: a transaction stayed open on this connection for "
+                f"{TRANSACTION_WAIT_SECONDS:g} s; commit or roll back before syncing (pulled changes were not "
+                "applied; the next pull applies them)"
+            )
+        )
+
+    def fail(self, error: BaseException) -> None:
+        """Settle with `error` (raised by outcome() on the lane)."""
+        self.error = error
+        self.done.set()
+
+    def outcome(self) -> Any:
+        """On the lane: wait until the worker settled this step, then return its result or raise its error."""
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def _run_step(self) -> None:
+        try:
+            self.result = self.step()
+        except BaseException as error:
+            self.error = error
+        finally:
+            # Drop the step (and the pulled changes it holds) as soon as it ran.
+            del self.step
+            self.done.set()
+
+
+class _SyncEngine:
+    """The sync engine of one open replica, as the driver's blocking connection holds it.
+
+    The driver's `pull()` does the network wait and the apply in one blocking call, which would keep the SQL worker
+    waiting on the network. So this is the one place that reaches into the driver's private names: the blocking
+    connection's `_sync` (the native sync database) and `_http_ctx` (URL, token, client name), and
+    `turso.lib_sync._run_op`, which drives one engine operation to its end, doing its HTTP and file IO. Nothing of the
+    driver is copied; tests/test_driver_contract.py fails with a clear message if the pinned driver renames them.
+
+    The native engine lets one thread at a time service its IO queue (`take_io_item`): two at once make `_run_op`
+    spin on a core, each taking the other's items. The lane's operations, and the SQL worker's page fetches for
+    partial sync (the blocking connection's `extra_io`), therefore take `io_lock` for as long as they service it.
+    """
+
+    __slots__ = ("database", "http", "io_lock")
+
+    database: Any
+    http: "_LaneHttpContext"
+    io_lock: threading.Lock
+
+    @classmethod
+    def of(cls, blocking: BlockingConnectionSync) -> "_SyncEngine":
+        """The engine of `blocking`, with its partial-sync page fetches made to take turns with the lane."""
+        engine = cls()
+        engine.database = blocking._sync  # pyright: ignore[reportPrivateUsage, reportUnknownMemberType]
+        http = blocking._http_ctx  # pyright: ignore[reportPrivateUsage]
+        engine.http = _LaneHttpContext(http.remote_url, http.auth_token, http.client_name)
+        engine.io_lock = threading.Lock()
+        fetch_pages = blocking.extra_io
+        if fetch_pages is not None:
+            blocking.extra_io = functools.partial(engine.fetch_pages_in_turn, fetch_pages)
+        return engine
+
+    def fetch_pages_in_turn(self, fetch_pages: Callable[[], None]) -> None:
+        """On the SQL worker, as the blocking connection's `extra_io`: a partial-sync page fetch, taking its turn
+        with the lane's operation; once close() has given up on the lane, the statement fails instead of waiting."""
+        while not self.io_lock.acquire(timeout=_TURN_POLL_SECONDS):
+            if self.http.refusing:
+                raise ProgrammingError("Cannot fetch pages: the connection was closed while a sync operation ran")
+        try:
+            fetch_pages()
+        finally:
+            self.io_lock.release()
+
+    def wait_changes(self) -> Any:
+        """On the lane: pull's network part; the remote's changes since the last pull (not applied yet)."""
+        return self._run(self.database.wait_changes, "pull")
+
+    def apply_changes(self, changes: Any) -> None:
+        """On the SQL worker, between transactions: apply what wait_changes() returned."""
+        self._run(functools.partial(self.database.apply_changes, changes), "pull")
+
+    def push_changes(self) -> None:
+        """On the lane: send the local changes to the remote."""
+        self._run(self.database.push_changes, "push")
+
+    def run_checkpoint(self) -> None:
+        """On the SQL worker, between transactions: checkpoint the WAL."""
+        self._run(self.database.checkpoint, "checkpoint")
+
+    def read_stats(self) -> SyncStats:
+        """On the lane: the engine's counters."""
+        return cast(SyncStats, self._run(self.database.stats, "read stats"))
+
+    def _run(self, start_operation: Callable[[], Any], description: str) -> Any:
+        # One engine operation, driven to its end by the driver while this thread services the engine's IO queue.
+        with self.io_lock:
+            try:
+                return run_engine_operation(self.database, start_operation(), self.http)
+            except Error as error:
+                if not self.http.refusing:
+                    raise
+                raise ProgrammingError(f"Cannot {description}: the connection was closed while it ran") from error
+
+    def refuse_new_requests(self) -> None:
+        """From close(): an operation still in flight on the lane makes no new HTTP request."""
+        self.http.refusing = True
+
+
+class _LaneHttpContext(DriverHttpContext):
+    """The driver's HTTP context (remote URL, token, client name, each read per request) with one addition: once the
+    connection has closed it refuses new requests, so that an operation left in flight by close() stops at its next
+    request instead of syncing on behalf of a closed connection. Made from the driver's own context's settings."""
+
+    # Set by close(); read by the lane thread at each request.
+    refusing = False
+
+    def base_url(self) -> Optional[str]:
+        """The remote URL for the next request; raises once the connection has closed (the driver then fails it)."""
+        if self.refusing:
+            raise ProgrammingError("the connection was closed")
+        return super().base_url()
+
+
+def _do_nothing() -> None:
+    pass
+
+
+def _settle_and_stop(lane: _SyncLane, lane_stopped: Optional["asyncio.Future[None]"]) -> object:
+    # The lane's last job: tell close() (if it listens) that the lane has ended, then end it.
+    if lane_stopped is not None:
+        lane.deliver(_set_result_unless_done, lane_stopped, None)
+    return STOP_RUNNING_SENTINEL
 
 
 # On the loop: hand an outcome to the caller's future, unless the caller stopped waiting (the future is cancelled).
@@ -482,7 +919,7 @@ def _internal_error(error: BaseException) -> InternalError:
     return internal
 
 
-# The worker's last job when nobody is left to hear of a close error (the connection was garbage collected, or its
+# The SQL worker's last job when nobody is left to hear of a close error (the connection was garbage collected, or its
 # loop closed): close the blocking connection, ignoring errors, then end the worker.
 def _close_quietly_and_stop(blocking: Optional[BlockingConnection]) -> Callable[[], object]:
     def close_and_stop() -> object:
@@ -503,10 +940,17 @@ def _check_arguments(path: object, remote_url: object) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise OperationalError(f"cannot open sync replica {path!r}: directory {directory!r} does not exist")
-    if remote_url is None or callable(remote_url):
+    if remote_url is None:
         return
+    if callable(remote_url):
+        # The pinned driver puts remote_url into the native replica config, which takes only a string.
+        raise ProgrammingError(
+            "remote_url as a callable is not supported by the pinned driver (pyturso 0.8.3 fails with \"'function' "
+            "object is not an instance of 'str'\"); pass the URL as a string, and use a callable auth_token to "
+            "refresh credentials per request"
+        )
     if not isinstance(remote_url, str):
-        raise TypeError(f"remote_url must be a str, a callable or None, not {type(remote_url).__name__}")
+        raise TypeError(f"remote_url must be a str or None, not {type(remote_url).__name__}")
     try:
         parts = urllib.parse.urlsplit(remote_url)
     except ValueError as error:

@@ -1,16 +1,25 @@
 # Hand-written stub for turso/lib_sync_aio.py: the typed surface that mypy and pyright users see.
+import logging
 from collections.abc import Callable, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable, type_check_only
 
 from typing_extensions import Self, TypeAlias
 
+from turso.background_sync_aio import BackgroundSync
 from turso.lib_aio import Connection as NonBlockingConnection
 from turso.lib_sync import ConnectionSync as BlockingConnectionSync
 from turso.lib_sync import PartialSyncOpts
 
 # turso.lib_sync.RemoteEncryptionCipher, an enum from the driver's native extension, which has no type information.
 _RemoteEncryptionCipher: TypeAlias = Any
+
+# How long applying pulled changes or a checkpoint waits for an open transaction on the connection to end.
+TRANSACTION_WAIT_SECONDS: float
+# How long close() waits for a sync operation in flight before it leaves a silent remote's request behind.
+LANE_CLOSE_SECONDS: float
+# The module's logger: close() warns there when it leaves a request behind.
+logger: logging.Logger
 
 # What ConnectionSync.stats() reports; read-only fields of the driver's native stats object.
 @runtime_checkable
@@ -57,6 +66,8 @@ class ConnectionSync(NonBlockingConnection):
     async def checkpoint(self) -> None: ...
     async def stats(self) -> SyncStats: ...
     async def execute_fetchall(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]: ...
+    async def sync(self) -> bool: ...
+    def sync_in_background(self, interval: float, *, max_backoff: float = 60.0) -> BackgroundSync: ...
     def __del__(self) -> None: ...
 
 def connect_sync(

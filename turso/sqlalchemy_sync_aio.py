@@ -13,7 +13,10 @@ replicas (`sqlite+turso_sync://`). This module adds the missing one, sync replic
         await replica.pull()
 
 The URL takes the query parameters of pyturso's `sqlite+turso_sync://` (parsed by its `TursoSyncDialect`), and
-`connect_args` takes every parameter of `turso.lib_sync_aio.connect_sync` (say, an `auth_token` callable).
+`connect_args` takes every parameter of `turso.lib_sync_aio.connect_sync` (say, an `auth_token` callable). One more
+query parameter is this dialect's own: `sync_interval=SECONDS` (libsql's name) keeps the replica in background sync
+(`ConnectionSync.sync_in_background`) while the engine's pool has it open; `background_sync_of(engine)` gives its
+status and `sync_now()`.
 
 One connection per replica: a second connection to one replica file fails in the sync engine ("database is locked"
 when both write, "Database is busy" when one pulls during the other's transaction), so the engine's pool
@@ -27,23 +30,38 @@ point. Otherwise (a checkout, or this file vendored) register the dialect once b
     registry.register("sqlite.aioturso_sync", "turso.sqlalchemy_sync_aio", "AioTursoSyncDialect")
 """
 
+import math
 import os
-from typing import Any, Union, cast
+import weakref
+from typing import Any, Optional, Union, cast
 
-from sqlalchemy import exc, pool
+from sqlalchemy import event, exc, pool
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.engine.interfaces import ConnectArgsType, DBAPIConnection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.engine.interfaces import ConnectArgsType, DBAPIConnection, Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.util.concurrency import await_only, in_greenlet
 
 import turso
 import turso.aio.sync
+from turso.background_sync_aio import BackgroundSync
 from turso.lib_sync_aio import ConnectionSync
 from turso.sqlalchemy.dialect import AioTursoDialect, AsyncAdapt_turso_dbapi, TursoSyncDialect
 
-__all__ = ["DRIVER_NAME", "AioTursoSyncDialect", "AsyncAdaptTursoSyncDbapi", "ReplicaPool", "get_sync_connection"]
+__all__ = [
+    "DRIVER_NAME",
+    "SYNC_INTERVAL",
+    "AioTursoSyncDialect",
+    "AsyncAdaptTursoSyncDbapi",
+    "ReplicaPool",
+    "background_sync_of",
+    "get_sync_connection",
+    "replica_of",
+]
 
 # The name SQLAlchemy URLs use for this dialect: `sqlite+aioturso_sync://`.
 DRIVER_NAME = "aioturso_sync"
+# The URL query parameter that turns on background sync: seconds between rounds (push, then pull), as in libsql.
+SYNC_INTERVAL = "sync_interval"
 
 _POOL_ADVICE = (
     "A sync replica allows one open connection at a time (a second one fails with 'database is locked' or "
@@ -102,15 +120,22 @@ class AioTursoSyncDialect(AioTursoDialect):
     URL: `sqlite+aioturso_sync:///PATH?remote_url=URL&auth_token=TOKEN`, where PATH is the local replica file
     (relative, or absolute with four slashes) and the query parameters are those of pyturso's `sqlite+turso_sync://`:
     `remote_url` (or `sync_url`), `auth_token`, `client_name`, `long_poll_timeout_ms`, `bootstrap_if_empty`,
-    `isolation_level`, `experimental_features`. Unknown parameters are warned about and ignored. `connect_args` may
-    carry any parameter of `turso.lib_sync_aio.connect_sync` (a callable `auth_token` or `remote_url`, ...).
+    `isolation_level`, `experimental_features`; and this dialect's `sync_interval` (seconds), which keeps the replica
+    in background sync. Unknown parameters are warned about and ignored. `connect_args` may carry any parameter of
+    `turso.lib_sync_aio.connect_sync` (a callable `auth_token`, encryption settings, ...).
 
     The pool is `ReplicaPool` (one connection per replica). Reach pull/push/checkpoint/stats with
-    `await get_sync_connection(conn_or_session)`.
+    `await replica_of(engine)` (without taking the pool's connection) or `await get_sync_connection(conn_or_session)`.
     """
 
     driver = DRIVER_NAME
     supports_statement_cache = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        """Made by `create_async_engine`, one per engine; `kwargs` are SQLAlchemy's dialect options."""
+        super().__init__(**kwargs)
+        # The URL's sync_interval in seconds (set by create_connect_args), or None for no background sync.
+        self._sync_interval: Optional[float] = None
 
     @classmethod
     # SQLAlchemy's aiosqlite dialect annotates its import_dbapi with its own adapter class; ours is a sibling.
@@ -127,8 +152,8 @@ class AioTursoSyncDialect(AioTursoDialect):
         """Turn the URL into `connect_sync(path, remote_url, **options)` arguments, with pyturso's sync URL parsing.
 
         Called by `create_async_engine`, so a bad URL fails there: `sqlalchemy.exc.ArgumentError` for a URL without a
-        replica path, ValueError for a host, port, username or password in the URL, and a UserWarning (from pyturso)
-        for an unknown query parameter, which is ignored.
+        replica path or a `sync_interval` that is not a number of seconds > 0, ValueError for a host, port, username
+        or password in the URL, and a UserWarning (from pyturso) for an unknown query parameter, which is ignored.
         """
         if url.database in (None, "", ":memory:"):
             raise exc.ArgumentError(
@@ -136,8 +161,9 @@ class AioTursoSyncDialect(AioTursoDialect):
                 f"sqlite+{DRIVER_NAME}:///app.db?remote_url=libsql://db-org.turso.io (three slashes, then the path; "
                 "four for an absolute path); a sync replica cannot be in memory"
             )
+        self._sync_interval = _sync_interval(url)
         try:
-            return _SYNC_URL_PARSER.create_connect_args(url)
+            return _SYNC_URL_PARSER.create_connect_args(url.difference_update_query([SYNC_INTERVAL]))
         except ValueError as error:
             # pyturso's message names its blocking dialect; say which URL of ours is wrong.
             raise ValueError(
@@ -162,13 +188,104 @@ class AioTursoSyncDialect(AioTursoDialect):
 
     @classmethod
     def engine_created(cls, engine: Engine) -> None:
-        """Refuse a pool that could open two connections to the replica (called by SQLAlchemy)."""
+        """Refuse a pool that could open two connections, and follow the engine's replica (called by SQLAlchemy)."""
         if not isinstance(engine.pool, _ONE_CONNECTION_POOLS):
             raise exc.ArgumentError(
                 _POOL_ADVICE + f"{type(engine.pool).__name__} may open several: leave poolclass out (the default is "
                 "turso.sqlalchemy_sync_aio.ReplicaPool) or use StaticPool. For parallel work, use one engine per "
                 "replica file."
             )
+        dialect = engine.dialect
+        _EngineReplica.follow(engine, dialect._sync_interval if isinstance(dialect, AioTursoSyncDialect) else None)
+
+
+class _EngineReplica:
+    """The open replica of one engine: the driver connection of its pool's one connection, and whether it was disposed.
+
+    Pool and engine events keep it current: the pool opening its connection records the replica (and starts its
+    background sync, with `sync_interval`), closing it (dispose, invalidation, recycling) forgets it (closing the
+    replica stops its background sync first), and `engine.dispose()` marks the engine disposed until the pool opens
+    the replica again. Kept per dialect, which an engine and its `execution_options()` copies share.
+    """
+
+    def __init__(self, sync_interval: Optional[float]) -> None:
+        self.sync_interval = sync_interval
+        self.replica: Optional[ConnectionSync] = None
+        self.background: Optional[BackgroundSync] = None
+        self.disposed = False
+
+    @classmethod
+    def follow(cls, engine: Engine, sync_interval: Optional[float]) -> None:
+        """Start following `engine`'s replica (once per engine, when it is created)."""
+        followed = cls(sync_interval)
+        _ENGINE_REPLICAS[engine.dialect] = followed
+        # Pool events registered on the engine follow it across dispose(), which recreates the pool.
+        event.listen(engine, "connect", followed._opened)
+        event.listen(engine, "close", followed._closed)
+        event.listen(engine, "close_detached", followed._closed_detached)
+        event.listen(engine, "engine_disposed", followed._disposed)
+
+    @classmethod
+    def of(cls, engine: AsyncEngine, caller: str) -> "_EngineReplica":
+        """What is known of `engine`'s replica; TypeError for an engine of another dialect."""
+        followed = _ENGINE_REPLICAS.get(engine.sync_engine.dialect)
+        if followed is None:
+            raise TypeError(
+                f"{caller}() expects an engine of sqlite+{DRIVER_NAME}://, not of {engine.url.drivername}:// "
+                f"({type(engine.sync_engine.dialect).__name__})"
+            )
+        return followed
+
+    def _opened(self, connection: DBAPIConnection, record: object) -> None:
+        # The pool's new connection (an `AdaptedConnection`): its driver connection is the replica from now on.
+        replica = getattr(connection, "driver_connection", None)
+        if isinstance(replica, ConnectionSync):
+            self.replica = replica
+            self.disposed = False
+            # On the event loop (inside SQLAlchemy's greenlet), so the background task starts on the replica's loop.
+            if self.sync_interval is not None:
+                self.background = replica.sync_in_background(self.sync_interval)
+
+    def _closed(self, connection: DBAPIConnection, record: object) -> None:
+        self._closed_detached(connection)
+
+    def _closed_detached(self, connection: DBAPIConnection) -> None:
+        if getattr(connection, "driver_connection", None) is self.replica:
+            # The replica's close() (which follows) stops its background sync first.
+            self.replica = None
+            self.background = None
+
+    def _disposed(self, engine: Engine) -> None:
+        self.disposed = True
+        # dispose() closed the replica if it was in the pool. One that a session still holds is left open until the
+        # session returns it (SQLAlchemy's way with checked-out connections): forget it, and stop its background sync
+        # now, so that dispose() stops the syncing either way. AsyncEngine.dispose() runs this in SQLAlchemy's greenlet.
+        background, self.background, self.replica = self.background, None, None
+        if background is not None and in_greenlet():
+            await_only(background.stop())
+
+
+# Each sqlite+aioturso_sync:// engine's replica, by the engine's dialect (one per create_async_engine).
+_ENGINE_REPLICAS: "weakref.WeakKeyDictionary[Dialect, _EngineReplica]" = weakref.WeakKeyDictionary()
+
+
+def _sync_interval(url: URL) -> Optional[float]:
+    # The URL's sync_interval: None when absent, else a finite number of seconds > 0 (a clear error otherwise).
+    value = url.query.get(SYNC_INTERVAL)
+    if value is None:
+        return None
+    try:
+        if isinstance(value, tuple):
+            raise ValueError("given more than once")
+        seconds = float(value)
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError("not greater than 0")
+    except ValueError:
+        raise exc.ArgumentError(
+            f"sqlite+{DRIVER_NAME}:// {SYNC_INTERVAL} must be one number of seconds greater than 0 (the time between "
+            f"background sync rounds, as in {SYNC_INTERVAL}=5 or {SYNC_INTERVAL}=0.5), not {value!r}"
+        ) from None
+    return seconds
 
 
 # pyturso's blocking sync dialect, used only for its URL parsing (the same query parameters, errors and warnings).
@@ -208,3 +325,70 @@ async def get_sync_connection(connection: Union[AsyncConnection, AsyncSession]) 
             f"connection is {type(replica).__name__} (engine URL {async_connection.engine.url!r})"
         )
     return replica
+
+
+async def replica_of(engine: AsyncEngine) -> ConnectionSync:
+    """The replica of a `sqlite+aioturso_sync://` engine, reached without taking the pool's connection: for sync calls.
+
+        replica = await replica_of(engine)
+        await replica.push()    # sessions keep using the engine meanwhile
+        await replica.pull()
+
+    It is the driver connection of the pool's one connection, the one every session uses in turn. Holding it checks
+    nothing out, so sessions keep running while a pull or push waits on the network (that part runs off the
+    connection's SQL worker; pulled changes are applied between the sessions' transactions). If the engine has not
+    opened its replica yet, this opens it (bootstrapping a new replica from the remote) and hands it back to the pool.
+
+    Raises TypeError for anything but an AsyncEngine of `sqlite+aioturso_sync://`, and
+    `sqlalchemy.exc.InvalidRequestError` after `engine.dispose()` (which closes the replica) until a session opens the
+    replica again, so that a sync task outliving the engine's shutdown fails instead of reopening the replica. A replica
+    returned before `dispose()` is closed by it (unless a session held it then), and then raises
+    `turso.ProgrammingError`.
+    """
+    followed = await _opened(engine, "replica_of")
+    replica = followed.replica
+    if replica is None:
+        raise TypeError(
+            "replica_of(): the engine's pool connection is not a sync replica (was the engine made by async_creator?)"
+        )
+    return replica
+
+
+async def background_sync_of(engine: AsyncEngine) -> Optional[BackgroundSync]:
+    """The background sync of a `sqlite+aioturso_sync://...?sync_interval=SECONDS` engine; None without sync_interval.
+
+        background = await background_sync_of(engine)
+        if background is not None:
+            background.status             # BackgroundSyncStatus: rounds, consecutive_failures, last_error, ...
+            await background.sync_now()   # a round now (push, then pull); True if changes came in
+
+    The engine starts it when its pool opens the replica, and `engine.dispose()` stops it (closing the replica stops
+    its background sync first). If the engine has not opened its replica yet, this opens it, so the first round starts
+    at once. Do not `stop()` it yourself: the engine would not start another until it reopens the replica. Its rounds
+    run on the replica beside the sessions, without taking the pool's connection.
+
+    Raises as `replica_of` does: TypeError for another engine, `sqlalchemy.exc.InvalidRequestError` after
+    `engine.dispose()`.
+    """
+    followed = await _opened(engine, "background_sync_of")
+    return followed.background
+
+
+async def _opened(engine: AsyncEngine, caller: str) -> _EngineReplica:
+    # What is known of the engine's replica, the pool having opened it if it was not open (and not disposed).
+    # Checked as `object`: callers without a type checker may pass anything.
+    candidate = cast(object, engine)
+    if not isinstance(candidate, AsyncEngine):
+        raise TypeError(f"{caller}() expects a sqlalchemy.ext.asyncio.AsyncEngine, not {type(candidate).__name__}")
+    followed = _EngineReplica.of(candidate, caller)
+    if followed.replica is None:
+        if followed.disposed:
+            raise exc.InvalidRequestError(
+                f"{caller}(): the engine of {candidate.url.render_as_string(hide_password=True)} was disposed, which "
+                f"closed its replica, and {caller}() does not reopen it. Create a new engine, or use this one again "
+                f"(a session reopens the replica) before calling {caller}()."
+            )
+        # The pool opens its connection (the connect event records the replica), and takes it back at once.
+        async with candidate.connect() as connection:
+            await connection.get_raw_connection()
+    return followed

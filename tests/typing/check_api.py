@@ -10,6 +10,7 @@ from typing_extensions import assert_type
 
 import turso
 import turso.aio.sync
+from turso.background_sync_aio import BackgroundSync, BackgroundSyncStatus, Backoff, SyncTarget
 from turso.lib import BatchResult
 from turso.lib_aio import Connection, Cursor
 from turso.lib_sync import PartialSyncOpts, PartialSyncPrefixBootstrap
@@ -159,3 +160,59 @@ async def catch_driver_errors() -> ConnectionSync | None:
     except turso.DatabaseError as error:
         assert_type(error, turso.DatabaseError)
         return None
+
+
+def read_background_status(status: BackgroundSyncStatus) -> bool:
+    assert_type(status.rounds, int)
+    assert_type(status.consecutive_failures, int)
+    assert_type(status.last_error, Exception | None)
+    assert_type(status.last_success_unix_time, float | None)
+    assert_type(status.next_round_unix_time, float | None)
+    assert_type(status.running, bool)
+    return status.running and status.consecutive_failures == 0
+
+
+async def keep_a_replica_in_sync(conn: ConnectionSync) -> None:
+    # sync(): push, then pull; the pull's bool.
+    assert_type(await conn.sync(), bool)
+    background = conn.sync_in_background(5.0)
+    assert_type(background, BackgroundSync)
+    assert_type(conn.sync_in_background(1, max_backoff=30), BackgroundSync)
+    assert_type(background.status, BackgroundSyncStatus)
+    assert_type(read_background_status(background.status), bool)
+    assert_type(background.interval, float)
+    assert_type(background.max_backoff, float)
+    assert_type(await background.sync_now(), bool)
+    assert_type(await background.stop(), None)
+    async with conn.sync_in_background(interval=5.0, max_backoff=60.0) as entered:
+        assert_type(entered, BackgroundSync)
+        assert_type(await entered.sync_now(), bool)
+
+
+class CountingTarget:
+    """Something else to keep in sync: anything with async push() and pull() -> bool is a SyncTarget."""
+
+    def __init__(self, conn: ConnectionSync) -> None:
+        self.conn = conn
+        self.pushes = 0
+
+    async def push(self) -> None:
+        self.pushes += 1
+        await self.conn.push()
+
+    async def pull(self) -> bool:
+        return await self.conn.pull()
+
+
+async def drive_any_sync_target(conn: ConnectionSync) -> None:
+    # ConnectionSync and application classes satisfy the SyncTarget Protocol.
+    target: SyncTarget = conn
+    assert_type(BackgroundSync(target, 1.0), BackgroundSync)
+    async with BackgroundSync(CountingTarget(conn), 0.5, max_backoff=10.0) as background:
+        assert_type(background.status.rounds, int)
+    # The wait policy on its own.
+    backoff = Backoff(interval=1.0, max_backoff=60.0)
+    assert_type(backoff.base_delay(3), float)
+    assert_type(backoff.delay(3), float)
+    assert_type(backoff.delay(3, uniform=lambda low, high: high), float)
+    assert_type(backoff.jitter, float)

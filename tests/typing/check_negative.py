@@ -13,6 +13,7 @@ from typing_extensions import assert_type
 import turso.aio.sync
 import turso.lib_aio
 import turso.lib_sync
+from turso.background_sync_aio import BackgroundSync, BackgroundSyncStatus
 from turso.lib_sync_aio import ConnectionSync, SyncStats, connect_sync
 
 if TYPE_CHECKING:
@@ -85,8 +86,12 @@ async def wrong_stats(conn: ConnectionSync) -> None:
 async def wrong_methods(conn: ConnectionSync) -> None:
     # pull() takes no arguments.
     await conn.pull(True)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
-    # No such method.
-    await conn.sync()  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
+    # No such method (a misspelt sync).
+    await conn.synchronize()  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
+    # sync() takes no arguments; sync_in_background's max_backoff is keyword-only and interval is a number.
+    await conn.sync(True)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    conn.sync_in_background(1.0, 30.0)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    conn.sync_in_background("5")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     # The inherited SQL API keeps its parameter types.
     await conn.execute(42)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     conn.isolation_level = 5  # type: ignore[assignment]  # pyright: ignore[reportAttributeAccessIssue]
@@ -97,3 +102,20 @@ def not_the_protocol(plain: turso.lib_aio.Connection, blocking: turso.lib_sync.C
     needs_operations(plain)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     # The blocking sync connection has them, but not awaitable.
     needs_operations(blocking)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+class PushOnly:
+    async def push(self) -> None: ...
+
+
+async def wrong_background_sync(conn: ConnectionSync, status: BackgroundSyncStatus) -> None:
+    background = conn.sync_in_background(5.0)
+    # The status is a frozen snapshot.
+    status.rounds = 0  # type: ignore[misc]  # pyright: ignore[reportAttributeAccessIssue]
+    # sync_now() gives pull's bool, not the status.
+    rounds: BackgroundSyncStatus = await background.sync_now()  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+    # stop() returns nothing.
+    stopped: bool = await background.stop()  # type: ignore[func-returns-value, assignment]  # pyright: ignore[reportAssignmentType]
+    # A target must have pull() too.
+    BackgroundSync(PushOnly(), 1.0)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    print(rounds, stopped)

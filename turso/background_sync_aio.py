@@ -1,0 +1,351 @@
+"""Background sync for asyncio sync replicas: push, then pull, every `interval` seconds, with backoff while offline.
+
+Start it from an open connection; it runs as one asyncio task on the connection's event loop (no thread of its own)
+until it is stopped, the connection is closed, or the loop shuts down:
+
+    async with turso.aio.sync.connect("app.db", url, auth_token=token) as conn:
+        async with conn.sync_in_background(interval=5.0) as background:
+            ...                                  # a round at once, then one every 5 s
+            background.status.consecutive_failures
+            changed = await background.sync_now()
+
+A round is `push()` then `pull()`. After a round the next one waits `Backoff.delay(failures)`:
+`min(interval * 2**failures, max_backoff)`, never less than `interval`, times a random factor in [0.8, 1.2] so that
+a fleet of replicas does not retry in step. Failures are logged to this module's logger: one WARNING when a streak
+of failed rounds begins (with the error), one INFO when a round succeeds again, and DEBUG for each retry in between.
+Nothing reaches the event loop's exception handler.
+"""
+
+import asyncio
+import logging
+import math
+import random
+import time
+import traceback
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Callable, Optional, Protocol
+
+from .lib import ProgrammingError
+
+# Where background sync says that rounds fail (one WARNING per streak) and work again (one INFO); DEBUG per retry.
+logger = logging.getLogger(__name__)
+
+# How long stop() (and leaving `async with`) waits for a round in progress by default before it stops waiting. The
+# round's push or pull in progress is not lost when stop() stops waiting: it still ends on the connection's sync
+# lane. (The connection's close() gives the round its own, shorter bound: that of any sync operation in flight.)
+STOP_TIMEOUT_SECONDS = 5.0
+# The random factor of every wait is drawn uniformly from [1 - JITTER, 1 + JITTER].
+JITTER = 0.2
+
+
+class SyncTarget(Protocol):
+    """What a background sync drives: a replica that can push and pull (`turso.lib_sync_aio.ConnectionSync` is one).
+
+    Both are awaited on the event loop that started the background sync.
+    """
+
+    async def push(self) -> None:
+        """Send the replica's local changes to the remote."""
+        ...
+
+    async def pull(self) -> bool:
+        """Apply the remote's changes to the replica; True if there were any."""
+        ...
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """The wait before the next round, as one small policy: read it here, test it here.
+
+    `delay(failures)` is `min(interval * 2**failures, max_backoff)`, never less than `interval` (failures never make
+    rounds more frequent, also when `max_backoff < interval`), times a factor drawn uniformly from
+    [1 - jitter, 1 + jitter]. After a successful round `failures` is 0, so the wait is `interval`, jittered.
+    """
+
+    interval: float  # seconds between rounds while they succeed
+    max_backoff: float  # the longest base wait after failed rounds (before jitter)
+    jitter: float = JITTER  # the relative spread of every wait: 0.2 is ±20%
+
+    def base_delay(self, failures: int) -> float:
+        """The wait after `failures` failed rounds in a row, before jitter."""
+        try:
+            grown = math.ldexp(self.interval, failures)  # interval * 2**failures, without building 2**failures
+        except OverflowError:
+            grown = math.inf
+        return max(self.interval, min(grown, self.max_backoff))
+
+    def delay(self, failures: int, uniform: Callable[[float, float], float] = random.uniform) -> float:
+        """The jittered wait after `failures` failed rounds in a row; `uniform(a, b)` draws the factor."""
+        return self.base_delay(failures) * uniform(1.0 - self.jitter, 1.0 + self.jitter)
+
+
+@dataclass(frozen=True)
+class BackgroundSyncStatus:
+    """A snapshot of a background sync's health, from `BackgroundSync.status`; it does not change afterwards.
+
+    A replica is in sync when `consecutive_failures` is 0 and `last_success_unix_time` is recent.
+    """
+
+    # Rounds (push, then pull) that succeeded since the background sync started.
+    rounds: int
+    # Rounds that failed since the last success; 0 while rounds succeed. It drives the backoff.
+    consecutive_failures: int
+    # The error of the latest failed round, kept after later successes; None if no round has failed.
+    last_error: Optional[Exception]
+    # When the latest round succeeded, in Unix seconds (time.time()); None before the first success.
+    last_success_unix_time: Optional[float]
+    # When the next round is due, in Unix seconds; None while a round runs and once stopped.
+    next_round_unix_time: Optional[float]
+    # True until the background sync is stopped (stop(), leaving its `async with`, closing the connection, or the
+    # event loop shutting down); it then runs no more rounds.
+    running: bool
+
+
+class BackgroundSync:
+    """Keeps a replica in sync: a round (push, then pull) at once, then one every `interval` seconds, backing off
+    while rounds fail. Usually made by `ConnectionSync.sync_in_background(interval)`.
+
+    It runs as one asyncio task on the running event loop and starts when made. Leaving `async with` stops it, as do
+    `await stop()` and closing the connection. Rounds that fail are counted in `status` and logged (see the module
+    docstring); their errors are never raised into the task, only into `sync_now()` callers.
+
+    Parameters:
+    - target: what to sync (push, then pull); held until the background sync stops.
+    - interval: seconds between rounds while they succeed; a finite number > 0.
+    - max_backoff: the longest wait (before ±20% jitter) between rounds while they fail; a finite number > 0. Waits
+      never drop below `interval`.
+    """
+
+    def __init__(self, target: SyncTarget, interval: float, *, max_backoff: float = 60.0) -> None:
+        """Check the arguments, then start at once on the running event loop (raises RuntimeError if none runs)."""
+        self._backoff = Backoff(_seconds("interval", interval), _seconds("max_backoff", max_backoff))
+        self._loop = asyncio.get_running_loop()
+        # Held while running; released when it stops, so that a stopped background sync keeps no connection alive.
+        self._target: Optional[SyncTarget] = target
+        self._rounds = 0
+        self._failures = 0
+        self._last_error: Optional[Exception] = None
+        self._last_success_unix_time: Optional[float] = None
+        self._next_round_unix_time: Optional[float] = time.time()
+        # When the current failure streak began (loop time), for the log line that ends it.
+        self._streak_started = 0.0
+        self._stop_requested = False
+        # The future of the round in progress, or of the next one when sync_now() asked for it; None otherwise.
+        self._round: Optional[asyncio.Future[bool]] = None
+        # Settled to end the wait between rounds early (sync_now(), stop()); None outside that wait.
+        self._wakeup: Optional[asyncio.Future[None]] = None
+        self._task = self._loop.create_task(self._run(), name="turso-background-sync")
+
+    @property
+    def interval(self) -> float:
+        """Seconds between rounds while they succeed."""
+        return self._backoff.interval
+
+    @property
+    def max_backoff(self) -> float:
+        """The longest wait (before jitter) between rounds while they fail."""
+        return self._backoff.max_backoff
+
+    @property
+    def status(self) -> BackgroundSyncStatus:
+        """A snapshot of the counters: rounds, failures, the last error, the last success and the next round."""
+        running = self._is_running()
+        return BackgroundSyncStatus(
+            rounds=self._rounds,
+            consecutive_failures=self._failures,
+            last_error=self._last_error,
+            last_success_unix_time=self._last_success_unix_time,
+            next_round_unix_time=self._next_round_unix_time if running else None,
+            running=running,
+        )
+
+    async def sync_now(self) -> bool:
+        """Run a round now, or join the one in progress; returns what its pull returned (True if changes came in).
+
+        Raises that round's error (the background sync goes on, backing off), and `turso.ProgrammingError` once the
+        background sync is stopped. Cancelling this await does not cancel the round.
+        """
+        if not self._is_running():
+            raise ProgrammingError("Background sync is stopped; start a new one with conn.sync_in_background()")
+        if asyncio.get_running_loop() is not self._loop:
+            raise ProgrammingError("BackgroundSync can only be used from the event loop that started it")
+        round_future = self._round
+        if round_future is None:
+            round_future = self._round = self._loop.create_future()
+            self._wake()
+        return await asyncio.shield(round_future)
+
+    async def stop(self, *, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        """Stop it: no round starts after this. Safe to call more than once, also from several tasks.
+
+        A round in progress may finish first, for at most `timeout` seconds; after that stop() stops waiting for it
+        (with a WARNING), and the round's push or pull still ends on the connection's sync lane, neither lost nor
+        doubled (an operation that had not started yet is dropped; the next round, or the next open of the replica,
+        sends what it would have). Returns once the background task has ended.
+        """
+        self._stop_requested = True
+        self._wake()
+        task = self._task
+        if task.done() or self._loop.is_closed():
+            # (A task cancelled before it ever ran never reached _run's cleanup.)
+            self._target = None
+            return
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done:
+                logger.warning(
+                    "Background sync stopped waiting for its round after %.3g s; the round's push or pull in "
+                    "progress still ends on the connection's sync lane",
+                    timeout,
+                )
+                task.cancel()
+                # Prompt: the round only awaits the connection's futures, which cancel at once.
+                await asyncio.wait({task})
+        except asyncio.CancelledError:
+            # Our caller was cancelled (say its task is shutting down): do not leave the background task behind.
+            task.cancel()
+            raise
+
+    async def __aenter__(self) -> "BackgroundSync":
+        """`async with conn.sync_in_background(interval) as background:`; it is already running."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[type[BaseException]] = None,
+        exc_value: Optional[BaseException] = None,
+        traceback: Optional[TracebackType] = None,
+    ) -> None:
+        """Stop the background sync when the block ends, also when it raised or its task was cancelled."""
+        await self.stop()
+
+    def _is_running(self) -> bool:
+        return not (self._stop_requested or self._task.done() or self._loop.is_closed())
+
+    def _wake(self) -> None:
+        # End the wait between rounds now (the loop then checks whether to stop or to run a round).
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    async def _run(self) -> None:
+        # The background task: rounds and waits until stopped. It only ever ends normally or cancelled, so asyncio
+        # has nothing to report about it.
+        try:
+            while not self._stop_requested:
+                error = await self._one_round()
+                if self._stop_requested:
+                    break
+                delay = self._backoff.delay(self._failures)
+                if error is not None:
+                    self._log_failure(error, delay)
+                await self._wait(delay)
+        finally:
+            self._target = None
+            self._next_round_unix_time = None
+            round_future = self._round
+            self._round = None
+            if round_future is not None:
+                _fail_quietly(round_future, ProgrammingError("Background sync stopped before this round ran"))
+
+    async def _one_round(self) -> Optional[Exception]:
+        # One push-then-pull; returns its error, if it failed (it never raises one, only CancelledError).
+        round_future = self._round
+        if round_future is None:
+            round_future = self._round = self._loop.create_future()
+        self._next_round_unix_time = None
+        target = self._target
+        try:
+            if target is None:
+                raise ProgrammingError("Background sync is stopped")
+            await target.push()
+            changed = await target.pull()
+        except Exception as error:
+            self._round_failed(error)
+            _fail_quietly(round_future, error)
+            return error
+        except asyncio.CancelledError:
+            _fail_quietly(round_future, ProgrammingError("Background sync stopped before this round finished"))
+            raise
+        else:
+            self._round_succeeded()
+            if not round_future.done():
+                round_future.set_result(changed)
+            return None
+        finally:
+            # A failed round's traceback keeps this frame (in last_error): it must not keep the connection too.
+            target = None
+            if self._round is round_future:
+                self._round = None
+
+    async def _wait(self, seconds: float) -> None:
+        self._next_round_unix_time = time.time() + seconds
+        wakeup = self._wakeup = self._loop.create_future()
+        timer = self._loop.call_later(seconds, _settle, wakeup)
+        try:
+            await wakeup
+        finally:
+            timer.cancel()
+            self._wakeup = None
+
+    def _round_failed(self, error: Exception) -> None:
+        self._failures += 1
+        # Kept in the status: drop the locals of the frames it passed through (they hold the connection).
+        traceback.clear_frames(error.__traceback__)
+        self._last_error = error
+        if self._failures == 1:
+            self._streak_started = self._loop.time()
+
+    def _log_failure(self, error: Exception, delay: float) -> None:
+        # One WARNING when a streak of failures begins; its retries only at DEBUG.
+        if self._failures == 1:
+            logger.warning(
+                "Background sync failed: %s: %s; retrying in %.2f s, then backing off up to %.3g s (±20%%) "
+                "until a round succeeds",
+                type(error).__name__,
+                error,
+                delay,
+                self._backoff.max_backoff,
+            )
+        else:
+            logger.debug(
+                "Background sync failed again (%d rounds in a row): %s; retrying in %.2f s",
+                self._failures,
+                error,
+                delay,
+            )
+
+    def _round_succeeded(self) -> None:
+        if self._failures:
+            logger.info(
+                "Background sync works again after %d failed rounds over %.1f s",
+                self._failures,
+                self._loop.time() - self._streak_started,
+            )
+        self._failures = 0
+        self._rounds += 1
+        self._last_success_unix_time = time.time()
+
+
+def _seconds(name: str, value: object) -> float:
+    # A duration argument: a real number of seconds (bool is not one), finite and > 0.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    seconds = float(value)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{name} must be a finite number of seconds greater than 0, not {value!r}")
+    return seconds
+
+
+def _settle(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+# Settle a round's future with an error that nobody may await: asyncio logs an exception nobody retrieved, so mark it
+# retrieved at once (a sync_now() caller awaiting it still gets it).
+def _fail_quietly(future: "asyncio.Future[bool]", error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+        future.exception()
