@@ -25,8 +25,9 @@ import pytest
 import turso
 import turso.background_sync_aio
 from tests.conftest import turso_threads
+from tests.proxy import DelayingProxy
 from tests.sync_server import SyncServer
-from tests.test_faults import AWAIT_SECONDS, DelayingProxy, LoopContext, wait_until, wait_until_blocking
+from tests.test_faults import AWAIT_SECONDS, LoopContext, wait_until, wait_until_blocking
 from turso.background_sync_aio import BackgroundSync, BackgroundSyncStatus, Backoff
 from turso.lib_sync_aio import LANE_CLOSE_SECONDS, ConnectionSync, connect_sync
 

@@ -15,7 +15,7 @@ import functools
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Optional
 
@@ -34,20 +34,13 @@ AWAIT_SECONDS = 10.0
 RUN_SECONDS = 20.0
 # Steps each task takes; the share of the proxy's connections that misbehave; the delay of every answer.
 WRITER_STEPS = 25
-SYNCER_STEPS = 20
-FLAKY_SHARE = 0.2
+SYNCER_STEPS = 30
+FLAKY_SHARE = 0.25
 ANSWER_DELAY_SECONDS = 0.02
 REPLICAS = ("a", "b")
 THREAD_EXIT_SECONDS = 5.0
 
 SCHEMA = "CREATE TABLE t(k TEXT PRIMARY KEY, replica TEXT, n INTEGER)"
-
-
-@pytest.fixture
-def flaky_proxy(sync_server: SyncServer) -> Iterator[DelayingProxy]:
-    """The sync server behind a loopback proxy; each test turns its flakiness on once the replicas are open."""
-    with DelayingProxy(sync_server.port, flaky_modes=(REFUSE, CUT_ANSWER)) as proxy:
-        yield proxy
 
 
 def is_network_failure(error: BaseException) -> bool:
@@ -176,13 +169,15 @@ async def settle(replicas: list[Replica]) -> None:
 
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_random_interleaving_loses_no_row_doubles_none_and_converges(
-    sync_server: SyncServer, flaky_proxy: DelayingProxy, tmp_path: Path, seed: int
+    sync_server: SyncServer, tmp_path: Path, seed: int
 ) -> None:
     sync_server.execute(SCHEMA)
     errors = record_loop_errors()
     baseline = turso_threads()
     rng = random.Random(seed)
     replicas: list[Replica] = []
+    # Flaky once the replicas are open; its own generator, seeded too (seeds 1-4 misbehave within the first 3 requests).
+    flaky_proxy = DelayingProxy(sync_server.port, seed=seed, flaky_modes=(REFUSE, CUT_ANSWER))
     try:
         for name in REPLICAS:
             conn = await asyncio.wait_for(connect_sync(str(tmp_path / f"{name}.db"), flaky_proxy.url), AWAIT_SECONDS)
@@ -219,6 +214,7 @@ async def test_random_interleaving_loses_no_row_doubles_none_and_converges(
         flaky_proxy.flaky = 0
         for replica in replicas:
             await asyncio.wait_for(replica.conn.close(), AWAIT_SECONDS)
+        flaky_proxy.close()
     assert await wait_until(lambda: not new_threads(baseline), THREAD_EXIT_SECONDS), (
         f"threads left: {sorted(thread.name for thread in new_threads(baseline))}"
     )
