@@ -9,10 +9,15 @@ not depend on it. The garbage-collection and loop-closed paths must stop the syn
 import asyncio
 import contextlib
 import gc
+import json
+import subprocess
+import sys
 import threading
 import time
 import warnings
 from collections.abc import AsyncGenerator, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +25,7 @@ from tests.conftest import turso_threads
 from tests.proxy import DelayingProxy
 from tests.sync_server import SyncServer
 from tests.test_faults import LoopContext, new_threads, record_loop_errors, wait_until, wait_until_blocking
+from turso.lib_sync import PartialSyncOpts, PartialSyncPrefixBootstrap
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
 # Upper bound for any single await; a hang fails the test instead of blocking the run.
@@ -251,3 +257,72 @@ def test_event_loop_closing_mid_pull_stops_the_sync_lane_without_traceback(
     gc.collect()
     messages = [str(context.get("message")) for context in loop_errors]
     assert all(message == "Task was destroyed but it is pending!" for message in messages), messages
+
+
+# --- partial sync: a statement waiting for pages behind a stuck request ------------------------------------------
+
+# A remote of about 600 KB, and a replica bootstrapped with its first 64 KiB: a full scan must fetch pages.
+PARTIAL_ROWS = 600
+PARTIAL_PREFIX_BYTES = 64 * 1024
+# The scenario runs in a child process: if it hangs with the interpreter lock held, no await in this process could
+# bound it; the child's timeout does.
+CHILD_SECONDS = 20.0
+
+
+async def _scan_behind_a_stuck_pull_then_close(port: int, path: str) -> dict[str, Any]:
+    """In the child: a partial-sync scan that needs pages, queued while a pull is stuck; then close()."""
+    with DelayingProxy(port) as proxy:
+        options = PartialSyncOpts(PartialSyncPrefixBootstrap(length=PARTIAL_PREFIX_BYTES))
+        conn = await asyncio.wait_for(connect_sync(path, proxy.url, partial_sync_experimental=options), AWAIT_SECONDS)
+        proxy.stall()
+        try:
+            await asyncio.wait_for(conn.pull(), PULL_TIMEOUT_SECONDS)
+        except asyncio.TimeoutError:
+            pass
+        scan = asyncio.ensure_future(conn.execute_fetchall("SELECT count(*), sum(length(b)) FROM big"))
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(conn.close(), AWAIT_SECONDS)
+            closed = "closed"
+        except asyncio.TimeoutError:
+            closed = "close() timed out"
+        close_seconds = time.monotonic() - started
+        done, _ = await asyncio.wait({scan}, timeout=AWAIT_SECONDS)
+        outcome = repr(scan.exception() or scan.result()) if done else "still running"
+        proxy.release()
+    return {"closed": closed, "close_seconds": close_seconds, "scan": outcome}
+
+
+def scan_behind_a_stuck_pull_then_close(port: int, path: str) -> None:
+    """The child's entry point: run the scenario and print what happened as JSON."""
+    print(json.dumps(asyncio.run(_scan_behind_a_stuck_pull_then_close(port, path))), flush=True)
+
+
+def test_partial_sync_scan_waiting_for_pages_behind_a_stuck_pull_lets_close_return(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    sync_server.execute("CREATE TABLE big(k TEXT PRIMARY KEY, b BLOB)")
+    sync_server.execute(
+        f"INSERT INTO big SELECT 'big-' || value, randomblob(1000) FROM generate_series(1, {PARTIAL_ROWS})"
+    )
+    root = Path(__file__).resolve().parent.parent
+    code = (
+        "import sys; from tests.test_stalled_remote import scan_behind_a_stuck_pull_then_close as run; "
+        "run(int(sys.argv[1]), sys.argv[2])"
+    )
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", code, str(sync_server.port), replica_path],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=CHILD_SECONDS,
+        )
+    except subprocess.TimeoutExpired as expired:
+        pytest.fail(f"the process hung for {CHILD_SECONDS} s after close() (output: {expired.stdout!r})")
+    assert child.returncode == 0, child.stderr[-3000:]
+    report = json.loads(child.stdout.strip().splitlines()[-1])
+    assert report["closed"] == "closed", report
+    assert report["close_seconds"] < CLOSE_SECONDS + 1.0, report
+    assert report["scan"] != "still running", report
