@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+import turso
 from tests.conftest import turso_threads
 from tests.proxy import DelayingProxy
 from tests.sync_server import SyncServer
@@ -196,21 +197,31 @@ async def test_reopening_the_replica_while_the_old_request_is_stuck_works_and_ev
 # --- the garbage-collection and loop-closed paths stop the sync lane too ----------------------------------------
 
 
+@pytest.mark.parametrize("lane", ["idle", "stuck"])
 async def test_connection_dropped_without_close_warns_and_its_sync_lane_stops_too(
-    sync_server: SyncServer, replica_path: str
+    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, lane: str
 ) -> None:
     sync_server.execute(LOG_SCHEMA)
     baseline = turso_threads()
-    conn = await bounded_open(replica_path, sync_server.url)
+    conn = await bounded_open(replica_path, proxy.url)
     await insert_and_commit(conn, ["a"])
     await asyncio.wait_for(conn.push(), AWAIT_SECONDS)
     await asyncio.wait_for(conn.pull(), AWAIT_SECONDS)
+    if lane == "stuck":
+        await time_out_on_the_stalled_remote(conn, proxy, "pull")
     assert sync_lanes(), f"no {SYNC_LANE} thread after a pull and a push"
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         del conn
         gc.collect()
+        if lane == "stuck":
+            # The stuck request may keep the connection alive until it ends; then it is collected.
+            assert proxy.held >= 1
+            proxy.release()
+            assert await wait_until(lambda: proxy.held == 0)
+            await asyncio.sleep(0.2)
+            gc.collect()
     assert [warning for warning in caught if issubclass(warning.category, ResourceWarning)], (
         f"no ResourceWarning for an unclosed connection; got {[str(warning.message) for warning in caught]}"
     )
@@ -219,6 +230,41 @@ async def test_connection_dropped_without_close_warns_and_its_sync_lane_stops_to
     )
     async with await bounded_open(replica_path, sync_server.url) as again:
         assert await asyncio.wait_for(again.execute_fetchall("SELECT k FROM log"), AWAIT_SECONDS) == [("a",)]
+
+
+@pytest.mark.parametrize("operation", ["pull", "push"])
+async def test_sync_operations_queued_behind_a_stuck_request_fail_at_close_instead_of_hanging(
+    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, operation: str
+) -> None:
+    sync_server.execute(LOG_SCHEMA)
+    baseline = turso_threads()
+    errors = record_loop_errors()
+    conn = await bounded_open(replica_path, proxy.url)
+    await insert_and_commit(conn, ["a"])
+    await time_out_on_the_stalled_remote(conn, proxy, operation)
+    # Queued on the lane behind the stuck request; each waits its turn (none may spin meanwhile).
+    queued = [asyncio.ensure_future(call()) for call in (conn.stats, conn.checkpoint, conn.pull, conn.push)]
+    cpu_started, wall_started = time.process_time(), time.monotonic()
+    await asyncio.sleep(0.5)
+    assert not any(task.done() for task in queued), [task for task in queued if task.done()]
+    assert await insert_and_commit(conn, ["b"]) < LOCAL_SECONDS
+    cpu, wall = time.process_time() - cpu_started, time.monotonic() - wall_started
+    assert cpu < 0.5 * wall, f"the process used {cpu:.2f} s of CPU in {wall:.2f} s while operations waited"
+
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(conn.close(), CLOSE_SECONDS + 1.0)
+    finally:
+        proxy.release()
+        await asyncio.wait_for(conn.close(), AWAIT_SECONDS)
+    took = time.monotonic() - started
+    done, _ = await asyncio.wait(queued, timeout=AWAIT_SECONDS)
+    assert len(done) == len(queued), "a sync operation queued behind the stuck request never returned"
+    outcomes = [task.exception() for task in queued]
+    assert all(isinstance(outcome, turso.ProgrammingError) for outcome in outcomes), outcomes
+    assert took < CLOSE_SECONDS, f"close() took {took:.2f} s"
+    assert await wait_until(lambda: not new_threads(baseline), THREAD_EXIT_SECONDS)
+    assert errors == []
 
 
 @pytest.mark.parametrize("remote", ["slow", "stalled"])
