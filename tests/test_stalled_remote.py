@@ -353,8 +353,11 @@ def test_partial_sync_scan_waiting_for_pages_behind_a_stuck_pull_lets_close_retu
         f"INSERT INTO big SELECT 'big-' || value, randomblob(1000) FROM generate_series(1, {PARTIAL_ROWS})"
     )
     root = Path(__file__).resolve().parent.parent
+    # The child prints its threads' stacks and exits if it is still running 5 s before its deadline.
     code = (
-        "import sys; from tests.test_stalled_remote import scan_behind_a_stuck_pull_then_close as run; "
+        "import faulthandler, sys; "
+        f"faulthandler.dump_traceback_later({CHILD_SECONDS - 5.0}, exit=True); "
+        "from tests.test_stalled_remote import scan_behind_a_stuck_pull_then_close as run; "
         "run(int(sys.argv[1]), sys.argv[2])"
     )
     try:
@@ -366,8 +369,8 @@ def test_partial_sync_scan_waiting_for_pages_behind_a_stuck_pull_lets_close_retu
             timeout=CHILD_SECONDS,
         )
     except subprocess.TimeoutExpired as expired:
-        pytest.fail(f"the process hung for {CHILD_SECONDS} s after close() (output: {expired.stdout!r})")
-    assert child.returncode == 0, child.stderr[-3000:]
+        pytest.fail(f"the child process did not end within {CHILD_SECONDS} s (output: {expired.stdout!r})")
+    assert child.returncode == 0, f"the child process failed or hung; its stacks:\n{child.stderr[-4000:]}"
     report = json.loads(child.stdout.strip().splitlines()[-1])
     assert report["closed"] == "closed", report
     assert report["close_seconds"] < CLOSE_SECONDS + 1.0, report
