@@ -8,6 +8,9 @@ from tests.conftest import THREADS_PER_CONNECTION, turso_threads
 from tests.sync_server import SyncServer
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
+# A bound for awaits against the local server, so that a hang fails the test instead of the run.
+TIMEOUT = 10.0
+
 
 async def rows(conn: ConnectionSync, sql: str) -> list[tuple[object, ...]]:
     cursor = await conn.execute(sql)
@@ -169,3 +172,24 @@ async def test_inherited_sql_api_works_on_the_sync_connection(sync_server: SyncS
         fetched = await (await conn.execute("SELECT x, y FROM t")).fetchone()
         assert fetched is not None and fetched["y"] == "a"
         assert conn.row_factory is turso.Row
+
+
+async def test_sync_pushes_only_when_there_are_local_changes_then_pulls(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    sync_server.execute("CREATE TABLE t(id TEXT PRIMARY KEY)")
+    async with connect_sync(replica_path, sync_server.url) as conn:
+        before = await asyncio.wait_for(conn.stats(), TIMEOUT)
+        sync_server.execute("INSERT INTO t VALUES ('remote')")
+        # Nothing to push: sync() is a pull alone (an empty push would send about 1 KB).
+        assert await asyncio.wait_for(conn.sync(), TIMEOUT) is True
+        after_pull_only = await asyncio.wait_for(conn.stats(), TIMEOUT)
+        assert after_pull_only.network_sent_bytes - before.network_sent_bytes < 100
+        assert after_pull_only.last_push_unix_time == before.last_push_unix_time
+
+        await conn.execute("INSERT INTO t VALUES ('local')")
+        await conn.commit()
+        await asyncio.wait_for(conn.sync(), TIMEOUT)
+        pushed = await asyncio.wait_for(conn.stats(), TIMEOUT)
+        assert pushed.cdc_operations == 0 and pushed.last_push_unix_time is not None
+    assert sync_server.execute("SELECT id FROM t ORDER BY id") == [("local",), ("remote",)]

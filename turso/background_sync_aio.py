@@ -9,7 +9,8 @@ until it is stopped, the connection is closed, or the loop shuts down:
             background.status.consecutive_failures
             changed = await background.sync_now()
 
-A round is `push()` then `pull()`. After a round the next one waits `Backoff.delay(failures)`:
+A round is the target's `sync()`: push (when there is something to push), then pull. After a round the next one
+waits `Backoff.delay(failures)`:
 `min(interval * 2**failures, max_backoff)`, never less than `interval`, times a random factor in [0.8, 1.2] so that
 a fleet of replicas does not retry in step. Failures are logged to this module's logger: one WARNING when a streak
 of failed rounds begins (with the error), one INFO when a round succeeds again, and DEBUG for each retry in between.
@@ -40,17 +41,13 @@ JITTER = 0.2
 
 
 class SyncTarget(Protocol):
-    """What a background sync drives: a replica that can push and pull (`turso.lib_sync_aio.ConnectionSync` is one).
+    """What a background sync drives: a replica that can sync (`turso.lib_sync_aio.ConnectionSync` is one).
 
-    Both are awaited on the event loop that started the background sync.
+    Awaited on the event loop that started the background sync.
     """
 
-    async def push(self) -> None:
-        """Send the replica's local changes to the remote."""
-        ...
-
-    async def pull(self) -> bool:
-        """Apply the remote's changes to the replica; True if there were any."""
+    async def sync(self) -> bool:
+        """Push the replica's local changes, then pull the remote's; True if remote changes were applied."""
         ...
 
 
@@ -259,8 +256,7 @@ class BackgroundSync:
         try:
             if target is None:
                 raise ProgrammingError("Background sync is stopped")
-            await target.push()
-            changed = await target.pull()
+            changed = await target.sync()
         except Exception as error:
             self._round_failed(error)
             _fail_quietly(round_future, error)

@@ -190,18 +190,15 @@ async def keep_a_replica_in_sync(conn: ConnectionSync) -> None:
 
 
 class CountingTarget:
-    """Something else to keep in sync: anything with async push() and pull() -> bool is a SyncTarget."""
+    """Something else to keep in sync: anything with an async sync() -> bool is a SyncTarget."""
 
     def __init__(self, conn: ConnectionSync) -> None:
         self.conn = conn
-        self.pushes = 0
+        self.rounds = 0
 
-    async def push(self) -> None:
-        self.pushes += 1
-        await self.conn.push()
-
-    async def pull(self) -> bool:
-        return await self.conn.pull()
+    async def sync(self) -> bool:
+        self.rounds += 1
+        return await self.conn.sync()
 
 
 async def drive_any_sync_target(conn: ConnectionSync) -> None:

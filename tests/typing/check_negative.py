@@ -107,6 +107,9 @@ def not_the_protocol(plain: turso.lib_aio.Connection, blocking: turso.lib_sync.C
 class PushOnly:
     async def push(self) -> None: ...
 
+    async def pull(self) -> bool:
+        return False
+
 
 async def wrong_background_sync(conn: ConnectionSync, status: BackgroundSyncStatus) -> None:
     background = conn.sync_in_background(5.0)
@@ -116,6 +119,6 @@ async def wrong_background_sync(conn: ConnectionSync, status: BackgroundSyncStat
     rounds: BackgroundSyncStatus = await background.sync_now()  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
     # stop() returns nothing.
     stopped: bool = await background.stop()  # type: ignore[func-returns-value, assignment]  # pyright: ignore[reportAssignmentType]
-    # A target must have pull() too.
+    # A target must have sync(); push() and pull() alone are not enough.
     BackgroundSync(PushOnly(), 1.0)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     print(rounds, stopped)
