@@ -346,10 +346,14 @@ async def _scan_behind_a_stuck_pull_then_close(port: int, path: str) -> dict[str
         except asyncio.TimeoutError:
             closed = "close() timed out"
         close_seconds = time.monotonic() - started
+        # The scan was called before close(): it ends once the remote answers its page requests.
+        proxy.release()
         done, _ = await asyncio.wait({scan}, timeout=AWAIT_SECONDS)
         outcome = repr(scan.exception() or scan.result()) if done else "still running"
-        proxy.release()
-    return {"closed": closed, "close_seconds": close_seconds, "scan": outcome}
+        threads_left = await asyncio.to_thread(
+            wait_until_blocking, lambda: not turso_threads()
+        )
+    return {"closed": closed, "close_seconds": close_seconds, "scan": outcome, "threads_ended": threads_left}
 
 
 def scan_behind_a_stuck_pull_then_close(port: int, path: str) -> None:
@@ -387,3 +391,4 @@ def test_partial_sync_scan_waiting_for_pages_behind_a_stuck_pull_lets_close_retu
     assert report["closed"] == "closed", report
     assert report["close_seconds"] < CLOSE_SECONDS + 1.0, report
     assert report["scan"] != "still running", report
+    assert report["threads_ended"] is True, report

@@ -93,9 +93,6 @@ TRANSACTION_WAIT_SECONDS = 5.0
 # takes longer; close() then returns and the lane exits when that request ends.
 LANE_CLOSE_SECONDS = 0.5
 
-# How often a partial-sync page fetch that waits for the lane's operation checks whether close() gave up on the lane.
-_TURN_POLL_SECONDS = 0.1
-
 # Where the sync lane says what close() left behind.
 logger = logging.getLogger(__name__)
 
@@ -211,7 +208,8 @@ class ConnectionSync(NonBlockingConnection):
         Work called before close() still runs first, and anything called after it raises `turso.ProgrammingError`.
         For sync operations close() waits at most `LANE_CLOSE_SECONDS`: a request the remote does not answer is then
         left to end on its own (its thread exits when it does, and makes no new request), and the sync operations
-        that had not started raise `turso.ProgrammingError`. Safe to call more than once, also from several tasks.
+        that had not started raise `turso.ProgrammingError`. Nor does it wait for a partial-sync read that needs pages
+        from such a remote. Safe to call more than once, also from several tasks.
         """
         # Background sync first, so that it starts no round on a closing connection; its round in progress gets the
         # bound of any sync operation in flight.
@@ -229,9 +227,9 @@ class ConnectionSync(NonBlockingConnection):
                 await asyncio.wait([lane_stopped], timeout=LANE_CLOSE_SECONDS)
         finally:
             self._stop_sql_worker()
-        await asyncio.shield(stopped)
-        # The worker settles `stopped` as its very last step, so this join returns at once.
-        self._worker.join()
+        if await self._sql_worker_ended(stopped):
+            # The worker settles `stopped` as its very last step, so this join returns at once.
+            self._worker.join()
         if lane_stopped.done():
             self._lane.join()
         else:
@@ -437,6 +435,22 @@ class ConnectionSync(NonBlockingConnection):
         if engine is not None:
             engine.refuse_new_requests()
         self._open_ended.set()
+
+    async def _sql_worker_ended(self, stopped: "asyncio.Future[None]") -> bool:
+        # Wait for the SQL worker's last job, and raise its close error, if any. Its queued SQL may take as long as
+        # it takes, except for a partial-sync page fetch still waiting on the remote after close() gave up on the
+        # lane: then close() returns (False) and the worker exits once the fetch ends.
+        while not stopped.done():
+            await asyncio.wait([stopped], timeout=LANE_CLOSE_SECONDS)
+            engine = self._engine
+            if not stopped.done() and self._refusing and engine is not None and engine.http.fetching_pages:
+                logger.warning(
+                    "close() returned while a statement waits for pages from the remote (partial sync); the SQL "
+                    "worker closes the replica and exits once they arrive"
+                )
+                return False
+        stopped.result()
+        return True
 
     def _stop_threads_quietly(self) -> None:
         # Nobody is left to hear of a close error (garbage collection, loop closed): stop both threads at once.
@@ -828,14 +842,15 @@ class _SyncEngine:
 
     def fetch_pages_in_turn(self, fetch_pages: Callable[[], None]) -> None:
         """On the SQL worker, as the blocking connection's `extra_io`: a partial-sync page fetch, taking its turn
-        with the lane's operation; once close() has given up on the lane, the statement fails instead of waiting."""
-        while not self.io_lock.acquire(timeout=_TURN_POLL_SECONDS):
-            if self.http.refusing:
-                raise ProgrammingError("Cannot fetch pages: the connection was closed while a sync operation ran")
+        with the lane's operation. It never raises on its own account: failing a statement in the middle of its IO
+        makes the native statement spin on a core, holding the interpreter lock, when it is dropped. So a fetch
+        behind a request the remote never answers waits for it, and `fetching_pages` tells close() not to."""
+        self.http.fetching_pages = True
         try:
-            fetch_pages()
+            with self.io_lock:
+                fetch_pages()
         finally:
-            self.io_lock.release()
+            self.http.fetching_pages = False
 
     def wait_changes(self) -> Any:
         """On the lane: pull's network part; the remote's changes since the last pull (not applied yet)."""
@@ -879,10 +894,14 @@ class _LaneHttpContext(DriverHttpContext):
 
     # Set by close(); read by the lane thread at each request.
     refusing = False
+    # True while the SQL worker fetches pages for a statement (partial sync), possibly waiting for its turn. The
+    # lane may then service that statement's page requests, which must go through: a statement whose page request
+    # fails retries it forever, spinning a core.
+    fetching_pages = False
 
     def base_url(self) -> Optional[str]:
         """The remote URL for the next request; raises once the connection has closed (the driver then fails it)."""
-        if self.refusing:
+        if self.refusing and not self.fetching_pages:
             raise ProgrammingError("the connection was closed")
         return super().base_url()
 
