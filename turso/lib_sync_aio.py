@@ -476,8 +476,11 @@ class ConnectionSync(NonBlockingConnection):
     def _engine_for_lane(self, operation: str) -> "_SyncEngine":
         # Runs on the lane at the start of each operation: the engine once the open has ended, unless close() gave up
         # waiting for the lane (the operation then never starts) or the open failed (its await says why).
-        self._open_ended.wait()
         engine = self._engine
+        if engine is None:
+            # The open has not ended yet, or failed.
+            self._open_ended.wait()
+            engine = self._engine
         if self._refusing or engine is None:
             raise ProgrammingError(f"Cannot {operation}: the connection was closed before the {operation} started")
         self._lane.current = operation
@@ -869,8 +872,10 @@ class _SyncEngine:
         self._run(self.database.checkpoint, "checkpoint")
 
     def read_stats(self) -> SyncStats:
-        """On the lane: the engine's counters."""
-        return cast(SyncStats, self._run(self.database.stats, "read stats"))
+        """On the lane: the engine's counters (local: no request, so no error mapping; kept short, it is a hot call)."""
+        database = self.database
+        with self.io_lock:
+            return run_engine_operation(database, database.stats(), self.http)  # type: ignore[no-any-return]
 
     def _run(self, start_operation: Callable[[], Any], description: str) -> Any:
         # One engine operation, driven to its end by the driver while this thread services the engine's IO queue.
