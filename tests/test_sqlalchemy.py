@@ -2,8 +2,6 @@
 
 import asyncio
 import os
-import socket
-import threading
 import time
 import uuid
 import warnings
@@ -23,6 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 import turso
 import turso.aio
 from tests.conftest import THREADS_PER_CONNECTION, UNDER_TEST, turso_threads
+from tests.proxy import DelayingProxy
 from tests.sync_server import SyncServer
 from turso.background_sync_aio import BackgroundSync
 from turso.lib_sync_aio import ConnectionSync
@@ -425,97 +424,6 @@ async def test_pool_settings_that_keep_one_connection_are_accepted(
         await engine.dispose()
 
 
-class DelayingProxy:
-    """A TCP proxy on 127.0.0.1 in front of the sync server that holds every request for `delay` seconds.
-
-    A minimal copy of tests/test_faults.py's DelayingProxy (the driver makes one HTTP connection per request, so each
-    request reaches the server `delay` seconds late), with a `delay` that may change. Every socket has a timeout and
-    `close()` joins its threads.
-    """
-
-    def __init__(self, target_port: int, delay: float) -> None:
-        self._target_port = target_port
-        # How long each request accepted from now on is held.
-        self.delay = delay
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._lock = threading.Lock()
-        self._closing = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self._spawn(self._accept)
-
-    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, name="delaying-proxy", daemon=True)
-        with self._lock:
-            self._threads.append(thread)
-        thread.start()
-
-    def _track(self, sock: socket.socket) -> bool:
-        with self._lock:
-            if self._closing.is_set():
-                return False
-            self._sockets.append(sock)
-            return True
-
-    def _accept(self) -> None:
-        while not self._closing.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            client.settimeout(TIMEOUT)
-            if not self._track(client):
-                client.close()
-                return
-            self._spawn(self._relay, client)
-
-    def _relay(self, client: socket.socket) -> None:
-        upstream: Optional[socket.socket] = None
-        try:
-            if self._closing.wait(self.delay):
-                return
-            upstream = socket.create_connection(("127.0.0.1", self._target_port), timeout=TIMEOUT)
-            if not self._track(upstream):
-                return
-            answer = threading.Thread(target=self._pump, args=(upstream, client), name="delaying-proxy", daemon=True)
-            answer.start()
-            self._pump(client, upstream)
-            answer.join(TIMEOUT)
-        except OSError:
-            pass
-        finally:
-            client.close()
-            if upstream is not None:
-                upstream.close()
-
-    @staticmethod
-    def _pump(source: socket.socket, target: socket.socket) -> None:
-        try:
-            while chunk := source.recv(65536):
-                target.sendall(chunk)
-            target.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        with self._lock:
-            self._closing.set()
-            sockets, threads = list(self._sockets), list(self._threads)
-        self._listener.close()
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in threads:
-            thread.join(5.0)
-
-
-# Text keys: rows written on the replica during a pull cannot collide with the pulled ones (rowid keys would).
 ENTRIES = "CREATE TABLE entries(id TEXT PRIMARY KEY, body TEXT NOT NULL)"
 
 
