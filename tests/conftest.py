@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.proxy import DelayingProxy
 from tests.sync_server import SyncServer
 
 # Which copy of the module this run tests: "checkout" (`make unit`: this checkout's turso/, on the dev venv's path) or
@@ -34,6 +35,13 @@ def sync_server(tmp_path: Path) -> Iterator[SyncServer]:
     """A fresh `tursodb --sync-server` on a free loopback port, its data in a file so that it survives a restart."""
     with SyncServer(tmp_path / "remote.db") as server:
         yield server
+
+
+@pytest.fixture
+def proxy(sync_server: SyncServer) -> Iterator[DelayingProxy]:
+    """The sync server behind a loopback proxy that forwards at once; tests slow it down or stall it as they need."""
+    with DelayingProxy(sync_server.port) as proxy:
+        yield proxy
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ that wait their turn spin no core. Every await is bounded, so a hang fails the t
 
 import asyncio
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
@@ -30,6 +30,8 @@ SLOW_SECONDS = 1.0
 # A local statement during a slow sync must finish well within this (it takes about a millisecond; the bound is
 # generous because the machine running the suite may be busy).
 LOCAL_SECONDS = 0.5
+# The timeout of an abandoned sync operation.
+ABANDON_AFTER_SECONDS = 0.2
 # How long an apply or checkpoint waits for an open transaction before it fails (the module's busy timeout).
 BUSY_TIMEOUT_SECONDS = 5.0
 # Waiting its turn must not spin a core: the process may use at most this share of the wall time meanwhile.
@@ -38,13 +40,6 @@ CPU_SHARE = 0.5
 SCHEMA = "CREATE TABLE t(k TEXT PRIMARY KEY, v INTEGER)"
 # No key at all: a row pushed twice would show up twice.
 LOG_SCHEMA = "CREATE TABLE log(k TEXT, v INTEGER)"
-
-
-@pytest.fixture
-def proxy(sync_server: SyncServer) -> Iterator[DelayingProxy]:
-    """The sync server behind a loopback proxy; tests slow it down (`answer_delay`) once the replica is open."""
-    with DelayingProxy(sync_server.port) as proxy:
-        yield proxy
 
 
 async def bounded(awaitable: Awaitable[T]) -> T:
@@ -85,6 +80,22 @@ async def start_and_wait_for_the_remote(proxy: DelayingProxy, operation: Awaitab
     task = asyncio.ensure_future(run())
     assert await wait_until(lambda: proxy.requests > requests_before), "the sync never reached the remote"
     return task
+
+
+async def abandon(proxy: DelayingProxy, operation: "Callable[[], Awaitable[object]]", how: str) -> float:
+    """Time `operation()` out ("timeout") or cancel it once it reached the remote ("cancel"), while the proxy holds
+    its answer; returns how long control took to come back after the timeout or the cancel."""
+    if how == "timeout":
+        started = time.monotonic()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(operation(), ABANDON_AFTER_SECONDS)
+        return time.monotonic() - started - ABANDON_AFTER_SECONDS
+    running = await start_and_wait_for_the_remote(proxy, operation())
+    cancelled_at = time.monotonic()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await bounded(running)
+    return time.monotonic() - cancelled_at
 
 
 async def local_sql_timings(conn: ConnectionSync, prefix: str, rounds: int = 5) -> tuple[list[float], list[float]]:
@@ -315,18 +326,7 @@ async def test_cancelled_push_returns_at_once_and_its_rows_reach_the_server_exac
         await insert_and_commit(conn, "log", ["a", "b", "c"])
         # The remote applies the push at once; only its answer is late: a push done twice would double the rows.
         proxy.answer_delay = SLOW_SECONDS
-        started = time.monotonic()
-        if how == "timeout":
-            with pytest.raises(asyncio.TimeoutError):
-                await asyncio.wait_for(conn.push(), 0.2)
-            returned_after = time.monotonic() - started - 0.2
-        else:
-            pushing = await start_and_wait_for_the_remote(proxy, conn.push())
-            cancelled_at = time.monotonic()
-            pushing.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await bounded(pushing)
-            returned_after = time.monotonic() - cancelled_at
+        returned_after = await abandon(proxy, conn.push, how)
         assert returned_after < LOCAL_SECONDS, f"control came back {returned_after:.2f} s after the cancel"
 
         # Local SQL at once, while the push still finishes on the sync lane.
@@ -351,18 +351,7 @@ async def test_cancelled_pull_returns_at_once_and_its_changes_are_applied_exactl
         errors = record_loop_errors()
         sync_server.execute("INSERT INTO log VALUES ('remote', 1)")
         proxy.answer_delay = SLOW_SECONDS
-        started = time.monotonic()
-        if how == "timeout":
-            with pytest.raises(asyncio.TimeoutError):
-                await asyncio.wait_for(conn.pull(), 0.2)
-            returned_after = time.monotonic() - started - 0.2
-        else:
-            pulling = await start_and_wait_for_the_remote(proxy, conn.pull())
-            cancelled_at = time.monotonic()
-            pulling.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await bounded(pulling)
-            returned_after = time.monotonic() - cancelled_at
+        returned_after = await abandon(proxy, conn.pull, how)
         assert returned_after < LOCAL_SECONDS, f"control came back {returned_after:.2f} s after the cancel"
         _, took = await timed(conn.execute_fetchall("SELECT count(*) FROM log"))
         assert took < LOCAL_SECONDS

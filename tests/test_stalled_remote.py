@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,13 +43,6 @@ SYNC_LANE = "turso-sync-lane"
 # No key: a row that reached the server twice shows up twice. TEXT values, so that replicas never collide on rowids
 # they invent themselves.
 LOG_SCHEMA = "CREATE TABLE log(k TEXT, v INTEGER)"
-
-
-@pytest.fixture
-def proxy(sync_server: SyncServer) -> Iterator[DelayingProxy]:
-    """The sync server behind a loopback proxy that tests stall once the replica is open."""
-    with DelayingProxy(sync_server.port) as proxy:
-        yield proxy
 
 
 def sync_lanes() -> list[threading.Thread]:
