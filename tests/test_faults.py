@@ -484,10 +484,12 @@ async def test_cancelled_executescript_insert_and_commit_still_reach_the_server(
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(script, AWAIT_SECONDS)
         await asyncio.wait_for(busy, AWAIT_SECONDS)
-
-        await asyncio.wait_for(conn.push(), AWAIT_SECONDS)  # runs after the cancelled script
-        assert sync_server.execute("SELECT x FROM t") == [(42,)]
+        # SQL runs in call order: the cancelled script has committed once a statement called after it returns. (push()
+        # runs on the sync lane and sends what is committed when it starts, so it needs this to include the script.)
         assert await rows(conn, "SELECT x FROM t") == [(42,)]
+
+        await asyncio.wait_for(conn.push(), AWAIT_SECONDS)
+        assert sync_server.execute("SELECT x FROM t") == [(42,)]
         assert errors == []
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Callable, Optional, Protocol
 
+from ._sync_aio.arguments import seconds
 from .lib import ProgrammingError
 
 # Where background sync says that rounds fail (one WARNING per streak) and work again (one INFO); DEBUG per retry.
@@ -116,7 +117,7 @@ class BackgroundSync:
 
     def __init__(self, target: SyncTarget, interval: float, *, max_backoff: float = 60.0) -> None:
         """Check the arguments, then start at once on the running event loop (raises RuntimeError if none runs)."""
-        self._backoff = Backoff(_seconds("interval", interval), _seconds("max_backoff", max_backoff))
+        self._backoff = Backoff(seconds("interval", interval), seconds("max_backoff", max_backoff))
         self._loop = asyncio.get_running_loop()
         # Held while running; released when it stops, so that a stopped background sync keeps no connection alive.
         self._target: Optional[SyncTarget] = target
@@ -322,16 +323,6 @@ class BackgroundSync:
         self._failures = 0
         self._rounds += 1
         self._last_success_unix_time = time.time()
-
-
-def _seconds(name: str, value: object) -> float:
-    # A duration argument: a real number of seconds (bool is not one), finite and > 0.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    seconds = float(value)
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"{name} must be a finite number of seconds greater than 0, not {value!r}")
-    return seconds
 
 
 def _settle(future: "asyncio.Future[None]") -> None:

@@ -75,6 +75,7 @@ from .lib_aio import (
     Connection as NonBlockingConnection,
 )
 from .background_sync_aio import BackgroundSync
+from ._sync_aio.arguments import seconds
 
 _T = TypeVar("_T")
 _Runner = TypeVar("_Runner", bound="_JobRunner")
@@ -92,6 +93,11 @@ TRANSACTION_WAIT_SECONDS = 5.0
 # How long close() waits for the sync lane after the SQL worker has exited. Only a request the remote does not answer
 # takes longer; close() then returns and the lane exits when that request ends.
 LANE_CLOSE_SECONDS = 0.5
+
+# The default of `ConnectionSync.request_timeout`: how long a sync request may wait to connect, or for the next byte
+# of its answer. Long enough for a slow mobile link or a large pull in a distant region, short enough that a
+# half-open connection is noticed within a background sync's round or two.
+REQUEST_TIMEOUT_SECONDS = 30.0
 
 # Where the sync lane says what close() left behind.
 logger = logging.getLogger(__name__)
@@ -199,6 +205,7 @@ class ConnectionSync(NonBlockingConnection):
         self._autocommit_cache: object | bool | None = None
         # The background sync started by sync_in_background(), if any; close() stops it first.
         self._background: Optional[BackgroundSync] = None
+        self._request_timeout = REQUEST_TIMEOUT_SECONDS
 
     # internal worker is stopped here, and on every other way out: failed or cancelled open, garbage collection
     # (__del__), and the event loop closing (_JobRunner)
@@ -329,6 +336,16 @@ class ConnectionSync(NonBlockingConnection):
             raise ProgrammingError("This connection already syncs in the background; stop that one first")
         self._background = BackgroundSync(self, interval, max_backoff=max_backoff)
         return self._background
+
+    @property
+    def request_timeout(self) -> float:
+        """Seconds a sync request may take to connect, or wait for the next byte of its answer, before its pull, push
+        or sync fails with `turso.OperationalError`; 30 by default. Set it at any time; the next request uses it."""
+        return self._request_timeout
+
+    @request_timeout.setter
+    def request_timeout(self, value: float) -> None:
+        self._request_timeout = seconds("request_timeout", value)
 
     def __del__(self) -> None:
         # Unclosed connection being garbage collected: warn like asyncio and aiosqlite do, then let both threads

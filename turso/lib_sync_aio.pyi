@@ -18,6 +18,8 @@ _RemoteEncryptionCipher: TypeAlias = Any
 TRANSACTION_WAIT_SECONDS: float
 # How long close() waits for a sync operation in flight before it leaves a silent remote's request behind.
 LANE_CLOSE_SECONDS: float
+# The default of ConnectionSync.request_timeout, in seconds.
+REQUEST_TIMEOUT_SECONDS: float
 # The module's logger: close() warns there when it leaves a request behind.
 logger: logging.Logger
 
@@ -68,6 +70,10 @@ class ConnectionSync(NonBlockingConnection):
     async def execute_fetchall(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]: ...
     async def sync(self) -> bool: ...
     def sync_in_background(self, interval: float, *, max_backoff: float = 60.0) -> BackgroundSync: ...
+    @property
+    def request_timeout(self) -> float: ...
+    @request_timeout.setter
+    def request_timeout(self, value: float) -> None: ...
     def __del__(self) -> None: ...
 
 def connect_sync(
