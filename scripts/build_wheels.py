@@ -43,8 +43,15 @@ DRIVER_FILES = ("turso/lib_sync.py", "turso/lib_aio.py", "turso/worker.py", "tur
 # The only files of the released wheel that ours may replace: the module we rewrite and the PEP 561 marker.
 REPLACEABLE = {"turso/lib_sync_aio.py", "turso/py.typed"}
 # Our files that every build must contain.
-# (lib_sync_aio.py imports background_sync_aio.py at its top: a wheel without it could not import our module.)
-REQUIRED_OURS = {"turso/lib_sync_aio.py", "turso/lib_sync_aio.pyi", "turso/background_sync_aio.py", "turso/py.typed"}
+# (lib_sync_aio.py imports background_sync_aio.py and the private package _sync_aio at its top: a wheel without them
+# could not import our module.)
+REQUIRED_OURS = {
+    "turso/lib_sync_aio.py",
+    "turso/lib_sync_aio.pyi",
+    "turso/background_sync_aio.py",
+    "turso/_sync_aio/__init__.py",
+    "turso/py.typed",
+}
 
 
 @dataclass(frozen=True)
