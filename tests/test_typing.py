@@ -52,10 +52,16 @@ async def application() -> None:
     reveal_type(await conn.rollback())  # is None
     reveal_type(conn.isolation_level)  # is str | None
     reveal_type(await conn.sync())  # is bool
+    reveal_type(conn.transaction())  # is turso.lib_sync_aio.Transaction
+    async with conn.transaction() as block:
+        reveal_type(block)  # is turso.lib_sync_aio.Transaction
+        reveal_type(block.state)  # is turso.lib_sync_aio.TransactionState
     background = conn.sync_in_background(5.0, max_backoff=60.0)
     reveal_type(background)  # is turso.background_sync_aio.BackgroundSync
     reveal_type(background.status)  # is turso.background_sync_aio.BackgroundSyncStatus
     reveal_type(background.status.last_success_unix_time)  # is float | None
+    reveal_type(background.status.healthy)  # is bool
+    reveal_type(background.status.round_started_unix_time)  # is float | None
     reveal_type(await background.sync_now())  # is bool
     async with conn.sync_in_background(1.0) as entered_background:
         reveal_type(entered_background)  # is turso.background_sync_aio.BackgroundSync

@@ -74,8 +74,11 @@ from .lib_sync import (
 from .lib_aio import (
     Connection as NonBlockingConnection,
 )
-from .background_sync_aio import BackgroundSync
+from .background_sync_aio import CHECKPOINT_WAL_BYTES, STOP_TIMEOUT_SECONDS, BackgroundSync
 from ._sync_aio.arguments import seconds
+from ._sync_aio.transaction import Transaction as Transaction
+from ._sync_aio.transaction import TransactionState as TransactionState
+from ._sync_aio.transaction import TransactionHost, TransactionTurns
 
 _T = TypeVar("_T")
 _Runner = TypeVar("_Runner", bound="_JobRunner")
@@ -206,6 +209,10 @@ class ConnectionSync(NonBlockingConnection):
         # The background sync started by sync_in_background(), if any; close() stops it first.
         self._background: Optional[BackgroundSync] = None
         self._request_timeout = REQUEST_TIMEOUT_SECONDS
+        # The turns that transaction() blocks take; `_turns_busy` mirrors `turns.busy`, the one flag every SQL call
+        # checks (False while no block is open, so the common path costs nothing more).
+        self._transaction_turns = TransactionTurns(self._jobs)
+        self._turns_busy = False
 
     # internal worker is stopped here, and on every other way out: failed or cancelled open, garbage collection
     # (__del__), and the event loop closing (_JobRunner)
@@ -218,16 +225,18 @@ class ConnectionSync(NonBlockingConnection):
         that had not started raise `turso.ProgrammingError`. Nor does it wait for a partial-sync read that needs pages
         from such a remote. Safe to call more than once, also from several tasks.
         """
-        # Background sync first, so that it starts no round on a closing connection; its round in progress gets the
-        # bound of any sync operation in flight.
+        # Background sync first, so that it starts no round on a closing connection; its round in progress gets
+        # stop()'s short default bound, and its sync operation in flight the lane's bound below (1 s in all).
         if self._background is not None:
-            await self._background.stop(timeout=LANE_CLOSE_SECONDS)
+            await self._background.stop(timeout=STOP_TIMEOUT_SECONDS)
         stopped, lane_stopped = self._stopped, self._lane_stopped
         if stopped is None or lane_stopped is None:
             # Never opened: there is no thread to stop.
             self._state = _State.CLOSED
             return
         self._begin_close()
+        # Calls waiting for another task's transaction() block go now, and raise that the connection is closed.
+        self._transaction_turns.close()
         try:
             # The SQL worker keeps running meanwhile: it runs the local steps of the sync operations called earlier.
             if not lane_stopped.done():
@@ -310,6 +319,50 @@ class ConnectionSync(NonBlockingConnection):
         """
         return await self._run(functools.partial(self._fetchall_blocking, sql, parameters))
 
+    def transaction(self) -> Transaction:
+        """`async with conn.transaction():` runs the block as one transaction: BEGIN, then COMMIT, or ROLLBACK if the
+        block raises (also when it is cancelled). Use it for every write on a connection that tasks share.
+
+        Blocks on one connection take turns: while one is open, statements from other tasks (and their blocks) wait
+        until it has ended, so one task's rollback never undoes another's commit. The block belongs to the task that
+        entered it and the tasks it starts inside it. Nested in the same task it is a SAVEPOINT. Inside it,
+        `commit()` and `rollback()` raise `turso.ProgrammingError`. Pulled changes are applied, and checkpoints run,
+        between blocks. Raises `turso.ProgrammingError` if a transaction opened outside any block (an uncommitted
+        `execute("INSERT ...")`) is still open. The exact order is in the README ("Sharing a connection").
+        """
+        if self._state is not _OPENED or _get_running_loop() is not self._loop:
+            self._raise_unusable()
+        # Made per block, not kept: a connection holding its own bound methods could only be collected as a cycle.
+        return Transaction(
+            TransactionHost(
+                self._transaction_turns,
+                self._loop,
+                self._check_usable,
+                self._queue_transaction_step,
+                self._mirror_transaction_turns,
+            )
+        )
+
+    async def commit(self) -> None:
+        """Commit the transaction the connection has open (DB-API; a no-op without one).
+
+        Inside a `transaction()` block it raises `turso.ProgrammingError` (the block commits when it ends); from
+        another task while a block is open, it waits for the block to end.
+        """
+        if self._turns_busy:
+            self._transaction_turns.refuse_in_block("commit")
+        await self._run(self._commit_blocking)
+
+    async def rollback(self) -> None:
+        """Roll back the transaction the connection has open (DB-API; a no-op without one).
+
+        Inside a `transaction()` block it raises `turso.ProgrammingError` (raise an exception in the block to roll it
+        back); from another task while a block is open, it waits for the block to end.
+        """
+        if self._turns_busy:
+            self._transaction_turns.refuse_in_block("rollback")
+        await self._run(self._rollback_blocking)
+
     # sync() and background sync (the machinery is in background_sync_aio.py)
     async def sync(self) -> bool:
         """Push the local changes, then pull the remote's; returns what pull returns (True if changes came in).
@@ -321,20 +374,30 @@ class ConnectionSync(NonBlockingConnection):
             await self.push()
         return await self.pull()
 
-    def sync_in_background(self, interval: float, *, max_backoff: float = 60.0) -> BackgroundSync:
+    def sync_in_background(
+        self,
+        interval: float,
+        *,
+        max_backoff: float = 60.0,
+        checkpoint_wal_bytes: Optional[int] = CHECKPOINT_WAL_BYTES,
+    ) -> BackgroundSync:
         """Keep the replica in sync: push, then pull, at once and then every `interval` seconds, until stopped.
 
         Returns the running `BackgroundSync`, also an async context manager (leaving the block stops it); `close()`
         stops it too. While rounds fail (say the remote is unreachable), the waits grow as
         `min(interval * 2**failures, max_backoff)` (never below `interval`), with ±20% jitter; its `status` says how
-        it goes. Raises `turso.ProgrammingError` if this connection already syncs in the background, TypeError or
-        ValueError for an `interval` or `max_backoff` that is not a finite number of seconds > 0.
+        it goes (`status.healthy` for a health check). After a successful round it checkpoints when the WAL holds
+        more than `checkpoint_wal_bytes` (16 MiB; None: never). Raises `turso.ProgrammingError` if this connection
+        already syncs in the background, TypeError or ValueError for an `interval` or `max_backoff` that is not a
+        finite number of seconds > 0, or a `checkpoint_wal_bytes` that is not None or an int >= 0.
         """
         if self._state is not _OPENED or _get_running_loop() is not self._loop:
             self._raise_unusable()
         if self._background is not None and self._background.status.running:
             raise ProgrammingError("This connection already syncs in the background; stop that one first")
-        self._background = BackgroundSync(self, interval, max_backoff=max_backoff)
+        self._background = BackgroundSync(
+            self, interval, max_backoff=max_backoff, checkpoint_wal_bytes=checkpoint_wal_bytes
+        )
         return self._background
 
     @property
@@ -529,6 +592,12 @@ class ConnectionSync(NonBlockingConnection):
         # On the SQL worker: whether a transaction is open (apply and checkpoint wait for it to end).
         return (self._sync or self._blocking()).in_transaction
 
+    def _commit_blocking(self) -> None:
+        (self._sync or self._blocking()).commit()
+
+    def _rollback_blocking(self) -> None:
+        (self._sync or self._blocking()).rollback()
+
     def _fetchall_blocking(self, sql: str, parameters: Union[Sequence[Any], Mapping[str, Any]]) -> list[Any]:
         # execute_fetchall's job: the statement on a fresh blocking cursor, every row (built by row_factory), closed.
         cursor = (self._sync or self._blocking()).cursor()
@@ -549,9 +618,10 @@ class ConnectionSync(NonBlockingConnection):
     async def _run(self, func: Callable[[], _T]) -> _T:
         # The scheduling pattern of the whole driver: a future for the result, then the job on the unbounded queue.
         # Cancelling this await (or timing it out) cancels only `future`: the job still runs, in order, and its
-        # result is dropped (see _JobRunner). Inlined on purpose: this is every awaited call's path.
-        if self._state is not _OPENED or _get_running_loop() is not self._loop:
-            self._raise_unusable()
+        # result is dropped (see _JobRunner). Inlined on purpose: this is every awaited call's path. While a
+        # transaction() block is open (`_turns_busy`), a call from another task first waits for its turn.
+        if self._state is not _OPENED or self._turns_busy or _get_running_loop() is not self._loop:
+            await self._take_turn()
         future: asyncio.Future[_T] = self._loop.create_future()
         self._jobs.put_nowait((future, func))
         return await future
@@ -567,14 +637,50 @@ class ConnectionSync(NonBlockingConnection):
     def _run_nowait(self, func: Callable[[], Any]) -> None:
         # Queue a job without awaiting it (the inherited cursor creation and property setters use this). Nobody
         # awaits its result, so a success does not wake the loop; a failure goes to the loop's exception handler.
+        # While another task's transaction() block is open, the job is held back until the caller's turn.
+        if self._state is not _OPENED or self._turns_busy or _get_running_loop() is not self._loop:
+            if self._state is not _OPENED or _get_running_loop() is not self._loop:
+                self._raise_unusable()
+            if self._transaction_turns.defer((None, func)):
+                return
+        self._jobs.put_nowait((None, func))
+
+    def _check_usable(self) -> None:
         if self._state is not _OPENED or _get_running_loop() is not self._loop:
             self._raise_unusable()
-        self._jobs.put_nowait((None, func))
+
+    def _queue_transaction_step(
+        self, future: Optional["asyncio.Future[Any]"], step: Callable[[BlockingConnection], Any]
+    ) -> None:
+        # A transaction() block's BEGIN, COMMIT or ROLLBACK, queued past the turns (the block has the turn).
+        if self._state is not _OPENED:
+            if future is not None and not future.done():
+                future.set_exception(ProgrammingError("the connection was closed while the transaction() block ran"))
+            return
+        self._jobs.put_nowait((future, functools.partial(self._run_transaction_step, step)))
+
+    def _run_transaction_step(self, step: Callable[[BlockingConnection], Any]) -> Any:
+        # On the SQL worker.
+        return step(self._sync or self._blocking())
+
+    def _mirror_transaction_turns(self) -> None:
+        self._turns_busy = self._transaction_turns.busy
+
+    async def _take_turn(self) -> None:
+        # The slow path of an SQL call: say why it cannot be queued, or wait until no other task's transaction()
+        # block is open (at once when none is, or when the caller is inside the innermost one).
+        if self._state is not _OPENED or _get_running_loop() is not self._loop:
+            self._raise_unusable()
+        await self._transaction_turns.wait_turn()
+        if self._state is not _OPENED:
+            self._raise_unusable()
 
 
 # Read on every call: a module-level name is cheaper than `_State.OPENED` and `asyncio.get_running_loop`.
 _OPENED = _State.OPENED
 _get_running_loop = asyncio.get_running_loop
+
+
 
 
 class _JobRunner(Worker):

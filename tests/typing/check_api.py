@@ -14,7 +14,7 @@ from turso.background_sync_aio import BackgroundSync, BackgroundSyncStatus, Back
 from turso.lib import BatchResult
 from turso.lib_aio import Connection, Cursor
 from turso.lib_sync import PartialSyncOpts, PartialSyncPrefixBootstrap
-from turso.lib_sync_aio import ConnectionSync, SyncStats, connect_sync
+from turso.lib_sync_aio import ConnectionSync, SyncStats, Transaction, TransactionState, connect_sync
 
 if TYPE_CHECKING:
     # Stub-only Protocol: there is no runtime class to import.
@@ -169,7 +169,9 @@ def read_background_status(status: BackgroundSyncStatus) -> bool:
     assert_type(status.last_success_unix_time, float | None)
     assert_type(status.next_round_unix_time, float | None)
     assert_type(status.running, bool)
-    return status.running and status.consecutive_failures == 0
+    assert_type(status.healthy, bool)
+    assert_type(status.round_started_unix_time, float | None)
+    return status.healthy
 
 
 async def keep_a_replica_in_sync(conn: ConnectionSync) -> None:
@@ -178,6 +180,8 @@ async def keep_a_replica_in_sync(conn: ConnectionSync) -> None:
     background = conn.sync_in_background(5.0)
     assert_type(background, BackgroundSync)
     assert_type(conn.sync_in_background(1, max_backoff=30), BackgroundSync)
+    assert_type(conn.sync_in_background(1, checkpoint_wal_bytes=None), BackgroundSync)
+    assert_type(conn.sync_in_background(1, checkpoint_wal_bytes=64 * 1024 * 1024).checkpoint_wal_bytes, int | None)
     assert_type(background.status, BackgroundSyncStatus)
     assert_type(read_background_status(background.status), bool)
     assert_type(background.interval, float)
@@ -190,7 +194,8 @@ async def keep_a_replica_in_sync(conn: ConnectionSync) -> None:
 
 
 class CountingTarget:
-    """Something else to keep in sync: anything with an async sync() -> bool is a SyncTarget."""
+    """Something else to keep in sync: anything with async sync() -> bool, stats() (with main_wal_size),
+    checkpoint() and a request_timeout is a SyncTarget."""
 
     def __init__(self, conn: ConnectionSync) -> None:
         self.conn = conn
@@ -199,6 +204,16 @@ class CountingTarget:
     async def sync(self) -> bool:
         self.rounds += 1
         return await self.conn.sync()
+
+    async def stats(self) -> SyncStats:
+        return await self.conn.stats()
+
+    async def checkpoint(self) -> None:
+        await self.conn.checkpoint()
+
+    @property
+    def request_timeout(self) -> float:
+        return self.conn.request_timeout
 
 
 async def drive_any_sync_target(conn: ConnectionSync) -> None:
@@ -213,3 +228,15 @@ async def drive_any_sync_target(conn: ConnectionSync) -> None:
     assert_type(backoff.delay(3), float)
     assert_type(backoff.delay(3, uniform=lambda low, high: high), float)
     assert_type(backoff.jitter, float)
+
+
+async def write_in_blocks(conn: ConnectionSync) -> None:
+    # A transaction() block: the block's object, its state, nesting.
+    assert_type(conn.transaction(), Transaction)
+    async with conn.transaction() as block:
+        assert_type(block, Transaction)
+        assert_type(block.state, TransactionState)
+        assert_type(block.savepoint_name, str | None)
+        async with conn.transaction() as nested:
+            assert_type(nested.is_savepoint, bool)
+        await conn.execute("INSERT INTO notes VALUES (?)", ("hello",))

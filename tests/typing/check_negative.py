@@ -121,4 +121,16 @@ async def wrong_background_sync(conn: ConnectionSync, status: BackgroundSyncStat
     stopped: bool = await background.stop()  # type: ignore[func-returns-value, assignment]  # pyright: ignore[reportAssignmentType]
     # A target must have sync(); push() and pull() alone are not enough.
     BackgroundSync(PushOnly(), 1.0)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    # checkpoint_wal_bytes is a number of bytes (or None), not a size written as text.
+    conn.sync_in_background(5.0, checkpoint_wal_bytes="16MiB")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     print(rounds, stopped)
+
+
+async def wrong_transaction(conn: ConnectionSync) -> None:
+    # transaction is a method: the block is its call.
+    async with conn.transaction:  # type: ignore[attr-defined]  # pyright: ignore[reportGeneralTypeIssues]
+        pass
+    # The block gives the Transaction, not the connection.
+    async with conn.transaction() as block:
+        entered: ConnectionSync = block  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+        print(entered)
