@@ -16,7 +16,7 @@ The URL takes the query parameters of pyturso's `sqlite+turso_sync://` (parsed b
 `connect_args` takes every parameter of `turso.lib_sync_aio.connect_sync` (say, an `auth_token` callable). One more
 query parameter is this dialect's own: `sync_interval=SECONDS` (libsql's name) keeps the replica in background sync
 (`ConnectionSync.sync_in_background`) while the engine's pool has it open; `background_sync_of(engine)` gives its
-status and `sync_now()`.
+status and `sync_now()`. With it, `checkpoint_wal_bytes=BYTES` (or `none`) sets when its rounds checkpoint the WAL.
 
 One connection per replica: a second connection to one replica file fails in the sync engine ("database is locked"
 when both write, "Database is busy" when one pulls during the other's transaction), so the engine's pool
@@ -43,11 +43,13 @@ from sqlalchemy.util.concurrency import await_only, in_greenlet
 
 import turso
 import turso.aio.sync
+from turso.background_sync_aio import CHECKPOINT_WAL_BYTES as _DEFAULT_CHECKPOINT_WAL_BYTES
 from turso.background_sync_aio import BackgroundSync
 from turso.lib_sync_aio import ConnectionSync
 from turso.sqlalchemy.dialect import AioTursoDialect, AsyncAdapt_turso_dbapi, TursoSyncDialect
 
 __all__ = [
+    "CHECKPOINT_WAL_BYTES",
     "DRIVER_NAME",
     "SYNC_INTERVAL",
     "AioTursoSyncDialect",
@@ -62,6 +64,8 @@ __all__ = [
 DRIVER_NAME = "aioturso_sync"
 # The URL query parameter that turns on background sync: seconds between rounds (push, then pull), as in libsql.
 SYNC_INTERVAL = "sync_interval"
+# The URL query parameter for background sync's `checkpoint_wal_bytes`: a whole number of bytes, or `none`.
+CHECKPOINT_WAL_BYTES = "checkpoint_wal_bytes"
 
 _POOL_ADVICE = (
     "A sync replica allows one open connection at a time (a second one fails with 'database is locked' or "
@@ -121,8 +125,10 @@ class AioTursoSyncDialect(AioTursoDialect):
     (relative, or absolute with four slashes) and the query parameters are those of pyturso's `sqlite+turso_sync://`:
     `remote_url` (or `sync_url`), `auth_token`, `client_name`, `long_poll_timeout_ms`, `bootstrap_if_empty`,
     `isolation_level`, `experimental_features`; and this dialect's `sync_interval` (seconds), which keeps the replica
-    in background sync. Unknown parameters are warned about and ignored. `connect_args` may carry any parameter of
-    `turso.lib_sync_aio.connect_sync` (a callable `auth_token`, encryption settings, ...).
+    in background sync, and `checkpoint_wal_bytes` (with `sync_interval`: when its rounds checkpoint the WAL; a
+    whole number of bytes, 16 MiB by default, or `none`). Unknown parameters are warned about and ignored.
+    `connect_args` may carry any parameter of `turso.lib_sync_aio.connect_sync` (a callable `auth_token`, encryption
+    settings, ...).
 
     The pool is `ReplicaPool` (one connection per replica). Reach pull/push/checkpoint/stats with
     `await replica_of(engine)` (without taking the pool's connection) or `await get_sync_connection(conn_or_session)`.
@@ -134,8 +140,10 @@ class AioTursoSyncDialect(AioTursoDialect):
     def __init__(self, **kwargs: Any) -> None:
         """Made by `create_async_engine`, one per engine; `kwargs` are SQLAlchemy's dialect options."""
         super().__init__(**kwargs)
-        # The URL's sync_interval in seconds (set by create_connect_args), or None for no background sync.
+        # The URL's sync_interval in seconds (set by create_connect_args), or None for no background sync; and the
+        # background sync's checkpoint_wal_bytes.
         self._sync_interval: Optional[float] = None
+        self._checkpoint_wal_bytes: Optional[int] = _DEFAULT_CHECKPOINT_WAL_BYTES
 
     @classmethod
     # SQLAlchemy's aiosqlite dialect annotates its import_dbapi with its own adapter class; ours is a sibling.
@@ -152,7 +160,8 @@ class AioTursoSyncDialect(AioTursoDialect):
         """Turn the URL into `connect_sync(path, remote_url, **options)` arguments, with pyturso's sync URL parsing.
 
         Called by `create_async_engine`, so a bad URL fails there: `sqlalchemy.exc.ArgumentError` for a URL without a
-        replica path or a `sync_interval` that is not a number of seconds > 0, ValueError for a host, port, username
+        replica path, a `sync_interval` that is not a number of seconds > 0 or a `checkpoint_wal_bytes` that is not a
+        whole number >= 0 or `none` (or comes without `sync_interval`), ValueError for a host, port, username
         or password in the URL, and a UserWarning (from pyturso) for an unknown query parameter, which is ignored.
         """
         if url.database in (None, "", ":memory:"):
@@ -162,8 +171,11 @@ class AioTursoSyncDialect(AioTursoDialect):
                 "four for an absolute path); a sync replica cannot be in memory"
             )
         self._sync_interval = _sync_interval(url)
+        self._checkpoint_wal_bytes = _checkpoint_wal_bytes(url, self._sync_interval)
         try:
-            return _SYNC_URL_PARSER.create_connect_args(url.difference_update_query([SYNC_INTERVAL]))
+            return _SYNC_URL_PARSER.create_connect_args(
+                url.difference_update_query([SYNC_INTERVAL, CHECKPOINT_WAL_BYTES])
+            )
         except ValueError as error:
             # pyturso's message names its blocking dialect; say which URL of ours is wrong.
             raise ValueError(
@@ -196,7 +208,10 @@ class AioTursoSyncDialect(AioTursoDialect):
                 "replica file."
             )
         dialect = engine.dialect
-        _EngineReplica.follow(engine, dialect._sync_interval if isinstance(dialect, AioTursoSyncDialect) else None)
+        if isinstance(dialect, AioTursoSyncDialect):
+            _EngineReplica.follow(engine, dialect._sync_interval, dialect._checkpoint_wal_bytes)
+        else:
+            _EngineReplica.follow(engine, None, _DEFAULT_CHECKPOINT_WAL_BYTES)
 
 
 class _EngineReplica:
@@ -208,16 +223,17 @@ class _EngineReplica:
     the replica again. Kept per dialect, which an engine and its `execution_options()` copies share.
     """
 
-    def __init__(self, sync_interval: Optional[float]) -> None:
+    def __init__(self, sync_interval: Optional[float], checkpoint_wal_bytes: Optional[int]) -> None:
         self.sync_interval = sync_interval
+        self.checkpoint_wal_bytes = checkpoint_wal_bytes
         self.replica: Optional[ConnectionSync] = None
         self.background: Optional[BackgroundSync] = None
         self.disposed = False
 
     @classmethod
-    def follow(cls, engine: Engine, sync_interval: Optional[float]) -> None:
+    def follow(cls, engine: Engine, sync_interval: Optional[float], checkpoint_wal_bytes: Optional[int]) -> None:
         """Start following `engine`'s replica (once per engine, when it is created)."""
-        followed = cls(sync_interval)
+        followed = cls(sync_interval, checkpoint_wal_bytes)
         _ENGINE_REPLICAS[engine.dialect] = followed
         # Pool events registered on the engine follow it across dispose(), which recreates the pool.
         event.listen(engine, "connect", followed._opened)
@@ -244,7 +260,9 @@ class _EngineReplica:
             self.disposed = False
             # On the event loop (inside SQLAlchemy's greenlet), so the background task starts on the replica's loop.
             if self.sync_interval is not None:
-                self.background = replica.sync_in_background(self.sync_interval)
+                self.background = replica.sync_in_background(
+                    self.sync_interval, checkpoint_wal_bytes=self.checkpoint_wal_bytes
+                )
 
     def _closed(self, connection: DBAPIConnection, record: object) -> None:
         self._closed_detached(connection)
@@ -286,6 +304,27 @@ def _sync_interval(url: URL) -> Optional[float]:
             f"background sync rounds, as in {SYNC_INTERVAL}=5 or {SYNC_INTERVAL}=0.5), not {value!r}"
         ) from None
     return seconds
+
+
+def _checkpoint_wal_bytes(url: URL, sync_interval: Optional[float]) -> Optional[int]:
+    # The URL's checkpoint_wal_bytes: the default when absent, None for `none`, else a whole number >= 0; only with
+    # sync_interval (it is a setting of the background sync).
+    value = url.query.get(CHECKPOINT_WAL_BYTES)
+    if value is None:
+        return _DEFAULT_CHECKPOINT_WAL_BYTES
+    if sync_interval is None:
+        raise exc.ArgumentError(
+            f"sqlite+{DRIVER_NAME}:// {CHECKPOINT_WAL_BYTES} is a setting of the background sync: give "
+            f"{SYNC_INTERVAL} too (as in {SYNC_INTERVAL}=5&{CHECKPOINT_WAL_BYTES}=16777216)"
+        )
+    if value == "none":
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    raise exc.ArgumentError(
+        f"sqlite+{DRIVER_NAME}:// {CHECKPOINT_WAL_BYTES} must be one whole number of bytes >= 0 (the WAL size past "
+        f"which background sync checkpoints, as in {CHECKPOINT_WAL_BYTES}=16777216) or none, not {value!r}"
+    )
 
 
 # pyturso's blocking sync dialect, used only for its URL parsing (the same query parameters, errors and warnings).
