@@ -28,7 +28,7 @@ SQLALCHEMY_VENVS := $(SQLALCHEMY_VERSIONS:%=.venv-sqlalchemy-%)
 SQLALCHEMY_FILES := turso/sqlalchemy_sync_aio.py tests/test_sqlalchemy.py tests/typing/check_sqlalchemy.py
 
 .PHONY: setup test typecheck lint unit test-sqlalchemy-versions test-wheel test-pyturso wheel demo demo-sqlalchemy bench \
-	bench-smoke clean
+	bench-smoke server clean
 
 setup: $(VENV)/.installed .driver/.linked $(TURSODB) $(PYRIGHT)
 
@@ -121,6 +121,16 @@ build/pyturso-tests/.extracted: scripts/run_pyturso_tests.py scripts/pyturso_rel
 
 demo: setup
 	$(PY) examples/demo.py
+
+# A local sync server for development, in the foreground (Ctrl-C stops it): `tursodb --sync-server` on
+# 127.0.0.1:$(SERVER_PORT), keeping its database in $(SERVER_DATA) across restarts. Point an app at
+# http://127.0.0.1:$(SERVER_PORT) (no auth token); e.g. `make server SERVER_PORT=9090 SERVER_DATA=/tmp/remote.db`.
+SERVER_PORT ?= 8080
+SERVER_DATA ?= build/server.db
+server: $(TURSODB)
+	@mkdir -p $(dir $(SERVER_DATA))
+	@echo "sync server on http://127.0.0.1:$(SERVER_PORT), data in $(SERVER_DATA); Ctrl-C stops it"
+	$(TURSODB) $(SERVER_DATA) --sync-server 127.0.0.1:$(SERVER_PORT)
 
 # SQLAlchemy's asyncio engine on two replicas of one database (sqlite+aioturso_sync://).
 demo-sqlalchemy: setup
