@@ -35,7 +35,7 @@ def remote_database(workdir: Path) -> Generator[tuple[str, str | None], None, No
 
 def describe(stats: SyncStats) -> str:
     return (
-        f"pending changes={stats.cdc_operations} wal={stats.main_wal_size}B revision={stats.revision} "
+        f"pending changes={stats.cdc_operations} wal={stats.main_wal_size}B pulled revision={stats.revision} "
         f"sent={stats.network_sent_bytes}B received={stats.network_received_bytes}B"
     )
 
@@ -67,8 +67,10 @@ async def run(url: str, token: str | None, workdir: Path) -> None:
             )
             await alice.commit()
             print(f"alice wrote {len(notes)} notes locally: {describe(await alice.stats())}")
-            await alice.push()
-            print(f"alice pushed:                 {describe(await alice.stats())}")
+            # sync(): push, then pull. The revision in the stats is the remote's as of the last pull (a push alone
+            # leaves it where it was), so the pull after the push is what shows the revision alice's notes made.
+            await alice.sync()
+            print(f"alice pushed and pulled:      {describe(await alice.stats())}")
 
             changed = await bob.pull()
             print(f"bob pulled (new changes: {changed}); he now has {await count_notes(bob)} notes")

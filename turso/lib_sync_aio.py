@@ -141,7 +141,7 @@ class SyncStats(Protocol):
 
     @property
     def revision(self) -> Optional[str]:
-        """The remote revision the replica last synced with; None before the first sync."""
+        """The remote's revision as of the replica's last pull (or bootstrap); a push does not move it."""
         ...
 
     @property
