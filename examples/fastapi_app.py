@@ -14,6 +14,7 @@ Settings, from the environment:
 - NOTES_REPLICA: the local replica file (default notes.db).
 - NOTES_SYNC_INTERVAL: seconds between background sync rounds (default 5).
 - NOTES_REQUEST_TIMEOUT: seconds a sync request may wait for the remote (default: the library's, 30).
+- NOTES_CHECKPOINT_WAL_BYTES: the WAL size past which background sync checkpoints (default 16 MiB; `none`: never).
 """
 
 import asyncio
@@ -32,7 +33,7 @@ from pydantic import BaseModel
 
 import turso
 import turso.aio.sync
-from turso.background_sync_aio import BackgroundSync
+from turso.background_sync_aio import CHECKPOINT_WAL_BYTES, BackgroundSync
 from turso.lib_sync_aio import ConnectionSync
 
 # How long POST /sync waits for its round before it answers 202 (the round goes on). uvicorn waits for requests in
@@ -52,6 +53,7 @@ class Settings:
     replica: str
     sync_interval: float
     request_timeout: Optional[float]
+    checkpoint_wal_bytes: Optional[int]
 
     @classmethod
     def from_environment(cls) -> "Settings":
@@ -60,12 +62,14 @@ class Settings:
         if not url:
             raise RuntimeError("set TURSO_DATABASE_URL to the remote database's URL (see examples/fastapi_app.py)")
         timeout = os.environ.get("NOTES_REQUEST_TIMEOUT")
+        wal_bytes = os.environ.get("NOTES_CHECKPOINT_WAL_BYTES", str(CHECKPOINT_WAL_BYTES))
         return cls(
             url=url,
             token=os.environ.get("TURSO_AUTH_TOKEN") or None,
             replica=os.environ.get("NOTES_REPLICA", "notes.db"),
             sync_interval=float(os.environ.get("NOTES_SYNC_INTERVAL", "5")),
             request_timeout=float(timeout) if timeout else None,
+            checkpoint_wal_bytes=None if wal_bytes == "none" else int(wal_bytes),
         )
 
 
@@ -94,7 +98,9 @@ async def lifespan(app: FastAPI) -> AsyncGenerator[None, None]:
             replica.request_timeout = settings.request_timeout
         async with replica.transaction():
             await replica.execute(SCHEMA)
-        async with replica.sync_in_background(settings.sync_interval) as background:
+        async with replica.sync_in_background(
+            settings.sync_interval, checkpoint_wal_bytes=settings.checkpoint_wal_bytes
+        ) as background:
             app.state.service = Service(replica, background)
             yield
 
@@ -199,6 +205,21 @@ async def health(shared: Shared) -> JSONResponse:
         "last_error": repr(status.last_error) if status.last_error is not None else None,
     }
     return JSONResponse(status_code=200 if status.healthy else 503, content=body)
+
+
+@app.get("/stats")
+async def replica_stats(shared: Shared) -> dict[str, object]:
+    """The replica's sync counters, for monitoring: pending changes, WAL size, last pull and push, network bytes."""
+    stats = await shared.replica.stats()
+    return {
+        "pending_changes": stats.cdc_operations,
+        "wal_bytes": stats.main_wal_size,
+        "last_pull_unix_time": stats.last_pull_unix_time,
+        "last_push_unix_time": stats.last_push_unix_time,
+        "pulled_revision": stats.revision,
+        "network_sent_bytes": stats.network_sent_bytes,
+        "network_received_bytes": stats.network_received_bytes,
+    }
 
 
 @app.post("/sync")

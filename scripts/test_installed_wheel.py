@@ -8,8 +8,9 @@
    tests/test_lifecycle.py prove that turso.lib_sync_aio comes from site-packages); mypy --strict checks the tests and
    pyright strict the typing snippets of tests/typing/, both resolving `turso` from the installed wheel.
 4. `pip check` must be clean, and `pip uninstall pyturso` must leave no file of it in site-packages.
-5. A second venv (build/wheel-bare-venv) holds only what an application has: the wheel with its `sqlalchemy` extra
-   (`pyturso[sqlalchemy]`, versions held to requirements.txt's pins). There a small program opens
+5. A second venv (build/wheel-bare-venv) holds only what an application has, installed with the README's command:
+   the wheel and `sqlalchemy[asyncio]` (versions held to requirements.txt's pins; the `asyncio` extra is what brings
+   greenlet wherever SQLAlchemy does not install it by itself). There a small program opens
    `sqlite+aioturso_sync://` through the wheel's entry point (nothing registered by hand), writes a row and pushes it;
    the row must then be on a local sync server.
 
@@ -35,6 +36,10 @@ VENV_PYTHON = VENV / "bin" / "python"
 VENV_STAMP = VENV / ".made-from"
 REQUIREMENTS = CHECKOUT / "requirements.txt"
 BARE_VENV = CHECKOUT / "build" / "wheel-bare-venv"
+# What the README tells an application to install next to the wheel for `sqlite+aioturso_sync://`: pyturso's own
+# `sqlalchemy` extra asks for SQLAlchemy alone, which leaves out greenlet where SQLAlchemy does not require it (2.1,
+# and 2.0 on some platforms), and SQLAlchemy's asyncio layer cannot run without it.
+SQLALCHEMY = "sqlalchemy[asyncio]>=2.0.45"
 BARE_PYTHON = BARE_VENV / "bin" / "python"
 # What an application does with the wheel and SQLAlchemy, run in the bare venv: argv[1] is the engine URL.
 APPLICATION = """
@@ -169,7 +174,7 @@ def test_bare_application(wheel: Path) -> None:
     shutil.rmtree(BARE_VENV, ignore_errors=True)
     run([sys.executable, "-m", "venv", str(BARE_VENV)], cwd=CHECKOUT)
     run(
-        [str(BARE_PYTHON), "-m", "pip", "install", "--quiet", "-c", str(REQUIREMENTS), f"{wheel}[sqlalchemy]"],
+        [str(BARE_PYTHON), "-m", "pip", "install", "--quiet", "-c", str(REQUIREMENTS), str(wheel), SQLALCHEMY],
         cwd=BARE_VENV,
     )
     installed = json.loads(run([str(BARE_PYTHON), "-m", "pip", "list", "--format=json"], cwd=BARE_VENV))

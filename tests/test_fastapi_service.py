@@ -216,6 +216,17 @@ class Client:
             await asyncio.sleep(self.pick.random() * 0.01)
 
 
+async def probe_health(client: httpx.AsyncClient, url: str, record: Record, stop: asyncio.Event) -> None:
+    """What a load balancer does: GET /health every 0.1 s, apart from the clients (whose requests may be slow)."""
+    while not stop.is_set():
+        try:
+            response = await client.get(f"{url}/health")
+            record.health[record.phase].add(response.status_code)
+        except httpx.HTTPError as error:
+            record.errors.append(f"{record.phase}: /health: {type(error).__name__}: {error}")
+        await asyncio.sleep(0.1)
+
+
 def latency_table(record: Record) -> str:
     lines = [
         f"| phase ({CLIENTS} clients) | requests | p50 ms | p99 ms | max ms | statuses |",
@@ -253,12 +264,15 @@ async def test_the_fastapi_example_serves_through_a_stall_and_an_outage_and_exit
                 asyncio.create_task(Client(client, app.url, record, random.Random(seed)).run(stop))
                 for seed in range(CLIENTS)
             ]
+            clients.append(asyncio.create_task(probe_health(client, app.url, record, stop)))
             try:
                 await run_phase(record, NORMAL, NORMAL_SECONDS)
                 proxy.stall()
                 await run_phase(record, STALLED, STALLED_SECONDS)
-                proxy.release()
+                # The server goes first: the requests the stall held then meet a refused connection, not a server
+                # stopping while it serves them.
                 server.stop()
+                proxy.release()
                 await run_phase(record, DOWN, DOWN_SECONDS)
                 server.start()
                 record.phase = BACK
