@@ -227,7 +227,8 @@ class BackgroundSync:
         )
 
     async def sync_now(self) -> bool:
-        """Run a round now, or join the one in progress; returns what its pull returned (True if changes came in).
+        """Run a round now, or join the one in progress; returns what its pull returned (True if changes came in), once
+        the round has ended (its checkpoint too, if one was due; a failed checkpoint is only logged).
 
         Raises that round's error (the background sync goes on, backing off), and `turso.ProgrammingError` once the
         background sync is stopped. Cancelling this await does not cancel the round.
@@ -338,11 +339,13 @@ class BackgroundSync:
             raise
         else:
             self._round_succeeded()
-            if not round_future.done():
-                round_future.set_result(changed)
-            if self._round is round_future:
-                self._round = None
-            await self._checkpoint_if_due(target)
+            try:
+                await self._checkpoint_if_due(target)
+            finally:
+                # The round's sync succeeded: its callers get its result once the round has ended, also when stop()
+                # cut its checkpoint short.
+                if not round_future.done():
+                    round_future.set_result(changed)
             return None
         finally:
             # A failed round's traceback keeps this frame (in last_error): it must not keep the connection too.
@@ -377,9 +380,6 @@ class BackgroundSync:
         self._checkpoint_failures = 0
 
     async def _wait(self, seconds: float) -> None:
-        if self._round is not None:
-            # sync_now() asked for a round while this one checkpointed: run it now.
-            return
         self._next_round_unix_time = time.time() + seconds
         wakeup = self._wakeup = self._loop.create_future()
         timer = self._loop.call_later(seconds, _settle, wakeup)
