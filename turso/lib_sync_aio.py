@@ -380,6 +380,8 @@ class ConnectionSync(NonBlockingConnection):
             await asyncio.shield(self._open_future)
         except asyncio.CancelledError:
             # A bootstrap in flight fails at once; the worker then removes what it created, and both threads exit.
+            # Nobody awaits the open's outcome any more: mark its error retrieved, so asyncio does not log it.
+            self._open_future.add_done_callback(_retrieve_outcome)
             self._begin_close()
             self._stop_sql_worker()
             raise
@@ -872,6 +874,11 @@ def _set_result_unless_done(future: "asyncio.Future[Any]", result: Any) -> None:
 def _set_exception_unless_done(future: "asyncio.Future[Any]", error: BaseException) -> None:
     if not future.done():
         future.set_exception(error)
+
+
+def _retrieve_outcome(future: "asyncio.Future[Any]") -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 # On the loop: a job nobody awaits (cursor creation, a property setter) failed; say so as asyncio does for an
