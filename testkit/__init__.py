@@ -1,0 +1,1 @@
+"""Loopback test infrastructure shared by the tests and benchmarks: servers, proxies and certificates."""
