@@ -120,6 +120,8 @@ class _Servers:
             except OSError:
                 return
             client.settimeout(SOCKET_SECONDS)
+            # Answers go out at once (no Nagle wait for the client's delayed ACK between head and body).
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if not self._track(client):
                 client.close()
                 return
@@ -277,8 +279,12 @@ class HttpServer(_Servers):
             head.append(f"Content-Length: {len(answer.body)}")
         if close:
             head.append("Connection: close")
-        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-        self._send_body(sock, answer)
+        encoded_head = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        if answer.trickle or answer.chunked:
+            sock.sendall(encoded_head)
+            self._send_body(sock, answer)
+        else:
+            sock.sendall(encoded_head + answer.body)
         return not close
 
     def _send_body(self, sock: socket.socket, answer: Answer) -> None:

@@ -10,6 +10,7 @@ connecting, the proxy's CONNECT, the TLS handshake, sending, reading.
 
 import base64
 import errno
+import functools
 import http.client
 import io
 import math
@@ -171,7 +172,10 @@ def _redacted(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+@functools.lru_cache(maxsize=64)
 def _parse_url(url: str) -> _Url:
+    """`url` split for a request (remembered: the same few URLs come back on every request); TransportError if it
+    is not an http(s) URL that a request can go to."""
     try:
         parts = urllib.parse.urlsplit(url.strip())
         port = parts.port
@@ -192,9 +196,26 @@ def _parse_url(url: str) -> _Url:
     return _Url(scheme, parts.hostname, port if port is not None else _DEFAULT_PORTS[scheme], target)
 
 
+# The variables that decide urllib's proxies for http and https (REQUEST_METHOD: a CGI script ignores HTTP_PROXY).
+_PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY", "REQUEST_METHOD")
+# urllib.request.getproxies() for the last values of _PROXY_VARIABLES: it decodes the whole environment, about as
+# much CPU as the rest of a kept-alive request, so it is asked again only when one of those variables changed.
+_proxies_cache: tuple[tuple[Optional[str], ...], dict[str, str]] = ((), {})
+
+
+def _environment_proxies() -> dict[str, str]:
+    global _proxies_cache
+    key = tuple(os.environ.get(name) for name in _PROXY_VARIABLES)
+    cached_key, proxies = _proxies_cache
+    if cached_key != key:
+        proxies = urllib.request.getproxies()
+        _proxies_cache = (key, proxies)
+    return proxies
+
+
 def _proxy_for(url: _Url) -> Optional[_Proxy]:
     """The proxy the environment names for `url`, as urllib's ProxyHandler picks it (NO_PROXY included)."""
-    proxy_url = urllib.request.getproxies().get(url.scheme)
+    proxy_url = _environment_proxies().get(url.scheme)
     if not proxy_url or urllib.request.proxy_bypass(url.authority):
         return None
     # urllib takes a proxy without a scheme as http://.
