@@ -194,24 +194,33 @@ class HttpServer(_Servers):
         self.url = f"{'https' if tls is not None else 'http'}://127.0.0.1:{self.port}"
         self.requests: list[RecordedRequest] = []
         self.connections = 0
-        # Kept-alive connections waiting for their next request.
-        self._idle: set[socket.socket] = set()
+        # The connections being served, and those of them with a request read and its answer not yet going out (the
+        # others wait for their next request: idle).
+        self._serving: set[socket.socket] = set()
+        self._busy: set[socket.socket] = set()
         self._start()
 
     def idle_connections(self) -> int:
-        """How many kept-alive connections wait for their next request right now."""
+        """How many connections wait for their next request right now."""
         with self._lock:
-            return len(self._idle)
+            return len(self._serving - self._busy)
 
     def close_idle(self) -> None:
-        """Close every kept-alive connection that waits for its next request (as a restarted server would)."""
+        """Close every connection that waits for its next request, as a restarted server would, and return once
+        they are closed (at most SOCKET_SECONDS). A connection counts as idle from the moment its answer goes out."""
         with self._lock:
-            idle = list(self._idle)
+            idle = self._serving - self._busy
         for sock in idle:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        deadline = time.monotonic() + SOCKET_SECONDS
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not idle & self._serving:
+                    return
+            time.sleep(0.005)
 
     def _accepted(self, client: socket.socket) -> None:
         with self._lock:
@@ -225,6 +234,8 @@ class HttpServer(_Servers):
             if self._tls is not None:
                 sock = self._tls.wrap_socket(client, server_side=True)
                 self._track(sock)
+            with self._lock:
+                self._serving.add(sock)
             reader = sock.makefile("rb")
             index = 0
             while not self._closing.is_set():
@@ -235,6 +246,9 @@ class HttpServer(_Servers):
         except (OSError, ValueError):
             pass  # the client went away, or sent what this server does not read: the connection ends
         finally:
+            with self._lock:
+                self._serving.discard(sock)
+                self._busy.discard(sock)
             self._forget(client)
             if sock is not client:
                 self._forget(sock)
@@ -242,15 +256,11 @@ class HttpServer(_Servers):
     def _receive(
         self, sock: socket.socket, reader: io.BufferedReader, serial: int, index: int
     ) -> Optional[RecordedRequest]:
-        with self._lock:
-            self._idle.add(sock)
-        try:
-            lines = _read_head(reader)
-        finally:
-            with self._lock:
-                self._idle.discard(sock)
+        lines = _read_head(reader)
         if not lines:
             return None
+        with self._lock:
+            self._busy.add(sock)
         method, target, _ = lines[0].decode("latin-1").split(" ", 2)
         headers = _parse_headers(lines[1:])
         request = RecordedRequest(method, target, headers, b"", serial, index)
@@ -280,6 +290,9 @@ class HttpServer(_Servers):
         if close:
             head.append("Connection: close")
         encoded_head = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        if not close:
+            with self._lock:
+                self._busy.discard(sock)
         if answer.trickle or answer.chunked:
             sock.sendall(encoded_head)
             self._send_body(sock, answer)

@@ -913,6 +913,16 @@ class SyncTransport:
         # HTTPResponse wants a socket only for its makefile("rb").
         response = http.client.HTTPResponse(cast(socket.socket, _AnswerSocket(stream)), method=method)
         try:
+            self._begin(connection, stream, response)
+        except BaseException:
+            response.close()
+            raise
+        return _Exchange(connection, stream, response)
+
+    @staticmethod
+    def _begin(connection: _Connection, stream: _AnswerStream, response: http.client.HTTPResponse) -> None:
+        """Read the answer's status line and headers; _ConnectionLost when the connection ended before any byte."""
+        try:
             response.begin()
         except http.client.RemoteDisconnected:
             if stream.started:
@@ -926,7 +936,6 @@ class SyncTransport:
             raise
         except http.client.HTTPException as error:
             raise TransportError(f"a malformed answer from {connection.where}: {error!r}") from None
-        return _Exchange(connection, stream, response)
 
     def _request_head(
         self,
