@@ -2,6 +2,8 @@
 against the real `tursodb --sync-server`: reuse, deadlines, abort, TLS, proxies, redirects, and what errors say."""
 
 import json
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -210,6 +212,17 @@ def test_get_on_a_reused_connection_that_the_server_drops_unanswered_is_retried_
         (2, 1),
     ]
     assert transport.connections_opened == 2
+
+
+@pytest.mark.parametrize(("keep_alive", "connections"), [("timeout=30, max=100", 1), ("timeout=1", 3)])
+def test_a_connection_is_not_reused_in_the_last_second_of_its_keep_alive_timeout(
+    stack: ExitStack, make_transport: MakeTransport, keep_alive: str, connections: int
+) -> None:
+    server = started(stack, HttpServer(answer=lambda request: Answer(headers=[("Keep-Alive", keep_alive)])))
+    transport = make_transport(server.url)
+    for _ in range(3):
+        call(transport)
+    assert transport.connections_opened == connections
 
 
 def test_requests_from_two_threads_at_once_use_two_connections(
@@ -605,6 +618,24 @@ def test_libsql_and_turso_urls_speak_https(
         assert call(make_transport(f"{scheme}://127.0.0.1:{server.port}"))[:2] == (200, b"ok")
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to hash a CA folder")
+def test_tls_with_a_ca_folder_from_ssl_cert_dir(
+    stack: ExitStack,
+    make_transport: MakeTransport,
+    certificates: LoopbackCertificates,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    certificates.write_ca(folder / "test-ca.pem")
+    subprocess.run(["openssl", "rehash", str(folder)], check=True, timeout=30, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_DIR", str(folder))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-file.pem"))
+    server = started(stack, HttpServer(tls=certificates.server_context()))
+    assert call(make_transport(f"https://127.0.0.1:{server.port}"))[:2] == (200, b"ok")
+
+
 def test_an_untrusted_certificate_fails_clearly(
     stack: ExitStack,
     make_transport: MakeTransport,
@@ -654,6 +685,23 @@ def test_https_remote_through_a_connect_tunnel_of_https_proxy(
     assert proxy.tunnels == 1
     assert transport.connections_opened == 1
     assert len(server.requests) == 3
+
+
+def test_connect_tunnel_with_proxy_credentials(
+    stack: ExitStack,
+    make_transport: MakeTransport,
+    certificates: LoopbackCertificates,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates.write_ca(tmp_path / "ca.pem")))
+    server = started(stack, HttpServer(tls=certificates.server_context()))
+    proxy = started(stack, ForwardProxy(credentials="tunnel user:pw"))
+    monkeypatch.setenv("HTTPS_PROXY", f"http://tunnel%20user:pw@127.0.0.1:{proxy.port}")
+    assert call(make_transport(f"https://127.0.0.1:{server.port}", token=TOKEN))[:2] == (200, b"ok")
+    assert proxy.tunnels == 1
+    # the token travels inside the tunnel only
+    assert server.requests[0].header("Authorization") == f"Bearer {TOKEN}"
 
 
 def test_proxy_refusing_the_tunnel_is_an_error(
