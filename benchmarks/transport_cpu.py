@@ -7,12 +7,15 @@ which the driver's HTTP uses (a new connection, and for https a new default TLS 
 Each round sends the same POST (a /v2/pipeline body of 84 bytes) once through each client, interleaved, in one
 process; the client thread's CPU (`time.thread_time`, so the loopback servers' threads are not counted) and the wall
 time of each request are recorded, and the medians printed. Three remotes: a keep-alive HTTP server and a keep-alive
-TLS server (testkit, threads in this process), and the real `tursodb --sync-server`, which closes every connection.
+TLS server (testkit, threads in this process; its test CA in SSL_CERT_FILE, so urllib's per-request TLS context is
+cheap there), and the real `tursodb --sync-server`, which closes every connection. The cost of a TLS context with the
+system's trust store, which urllib pays on every https request to a real remote, is printed separately.
 """
 
 import argparse
 import json
 import os
+import ssl
 import statistics
 import tempfile
 import time
@@ -28,6 +31,10 @@ from turso._sync_aio.transport import SyncTransport
 BODY = json.dumps({"requests": [{"type": "execute", "stmt": {"sql": "SELECT 1"}}]}).encode()
 HEADERS = [("Content-Type", "application/json")]
 WARMUP_ROUNDS = 20
+
+
+def constant(value: str) -> Callable[[], str]:
+    return lambda: value
 
 
 def ours(transport: SyncTransport) -> Callable[[], bytes]:
@@ -72,6 +79,16 @@ def report(remote: str, results: dict[str, tuple[float, float]], transport: Sync
     )
 
 
+def default_context_cpu_ms(times: int) -> float:
+    """Median CPU of one ssl.create_default_context() with the system's trust store (no SSL_CERT_FILE)."""
+    spent: list[float] = []
+    for _ in range(times):
+        before = time.thread_time()
+        ssl.create_default_context()
+        spent.append((time.thread_time() - before) * 1000)
+    return statistics.median(spent)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--smoke", action="store_true", help="a few requests each, to prove it runs")
@@ -79,6 +96,7 @@ def main() -> None:
     rounds = 5 if arguments.smoke else 500
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         os.environ.pop(name, None)
+    trust_store_ms = default_context_cpu_ms(5 if arguments.smoke else 30)
     with tempfile.TemporaryDirectory() as folder:
         certificates = LoopbackCertificates()
         os.environ["SSL_CERT_FILE"] = str(certificates.write_ca(Path(folder) / "ca.pem"))
@@ -88,12 +106,16 @@ def main() -> None:
                 ("keep-alive HTTPS", tls.url, max(5, rounds // 5)),
                 ("tursodb (Connection: close)", tursodb.url, max(5, rounds // 2)),
             ):
-                transport = SyncTransport(lambda url=url: url, lambda: "token", "benchmark", lambda: 10.0)
+                transport = SyncTransport(constant(url), constant("token"), "benchmark", lambda: 10.0)
                 try:
                     results = measure({"ours": ours(transport), "urllib": urllib_request(url)}, rounds_here)
                 finally:
                     transport.close()
                 report(remote, results, transport)
+    print(
+        f"ssl.create_default_context() with the system trust store: {trust_store_ms:.3f} ms CPU (urllib pays it on "
+        "every https request; ours once per process and SSL_CERT_FILE / SSL_CERT_DIR)"
+    )
 
 
 if __name__ == "__main__":

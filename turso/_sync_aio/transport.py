@@ -90,7 +90,7 @@ class TransportError(Exception):
 
 
 class TransportClosed(TransportError):
-    """abort() was called, or close(): the request in flight was cut at once and no request is made any more."""
+    """abort() was called (the request in flight is cut at once), or close(): no request is made any more."""
 
 
 class _Expired(Exception):
@@ -495,7 +495,7 @@ class SyncTransport:
         """Send one request to the remote URL joined with `path`, follow its redirects, then call `on_status` once
         with the final status and `on_chunk` with each piece of its body (at most 64 KiB) as it arrives. Non-2xx
         statuses are passed on, not raised. `extra_wait` lengthens the wait for the first byte (a long poll).
-        Raises TransportError (TransportClosed after abort())."""
+        Raises TransportError (TransportClosed after abort() or close()); what the callbacks raise passes through."""
         self._enter()
         token: Optional[str] = None
         try:
