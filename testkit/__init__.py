@@ -1,1 +1,1 @@
-"""Loopback test infrastructure shared by the tests and benchmarks: servers, proxies and certificates."""
+"""Test equipment for tests, benchmarks and scripts: a loopback sync server, a fault proxy, a front end."""
