@@ -67,8 +67,6 @@ from .lib_sync import (
     ConnectionSync as BlockingConnectionSync,
     PartialSyncOpts,
     RemoteEncryptionCipher,  # pyright: ignore[reportUnknownVariableType]  # native enum, no type information
-    _HttpContext as DriverHttpContext,  # pyright: ignore[reportPrivateUsage]  # see _SyncEngine
-    _run_op as run_engine_operation,  # pyright: ignore[reportPrivateUsage, reportUnknownVariableType]  # see _SyncEngine
     connect_sync as blocking_connect_sync,  # pyright: ignore[reportUnknownVariableType]  # (its cipher parameter)
 )
 from .lib_aio import (
@@ -79,6 +77,7 @@ from ._sync_aio.arguments import seconds
 from ._sync_aio.transaction import Transaction as Transaction
 from ._sync_aio.transaction import TransactionState as TransactionState
 from ._sync_aio.transaction import TransactionHost, TransactionTurns
+from ._sync_aio.engine import SyncEngine
 
 _T = TypeVar("_T")
 _Runner = TypeVar("_Runner", bound="_JobRunner")
@@ -193,9 +192,10 @@ class ConnectionSync(NonBlockingConnection):
         self._sync: Optional[BlockingConnectionSync] = None
         # The replica's sync engine, for the lane; set by the open job, which then sets `_open_ended` (also when
         # opening failed), so that a sync operation called before the open ends waits for it on the lane.
-        self._engine: Optional[_SyncEngine] = None
+        self._engine: Optional[SyncEngine] = None
         self._open_ended = threading.Event()
-        # Set once the lane may start nothing more: close() stopped waiting for it, or the connection was dropped.
+        # Set once no sync request may start any more, and the one in flight is failed: close() stopped waiting for
+        # the lane, or the connection was dropped.
         self._refusing = False
         self._state = _State.UNOPENED
         # Settled by each thread's last job, just before it exits; made when the threads start.
@@ -241,19 +241,27 @@ class ConnectionSync(NonBlockingConnection):
             # The SQL worker keeps running meanwhile: it runs the local steps of the sync operations called earlier.
             if not lane_stopped.done():
                 await asyncio.wait([lane_stopped], timeout=LANE_CLOSE_SECONDS)
+            if not lane_stopped.done():
+                logger.warning(
+                    "close() stopped waiting for the remote after %g s: %s failed, and the sync operations queued "
+                    "after it were refused",
+                    LANE_CLOSE_SECONDS,
+                    self._lane.current,
+                )
         finally:
+            # The request in flight, if any, fails now; then the SQL worker's last job closes the replica.
             self._stop_sql_worker()
-        if await self._sql_worker_ended(stopped):
-            # The worker settles `stopped` as its very last step, so this join returns at once.
-            self._worker.join()
+        if not await self._sql_worker_ended(stopped):
+            return
+        # The lane has no request left to wait for: it ends as soon as a local step it handed over ends.
+        await asyncio.wait([lane_stopped], timeout=LANE_CLOSE_SECONDS)
+        # Each thread settles its future as its very last step, so these joins return at once.
+        self._worker.join()
         if lane_stopped.done():
             self._lane.join()
         else:
-            logger.warning(
-                "close() returned while the sync lane still waits for the remote: %s; its thread exits when that "
-                "request ends, and starts nothing after",
-                self._lane.current,
-            )
+            logger.warning("close() returned while the sync lane still runs %s", self._lane.current)
+        stopped.result()
 
     # typed so that the awaited value is ConnectionSync: the base class would type it as the plain Connection and
     # hide pull/push/checkpoint/stats
@@ -409,6 +417,9 @@ class ConnectionSync(NonBlockingConnection):
     @request_timeout.setter
     def request_timeout(self, value: float) -> None:
         self._request_timeout = seconds("request_timeout", value)
+        engine = self._engine
+        if engine is not None:
+            engine.request_timeout = self._request_timeout
 
     def __del__(self) -> None:
         # Unclosed connection being garbage collected: warn like asyncio and aiosqlite do, then let both threads
@@ -431,7 +442,9 @@ class ConnectionSync(NonBlockingConnection):
         try:
             await asyncio.shield(self._open_future)
         except asyncio.CancelledError:
-            # The worker cannot be interrupted mid-bootstrap: it closes the replica and exits once opening ends.
+            # A bootstrap in flight fails at once; the worker then removes what it created, and both threads exit.
+            # Nobody awaits the open's outcome any more: mark its error retrieved, so asyncio does not log it.
+            self._open_future.add_done_callback(_retrieve_outcome)
             self._begin_close()
             self._stop_sql_worker()
             raise
@@ -469,8 +482,12 @@ class ConnectionSync(NonBlockingConnection):
     def _open_blocking(self) -> None:
         # Runs on the SQL worker: open the blocking connection and mirror its settings for the property getters.
         try:
-            blocking = self._connector()
-            self._engine = _SyncEngine.of(blocking)
+            connector = self._connector
+            if isinstance(connector, _ReplicaOpener):
+                blocking = connector.open(self._take_over_engine)
+            else:
+                blocking = connector()
+                self._take_over_engine(blocking, 0.0)
         finally:
             self._open_ended.set()
         self._conn = blocking
@@ -479,6 +496,14 @@ class ConnectionSync(NonBlockingConnection):
         self._row_factory_cache = blocking.row_factory
         self._text_factory_cache = blocking.text_factory
         self._autocommit_cache = blocking.autocommit
+
+    def _take_over_engine(self, blocking: BlockingConnectionSync, long_poll_seconds: float) -> SyncEngine:
+        # On the SQL worker, while opening: drive `blocking`'s sync engine ourselves from now on (a close() that
+        # began meanwhile fails its requests at once).
+        engine = self._engine = SyncEngine(blocking, self._request_timeout, long_poll_seconds)
+        if self._refusing:
+            engine.abort()
+        return engine
 
     def _begin_close(self) -> None:
         # Refuse new work and queue the sync lane's last job, behind the sync operations already called.
@@ -499,6 +524,8 @@ class ConnectionSync(NonBlockingConnection):
 
         def close_and_stop() -> object:
             try:
+                if self._engine is not None:
+                    self._engine.close()
                 if self._conn is not None:
                     self._conn.close()
             except Exception as error:
@@ -509,34 +536,34 @@ class ConnectionSync(NonBlockingConnection):
 
         self._runner.stop_with(close_and_stop)
 
-    def _refuse_new_requests(self) -> None:
-        self._refusing = True
-        engine = self._engine
-        if engine is not None:
-            engine.refuse_new_requests()
-        self._open_ended.set()
-
     async def _sql_worker_ended(self, stopped: "asyncio.Future[None]") -> bool:
-        # Wait for the SQL worker's last job, and raise its close error, if any. Its queued SQL may take as long as
-        # it takes, except for a partial-sync page fetch still waiting on the remote after close() gave up on the
-        # lane: then close() returns (False) and the worker exits once the fetch ends.
+        # Wait for the SQL worker's last job: the SQL queued before close() runs first, for as long as it takes,
+        # except a partial-sync statement whose page reads the remote does not answer (they cannot fail: see
+        # SyncEngine._read_page); close() then returns (False), and the worker exits once the pages arrive.
         while not stopped.done():
             await asyncio.wait([stopped], timeout=LANE_CLOSE_SECONDS)
             engine = self._engine
-            if not stopped.done() and self._refusing and engine is not None and engine.http.fetching_pages:
+            if not stopped.done() and engine is not None and engine.fetching_pages:
                 logger.warning(
                     "close() returned while a statement waits for pages from the remote (partial sync); the SQL "
                     "worker closes the replica and exits once they arrive"
                 )
                 return False
-        stopped.result()
         return True
+
+    def _refuse_new_requests(self) -> None:
+        # The request in flight fails now (its socket is shut), and no request starts after it.
+        self._refusing = True
+        engine = self._engine
+        if engine is not None:
+            engine.abort()
+        self._open_ended.set()
 
     def _stop_threads_quietly(self) -> None:
         # Nobody is left to hear of a close error (garbage collection, loop closed): stop both threads at once.
         self._refuse_new_requests()
         self._lane_jobs.put_nowait((None, functools.partial(_settle_and_stop, self._lane, None)))
-        self._runner.stop_with(_close_quietly_and_stop(self._conn))
+        self._runner.stop_with(_close_quietly_and_stop(self._engine, self._conn))
 
     def _stop_after_loop_closed(self) -> None:
         # Runs on a thread of ours when a result could not be delivered because the loop has closed: nobody is left
@@ -553,7 +580,7 @@ class ConnectionSync(NonBlockingConnection):
             raise ProgrammingError("Connection is not open")
         return blocking
 
-    def _engine_for_lane(self, operation: str) -> "_SyncEngine":
+    def _engine_for_lane(self, operation: str) -> SyncEngine:
         # Runs on the lane at the start of each operation: the engine once the open has ended, unless close() gave up
         # waiting for the lane (the operation then never starts) or the open failed (its await says why).
         engine = self._engine
@@ -583,10 +610,10 @@ class ConnectionSync(NonBlockingConnection):
 
     def _checkpoint_on_lane(self) -> None:
         engine = self._engine_for_lane("checkpoint")
-        self._runner.run_between_transactions(engine.run_checkpoint, "checkpoint", self._in_transaction_blocking)
+        self._runner.run_between_transactions(engine.checkpoint, "checkpoint", self._in_transaction_blocking)
 
     def _stats_on_lane(self) -> SyncStats:
-        return self._engine_for_lane("read stats").read_stats()
+        return cast(SyncStats, self._engine_for_lane("read stats").stats())
 
     def _in_transaction_blocking(self) -> bool:
         # On the SQL worker: whether a transaction is open (apply and checkpoint wait for it to end).
@@ -679,8 +706,6 @@ class ConnectionSync(NonBlockingConnection):
 # Read on every call: a module-level name is cheaper than `_State.OPENED` and `asyncio.get_running_loop`.
 _OPENED = _State.OPENED
 _get_running_loop = asyncio.get_running_loop
-
-
 
 
 class _JobRunner(Worker):
@@ -933,107 +958,6 @@ class _BetweenTransactions:
             self.done.set()
 
 
-class _SyncEngine:
-    """The sync engine of one open replica, as the driver's blocking connection holds it.
-
-    The driver's `pull()` does the network wait and the apply in one blocking call, which would keep the SQL worker
-    waiting on the network. So this is the one place that reaches into the driver's private names: the blocking
-    connection's `_sync` (the native sync database) and `_http_ctx` (URL, token, client name), and
-    `turso.lib_sync._run_op`, which drives one engine operation to its end, doing its HTTP and file IO. Nothing of the
-    driver is copied; tests/test_driver_contract.py fails with a clear message if the pinned driver renames them.
-
-    The native engine lets one thread at a time service its IO queue (`take_io_item`): two at once make `_run_op`
-    spin on a core, each taking the other's items. The lane's operations, and the SQL worker's page fetches for
-    partial sync (the blocking connection's `extra_io`), therefore take `io_lock` for as long as they service it.
-    """
-
-    __slots__ = ("database", "http", "io_lock")
-
-    database: Any
-    http: "_LaneHttpContext"
-    io_lock: threading.Lock
-
-    @classmethod
-    def of(cls, blocking: BlockingConnectionSync) -> "_SyncEngine":
-        """The engine of `blocking`, with its partial-sync page fetches made to take turns with the lane."""
-        engine = cls()
-        engine.database = blocking._sync  # pyright: ignore[reportPrivateUsage, reportUnknownMemberType]
-        http = blocking._http_ctx  # pyright: ignore[reportPrivateUsage]
-        engine.http = _LaneHttpContext(http.remote_url, http.auth_token, http.client_name)
-        engine.io_lock = threading.Lock()
-        fetch_pages = blocking.extra_io
-        if fetch_pages is not None:
-            blocking.extra_io = functools.partial(engine.fetch_pages_in_turn, fetch_pages)
-        return engine
-
-    def fetch_pages_in_turn(self, fetch_pages: Callable[[], None]) -> None:
-        """On the SQL worker, as the blocking connection's `extra_io`: a partial-sync page fetch, taking its turn
-        with the lane's operation. It never raises on its own account: failing a statement in the middle of its IO
-        makes the native statement spin on a core, holding the interpreter lock, when it is dropped. So a fetch
-        behind a request the remote never answers waits for it, and `fetching_pages` tells close() not to."""
-        self.http.fetching_pages = True
-        try:
-            with self.io_lock:
-                fetch_pages()
-        finally:
-            self.http.fetching_pages = False
-
-    def wait_changes(self) -> Any:
-        """On the lane: pull's network part; the remote's changes since the last pull (not applied yet)."""
-        return self._run(self.database.wait_changes, "pull")
-
-    def apply_changes(self, changes: Any) -> None:
-        """On the SQL worker, between transactions: apply what wait_changes() returned."""
-        self._run(functools.partial(self.database.apply_changes, changes), "pull")
-
-    def push_changes(self) -> None:
-        """On the lane: send the local changes to the remote."""
-        self._run(self.database.push_changes, "push")
-
-    def run_checkpoint(self) -> None:
-        """On the SQL worker, between transactions: checkpoint the WAL."""
-        self._run(self.database.checkpoint, "checkpoint")
-
-    def read_stats(self) -> SyncStats:
-        """On the lane: the engine's counters (local: no request, so no error mapping; kept short, it is a hot call)."""
-        database = self.database
-        with self.io_lock:
-            return run_engine_operation(database, database.stats(), self.http)  # type: ignore[no-any-return]
-
-    def _run(self, start_operation: Callable[[], Any], description: str) -> Any:
-        # One engine operation, driven to its end by the driver while this thread services the engine's IO queue.
-        with self.io_lock:
-            try:
-                return run_engine_operation(self.database, start_operation(), self.http)
-            except Error as error:
-                if not self.http.refusing:
-                    raise
-                raise ProgrammingError(f"Cannot {description}: the connection was closed while it ran") from error
-
-    def refuse_new_requests(self) -> None:
-        """From close(): an operation still in flight on the lane makes no new HTTP request."""
-        self.http.refusing = True
-
-
-class _LaneHttpContext(DriverHttpContext):
-    """The driver's HTTP context (remote URL, token, client name, each read per request) with one addition: once the
-    connection has closed it refuses new requests, so that an operation left in flight by close() stops at its next
-    request instead of syncing on behalf of a closed connection. Made from the driver's own context's settings."""
-
-    # Set by close(); read by the lane thread at each request.
-    refusing = False
-    # True while the SQL worker fetches pages for a statement (partial sync), possibly waiting for its turn. The
-    # lane may then service that statement's page requests, which must go through: a statement whose page request
-    # fails retries it forever, spinning a core.
-    fetching_pages = False
-
-    def base_url(self) -> Optional[str]:
-        """The remote URL for the next request; raises once the connection has closed (the driver then fails it)."""
-        if self.refusing and not self.fetching_pages:
-            raise ProgrammingError("the connection was closed")
-        return super().base_url()
-
-
 def _do_nothing() -> None:
     pass
 
@@ -1056,6 +980,11 @@ def _set_exception_unless_done(future: "asyncio.Future[Any]", error: BaseExcepti
         future.set_exception(error)
 
 
+def _retrieve_outcome(future: "asyncio.Future[Any]") -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 # On the loop: a job nobody awaits (cursor creation, a property setter) failed; say so as asyncio does for an
 # exception nobody retrieved.
 def _report_unawaited_failure(future: None, error: BaseException) -> None:
@@ -1072,14 +1001,12 @@ def _internal_error(error: BaseException) -> InternalError:
 
 
 # The SQL worker's last job when nobody is left to hear of a close error (the connection was garbage collected, or its
-# loop closed): close the blocking connection, ignoring errors, then end the worker.
-def _close_quietly_and_stop(blocking: Optional[BlockingConnection]) -> Callable[[], object]:
+# loop closed): close the replica, ignoring errors, then end the worker.
+def _close_quietly_and_stop(
+    engine: Optional[SyncEngine], blocking: Optional[BlockingConnection]
+) -> Callable[[], object]:
     def close_and_stop() -> object:
-        try:
-            if blocking is not None:
-                blocking.close()
-        except Exception:
-            pass
+        _close_quietly(engine, blocking)
         return STOP_RUNNING_SENTINEL
 
     return close_and_stop
@@ -1127,27 +1054,71 @@ def _describe_remote(remote_url: Optional[Union[str, Callable[[], Optional[str]]
     return remote_url
 
 
-# Runs on the worker: check the arguments, open the replica, and on failure remove the files this attempt created
-# (never files that were there before) and say which replica and remote failed.
-def _open_replica(
-    path: str,
-    remote_url: Optional[Union[str, Callable[[], Optional[str]]]],
-    open_blocking: Callable[[], BlockingConnectionSync],
-) -> BlockingConnectionSync:
-    _check_arguments(path, remote_url)
-    existing = _replica_files(path)
+class _ReplicaOpener:
+    """connect_sync's connector: opens the replica with the driver's `connect_sync` and hands its engine to us.
+
+    A fresh replica (no metadata beside it yet) is opened locally, and its bootstrap then runs as a pull through our
+    transport, so that a silent remote fails it after `request_timeout` instead of holding the open for good. Partial
+    sync keeps the driver's own bootstrap, which the native open needs. On failure the files this attempt created are
+    removed (never files that were there before), and the error names the replica and the remote.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        remote_url: Optional[Union[str, Callable[[], Optional[str]]]],
+        options: dict[str, Any],
+    ) -> None:
+        self.path = path
+        self.remote_url = remote_url
+        # The keyword arguments of the driver's connect_sync.
+        self.options = options
+
+    def __call__(self) -> BlockingConnectionSync:
+        """The plain connector: the driver's own open, bootstrap included (its HTTP has no deadline)."""
+        return blocking_connect_sync(self.path, self.remote_url, **self.options)
+
+    def open(self, take_over: Callable[[BlockingConnectionSync, float], SyncEngine]) -> BlockingConnectionSync:
+        """On the SQL worker: check, open, let `take_over` drive the engine, and bootstrap a fresh replica."""
+        _check_arguments(self.path, self.remote_url)
+        existing = _replica_files(self.path)
+        options = self.options
+        bootstrap = bool(options["bootstrap_if_empty"]) and options["partial_sync_experimental"] is None
+        bootstrap = bootstrap and not os.path.exists(self.path + "-info")
+        long_poll_seconds = (options["long_poll_timeout_ms"] or 0) / 1000
+        blocking: Optional[BlockingConnectionSync] = None
+        engine: Optional[SyncEngine] = None
+        try:
+            if bootstrap:
+                blocking = blocking_connect_sync(self.path, self.remote_url, **dict(options, bootstrap_if_empty=False))
+            else:
+                blocking = blocking_connect_sync(self.path, self.remote_url, **options)
+            engine = take_over(blocking, long_poll_seconds)
+            if bootstrap:
+                engine.bootstrap()
+            return blocking
+        except BaseException as error:
+            _close_quietly(engine, blocking)
+            for leftover in _replica_files(self.path) - existing:
+                try:
+                    os.remove(leftover)
+                except OSError:
+                    pass
+            if isinstance(error, Error):
+                message = f"cannot open sync replica {self.path!r} from {_describe_remote(self.remote_url)}: {error}"
+                raise type(error)(message) from error
+            raise
+
+
+def _close_quietly(engine: Optional[SyncEngine], blocking: Optional[BlockingConnection]) -> None:
+    # Close what an open that failed, or a connection nobody is left to hear from, holds; errors are of no use then.
     try:
-        return open_blocking()
-    except BaseException as error:
-        for leftover in _replica_files(path) - existing:
-            try:
-                os.remove(leftover)
-            except OSError:
-                pass
-        if isinstance(error, Error):
-            message = f"cannot open sync replica {path!r} from {_describe_remote(remote_url)}: {error}"
-            raise type(error)(message) from error
-        raise
+        if engine is not None:
+            engine.close()
+        if blocking is not None:
+            blocking.close()
+    except Exception:
+        pass
 
 
 # not async: it returns an awaitable ConnectionSync; same signature as turso.lib_sync.connect_sync
@@ -1183,22 +1154,18 @@ def connect_sync(
     `push_operations_threshold`, `pull_bytes_threshold` and `logical_mvcc_pull`.
     """
 
-    def open_blocking() -> BlockingConnectionSync:
-        return blocking_connect_sync(
-            path,
-            remote_url,
-            auth_token=auth_token,
-            client_name=client_name,
-            long_poll_timeout_ms=long_poll_timeout_ms,
-            bootstrap_if_empty=bootstrap_if_empty,
-            partial_sync_experimental=partial_sync_experimental,
-            experimental_features=experimental_features,
-            isolation_level=isolation_level,
-            remote_encryption_key=remote_encryption_key,
-            remote_encryption_cipher=remote_encryption_cipher,
-            push_operations_threshold=push_operations_threshold,
-            pull_bytes_threshold=pull_bytes_threshold,
-            logical_mvcc_pull=logical_mvcc_pull,
-        )
-
-    return ConnectionSync(lambda: _open_replica(path, remote_url, open_blocking))
+    options: dict[str, Any] = {
+        "auth_token": auth_token,
+        "client_name": client_name,
+        "long_poll_timeout_ms": long_poll_timeout_ms,
+        "bootstrap_if_empty": bootstrap_if_empty,
+        "partial_sync_experimental": partial_sync_experimental,
+        "experimental_features": experimental_features,
+        "isolation_level": isolation_level,
+        "remote_encryption_key": remote_encryption_key,
+        "remote_encryption_cipher": remote_encryption_cipher,
+        "push_operations_threshold": push_operations_threshold,
+        "pull_bytes_threshold": pull_bytes_threshold,
+        "logical_mvcc_pull": logical_mvcc_pull,
+    }
+    return ConnectionSync(_ReplicaOpener(path, remote_url, options))
