@@ -8,6 +8,8 @@ warm-up (the first rounds, which all start at once), for `duration` seconds:
 - **CPU**: the process's CPU time (every thread: the loop, the replicas' SQL workers and sync lanes), per replica and
   per hour of running; also net of the heartbeat's own cost, measured alone before the replicas sync;
 - **threads**: the process's OS threads while they sync, minus those before any replica was open, per replica;
+- **WAL**: each replica's `stats().main_wal_size` at the end of the window (background sync checkpoints a WAL past
+  `checkpoint_wal_bytes`, 16 MiB by default, after a round), the largest and the median, and their sum;
 - **propagation**: a writer commits a row on one replica every `write_every` seconds (a different replica each
   time); the time until each other replica has it. A checker looks at every replica's `status` every `poll`
   seconds; when a replica has finished a new round, it reads which rows the replica has, and a row seen for the first
@@ -113,6 +115,12 @@ class BackgroundResult:
     propagation_p99_ms: float
     propagation_max_ms: float
     propagation_quantiles_ms: list[tuple[float, float]]
+    # Each replica's WAL (stats().main_wal_size) at the end of the window: the largest, the median, all together; and
+    # the background syncs' checkpoint_wal_bytes.
+    wal_bytes_max: int = 0
+    wal_bytes_median: float = 0.0
+    wal_bytes_total: int = 0
+    checkpoint_wal_bytes: Optional[int] = None
 
 
 class _Rows:
@@ -246,6 +254,7 @@ async def measure_background(
             wall = time.perf_counter() - wall_start
             rounds = sum(sync.status.rounds for sync in syncs) - rounds_start
             syncing = [lateness for end, lateness in heartbeat.beats if wall_start < end <= wall_start + wall]
+            wal_sizes = [stats.main_wal_size for stats in await asyncio.gather(*(r.stats() for r in replicas))]
             await checker
             await heartbeat.stop()
             replicas_with_failures = sum(
@@ -287,6 +296,10 @@ async def measure_background(
         propagation_p99_ms=round(percentile(rows.propagation, 0.99) * 1e3, 1) if rows.propagation else 0.0,
         propagation_max_ms=round(max(rows.propagation) * 1e3, 1) if rows.propagation else 0.0,
         propagation_quantiles_ms=_quantiles(rows.propagation),
+        wal_bytes_max=max(wal_sizes),
+        wal_bytes_median=median([float(size) for size in wal_sizes]),
+        wal_bytes_total=sum(wal_sizes),
+        checkpoint_wal_bytes=syncs[0].checkpoint_wal_bytes if syncs else None,
     )
 
 

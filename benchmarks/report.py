@@ -482,6 +482,10 @@ def background_table(result: BackgroundResult) -> list[str]:
          f"{result.propagation_p50_ms:,.0f} / {result.propagation_p99_ms:,.0f} / {result.propagation_max_ms:,.0f} ms",
          f"{result.arrivals} arrivals of {result.rows_written} rows, {result.missing_arrivals} missing; "
          f"server latency (one idle round) {result.server_latency_ms:.1f} ms"],
+        ["WAL per replica at the end: max / median",
+         f"{result.wal_bytes_max / 1024:,.0f} / {result.wal_bytes_median / 1024:,.0f} KiB",
+         f"{result.wal_bytes_total / 2**20:,.1f} MiB for all; checkpoint_wal_bytes "
+         f"{'none' if result.checkpoint_wal_bytes is None else f'{result.checkpoint_wal_bytes / 2**20:g} MiB'}"],
     ]
     return out + _table(["measure", "value", "context"], rows)
 
