@@ -137,6 +137,47 @@ async def test_statements_of_other_tasks_wait_for_the_open_block_and_then_run_in
         await bounded(conn.close())
 
 
+async def test_a_block_begun_by_a_task_already_running_when_a_block_ends_waits_for_the_statements_let_go_first(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    conn = await open_notes(replica_path, sync_server.url)
+    try:
+        inside = asyncio.Event()
+        ending = asyncio.Event()
+        outcome: list[str] = []
+
+        async def owner() -> None:
+            async with conn.transaction():
+                inside.set()
+                await asyncio.sleep(0.05)
+                # Wakes the task below now, before the block's end lets the waiting statement go: it runs first.
+                ending.set()
+
+        async def waiting_writer() -> None:
+            await inside.wait()
+            await conn.execute("INSERT INTO notes VALUES ('plain, waited for the block')")
+            await conn.commit()
+
+        async def rolled_back_block() -> None:
+            await ending.wait()
+            try:
+                async with conn.transaction():
+                    await conn.execute("INSERT INTO notes VALUES ('rolled back')")
+                    raise Boom
+            except Boom:
+                outcome.append("rolled back")
+            except turso.ProgrammingError:
+                # Its BEGIN came after the waiting writer's INSERT, whose transaction is still open.
+                outcome.append("refused")
+
+        await bounded(asyncio.gather(owner(), waiting_writer(), rolled_back_block()))
+        # The block that began in between never held the waiting writer's row: its rollback could not undo it.
+        assert await bodies(conn) == ["plain, waited for the block"]
+        assert outcome in (["rolled back"], ["refused"])
+    finally:
+        await bounded(conn.close())
+
+
 async def test_blocks_of_several_tasks_take_turns_and_every_committed_row_reaches_the_server_once(
     sync_server: SyncServer, replica_path: str
 ) -> None:

@@ -698,7 +698,10 @@ class ConnectionSync(NonBlockingConnection):
         # block is open (at once when none is, or when the caller is inside the innermost one).
         if self._state is not _OPENED or _get_running_loop() is not self._loop:
             self._raise_unusable()
-        await self._transaction_turns.wait_turn()
+        turns = self._transaction_turns
+        await turns.wait_turn()
+        # Back to the one flag once no block is open and no statement let go by one is still on its way.
+        self._turns_busy = turns.busy
         if self._state is not _OPENED:
             self._raise_unusable()
 

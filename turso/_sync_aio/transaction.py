@@ -9,7 +9,8 @@ for one connection (`TransactionTurns` keeps them, `Transaction` is the block):
 - While a block is open, a statement from any other context (execute, commit, cursor work, execute_fetchall, ...)
   waits until the block has ended, and so does another task's `transaction()`. Waiters go on in the order they
   came: when a block ends, the statements that waited for it are queued in that order, up to the first waiting
-  `transaction()`, which then opens its block; the rest wait for that one.
+  `transaction()`, which then opens its block; the rest wait for that one. A block that another task begins in the
+  meantime waits until those statements are queued, so none of them runs inside it.
 - A block entered inside a block of the same context is a SAVEPOINT, released at its end (rolled back to on an
   exception); while it is open, statements of the enclosing block's other tasks wait for it in the same way.
 - With no block open, nothing waits: a statement costs one flag check more than without this module.
@@ -103,6 +104,9 @@ class TransactionTurns:
         # The innermost open block, whose context's statements run now; None when no block is open.
         self.innermost: Optional[Transaction] = None
         self._waiters: deque[_Waiter] = deque()
+        # Statements let go by a block's end whose tasks have not resumed yet (they queue their job when they do): no
+        # block may begin before they have, or their job would run inside it.
+        self._passes: set[asyncio.Future[None]] = set()
         # Set while the waiters are being handed their turns (an action run then may end a block: hand on again).
         self._handing = False
         self._hand_again = False
@@ -111,7 +115,7 @@ class TransactionTurns:
     @property
     def busy(self) -> bool:
         """True while a block is open (or is about to be): statements must then ask for their turn."""
-        return self.innermost is not None or bool(self._waiters)
+        return self.innermost is not None or bool(self._waiters) or bool(self._passes)
 
     def caller(self) -> Optional["Transaction"]:
         """The innermost open block of this connection that the running context entered (None: it entered none)."""
@@ -127,8 +131,12 @@ class TransactionTurns:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(_Waiter(token, future=future))
-        # Cancelled: the future is cancelled with the await, and handing on skips it.
-        await future
+        try:
+            # Cancelled while waiting: the future is cancelled with the await, and handing on skips it.
+            await future
+        finally:
+            # From here the caller queues its job without awaiting anything, before any block can begin.
+            self._use_pass(future)
 
     def defer(self, job: Job) -> bool:
         """For a job queued without an await (cursor creation, a property setter): hold it back until the running
@@ -154,7 +162,7 @@ class TransactionTurns:
         parent = self.caller()
         if self._closed:
             raise ProgrammingError(_CLOSED_BEFORE_BEGIN)
-        if parent is self.innermost:
+        if parent is self.innermost and not self._passes:
             self._open(block, parent)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -185,6 +193,7 @@ class TransactionTurns:
     def close(self) -> None:
         """The connection is closing: let every waiter go (statements then raise that it is closed)."""
         self._closed = True
+        self._passes.clear()
         waiters, self._waiters = self._waiters, deque()
         for waiter in waiters:
             if waiter.action is not None:
@@ -194,6 +203,13 @@ class TransactionTurns:
                     waiter.future.set_exception(ProgrammingError(_CLOSED_BEFORE_BEGIN))
                 else:
                     waiter.future.set_result(None)
+
+    def _use_pass(self, future: "asyncio.Future[None]") -> None:
+        # A statement let go by a block's end has resumed (or was cancelled): once none is left, blocks may begin.
+        if future in self._passes:
+            self._passes.discard(future)
+            if not self._passes and self._waiters:
+                self._hand_on()
 
     def _open(self, block: "Transaction", parent: Optional["Transaction"]) -> None:
         block.parent = parent
@@ -225,6 +241,8 @@ class TransactionTurns:
                 kept.append(waiter)
                 continue
             if waiter.opens is not None and future is not None:
+                # Statements let go before (now or by an earlier end) resume before this block does: the loop wakes
+                # tasks in the order their futures were settled. So their jobs are queued before its BEGIN.
                 self._open(waiter.opens, _open_block(waiter.token))
                 future.set_result(None)
                 kept.extend(waiters)
@@ -234,6 +252,7 @@ class TransactionTurns:
                 waiter.action()
             elif future is not None:
                 future.set_result(None)
+                self._passes.add(future)
         # Waiters added by an action above went into `waiters` and were seen; any added from now on go to `kept`.
         kept.extend(waiters)
         self._waiters = kept
