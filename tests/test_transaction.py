@@ -6,6 +6,7 @@ what is in the replica (and on the server where a push is involved), and bounds 
 """
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable
 from pathlib import Path
@@ -502,3 +503,75 @@ async def test_transaction_on_an_unopened_connection_raises(replica_path: str, s
     conn = connect_sync(replica_path, sync_server.url)
     with pytest.raises(turso.ProgrammingError, match="not open"):
         conn.transaction()
+
+
+class RandomRequests:
+    """Requests on one shared connection, drawn from a seed: blocks of 1 to 3 inserts that may nest (savepoints, two
+    levels deep), pause, or raise to roll back; and plain reads. It remembers each block and its rows."""
+
+    def __init__(self, conn: ConnectionSync, seed: int) -> None:
+        self.conn = conn
+        self.pick = random.Random(seed)
+        # Each block's Transaction, rows, and the block it is nested in (None: outermost).
+        self.blocks: list[Transaction] = []
+        self.rows_of: list[list[str]] = []
+        self.parent_of: list[int | None] = []
+
+    async def block(self, depth: int, parent: int | None) -> None:
+        number = len(self.blocks)
+        transaction = self.conn.transaction()
+        self.blocks.append(transaction)
+        self.rows_of.append([])
+        self.parent_of.append(parent)
+        async with transaction:
+            for _ in range(self.pick.randrange(1, 4)):
+                body = f"row {number}.{len(self.rows_of[number])}"
+                await self.conn.execute("INSERT INTO notes VALUES (?)", (body,))
+                self.rows_of[number].append(body)
+                if self.pick.random() < 0.3:
+                    await asyncio.sleep(self.pick.random() * 0.003)
+                if depth < 2 and self.pick.random() < 0.3:
+                    with contextlib.suppress(Boom):
+                        await self.block(depth + 1, number)
+            if self.pick.random() < 0.3:
+                raise Boom
+
+    async def reader(self) -> None:
+        for _ in range(self.pick.randrange(1, 5)):
+            await self.conn.execute_fetchall("SELECT count(*) FROM notes")
+            await asyncio.sleep(self.pick.random() * 0.002)
+
+    async def request(self) -> None:
+        await asyncio.sleep(self.pick.random() * 0.01)
+        with contextlib.suppress(Boom):
+            await (self.block(0, None) if self.pick.random() < 0.7 else self.reader())
+
+    def kept(self, number: int) -> bool:
+        """Whether the block's rows must be in the replica: it and every block around it committed."""
+        parent = self.parent_of[number]
+        return self.blocks[number].state is TransactionState.COMMITTED and (parent is None or self.kept(parent))
+
+    def expected_rows(self) -> list[str]:
+        return sorted(body for number, rows in enumerate(self.rows_of) if self.kept(number) for body in rows)
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_random_blocks_nesting_reads_and_cancellations_keep_exactly_the_committed_rows(
+    sync_server: SyncServer, replica_path: str, seed: int
+) -> None:
+    conn = await open_notes(replica_path, sync_server.url)
+    requests = RandomRequests(conn, seed)
+    try:
+        tasks = [asyncio.create_task(requests.request()) for _ in range(30)]
+        for _ in range(6):
+            await asyncio.sleep(requests.pick.random() * 0.01)
+            requests.pick.choice(tasks).cancel()
+        await bounded(asyncio.gather(*tasks, return_exceptions=True))
+        # Every block ended one way or the other (the COMMIT or ROLLBACK of a cancelled block's end still ran).
+        await bounded(conn.execute_fetchall("SELECT 1"))
+        ended = (TransactionState.COMMITTED, TransactionState.ROLLED_BACK, TransactionState.FAILED)
+        assert all(block.state in ended for block in requests.blocks), [block.state for block in requests.blocks]
+        assert sorted(str(body) for body in await bodies(conn)) == requests.expected_rows()
+        assert not turns_busy(conn)
+    finally:
+        await bounded(conn.close())
