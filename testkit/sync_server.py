@@ -1,0 +1,136 @@
+"""A real `tursodb --sync-server` on 127.0.0.1 for tests, benchmarks and scripts, with remote SQL for assertions."""
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Optional, Union
+
+# The sync server binary installed by `make setup` (npm package @tursodatabase/cli-linux-x64-gnu).
+TURSODB = Path(
+    os.environ.get(
+        "TURSODB_BIN",
+        Path(__file__).resolve().parent.parent / "node_modules/@tursodatabase/cli-linux-x64-gnu/tursodb",
+    )
+)
+
+# A value in a remote row, decoded from the pipeline protocol's typed JSON.
+Value = Union[int, float, str, bytes, None]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _decode(cell: dict[str, str]) -> Value:
+    kind, value = cell["type"], cell.get("value")
+    if kind == "null" or value is None:
+        return None
+    if kind == "integer":
+        return int(value)
+    if kind == "float":
+        return float(value)
+    if kind == "blob":
+        return base64.b64decode(cell.get("base64", value))
+    return value
+
+
+class SyncServer:
+    """One `tursodb --sync-server` process on loopback; `stop()` and `start()` keep the port and the data file.
+
+    `port` defaults to a free one; `data_file` to `:memory:` (the remote database is then lost on `stop()`).
+    """
+
+    def __init__(self, data_file: Optional[Path] = None, port: Optional[int] = None) -> None:
+        if not TURSODB.is_file():
+            raise RuntimeError(f"{TURSODB} is missing; run `make setup`")
+        if port is not None and not 0 < port < 65536:
+            raise ValueError(f"port must be between 1 and 65535, not {port}")
+        self.port = port if port is not None else free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # ":memory:" loses the remote database on stop; a file keeps it across restarts.
+        self.data_file = str(data_file) if data_file is not None else ":memory:"
+        self._process: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and wait until it accepts connections."""
+        self._process = subprocess.Popen(
+            [str(TURSODB), self.data_file, "--sync-server", f"127.0.0.1:{self.port}"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"tursodb exited with {self._process.returncode} on port {self.port}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"tursodb did not listen on port {self.port} within {timeout}s") from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop the server (the port then refuses connections)."""
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def execute(self, sql: str, args: tuple[Value, ...] = ()) -> list[tuple[Value, ...]]:
+        """Run one statement on the remote database through POST /v2/pipeline and return its rows."""
+        stmt: dict[str, object] = {"sql": sql}
+        if args:
+            stmt["args"] = [_encode(arg) for arg in args]
+        body = json.dumps({"requests": [{"type": "execute", "stmt": stmt}]}).encode()
+        request = urllib.request.Request(
+            f"{self.url}/v2/pipeline", data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = json.loads(response.read())
+        result = answer["results"][0]
+        if result["type"] != "ok":
+            raise RuntimeError(f"remote SQL failed: {sql!r}: {result}")
+        rows = result["response"]["result"]["rows"]
+        return [tuple(_decode(cell) for cell in row) for row in rows]
+
+    def __enter__(self) -> "SyncServer":
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        self.stop()
+
+
+def _encode(value: Value) -> dict[str, str]:
+    if value is None:
+        return {"type": "null"}
+    if isinstance(value, bool) or isinstance(value, int):
+        return {"type": "integer", "value": str(int(value))}
+    if isinstance(value, float):
+        return {"type": "float", "value": repr(value)}
+    if isinstance(value, bytes):
+        return {"type": "blob", "base64": base64.b64encode(value).decode()}
+    return {"type": "text", "value": value}
