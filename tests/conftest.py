@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxy import DelayingProxy
-from tests.sync_server import SyncServer
+from testkit.proxy import DelayingProxy
+from testkit.sync_server import SyncServer
 
 # Which copy of the module this run tests: "checkout" (`make unit`: this checkout's turso/, on the dev venv's path) or
 # "installed" (`make test-wheel`: the built wheel installed in a fresh venv, with a copy of tests/ outside the

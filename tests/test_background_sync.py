@@ -1,7 +1,7 @@
 """Background sync (`conn.sync_in_background`) and `conn.sync()` against a real `tursodb --sync-server` on 127.0.0.1.
 
 Outages are real: the SyncServer is stopped and started again (it keeps its data file and its port). Slow rounds go
-through the delaying proxy of test_faults; token checks through a loopback proxy that accepts one token at a time.
+through the delaying proxy of testkit; token checks through a loopback proxy that accepts one token at a time.
 Timings are asserted only with generous bounds (the machine running the suite may be busy).
 """
 
@@ -24,9 +24,9 @@ import pytest
 
 import turso
 import turso.background_sync_aio
+from testkit.proxy import DelayingProxy
+from testkit.sync_server import SyncServer
 from tests.conftest import turso_threads
-from tests.proxy import DelayingProxy
-from tests.sync_server import SyncServer
 from tests.test_faults import AWAIT_SECONDS, LoopContext, wait_until, wait_until_blocking
 from turso.background_sync_aio import BackgroundSync, BackgroundSyncStatus, Backoff
 from turso.lib_sync_aio import LANE_CLOSE_SECONDS, ConnectionSync, connect_sync

@@ -5,7 +5,7 @@ from typing import Any, cast
 
 import pytest
 
-from tests.sync_server import SyncServer
+from testkit.sync_server import SyncServer
 from turso.lib_sync_aio import REQUEST_TIMEOUT_SECONDS, connect_sync
 
 

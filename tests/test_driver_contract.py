@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import turso.lib_sync
-from tests.sync_server import SyncServer
+from testkit.sync_server import SyncServer
 
 # The sync database's operations the module starts, each driven to its end by _run_op.
 ENGINE_OPERATIONS = ("wait_changes", "apply_changes", "push_changes", "checkpoint", "stats")

@@ -6,8 +6,8 @@ import threading
 import pytest
 
 import turso
+from testkit.sync_server import SyncServer
 from tests.conftest import turso_threads
-from tests.sync_server import SyncServer
 from tests.test_faults import AWAIT_SECONDS, HEAVY_COUNT, HEAVY_COUNT_RESULT, open_replica, record_loop_errors, rows
 from turso.lib_sync_aio import connect_sync
 

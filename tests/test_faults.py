@@ -20,9 +20,9 @@ from typing import Any, Optional, Union, cast
 import pytest
 
 import turso
+from testkit.proxy import DelayingProxy
+from testkit.sync_server import SyncServer, free_port
 from tests.conftest import THREADS_PER_CONNECTION, turso_threads
-from tests.proxy import DelayingProxy
-from tests.sync_server import SyncServer, free_port
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
 # How long a worker may take to exit once nothing holds it: "within a few seconds".

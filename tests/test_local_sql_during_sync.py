@@ -1,7 +1,7 @@
 """Local SQL never waits for the network (issue 13), against a real `tursodb --sync-server` through a loopback proxy.
 
 A pull or push runs its network part on the connection's sync lane; SQL keeps running on the SQL worker meanwhile.
-These tests hold the remote's answers with `DelayingProxy` (tests/proxy.py) and check what users can rely on: local
+These tests hold the remote's answers with `DelayingProxy` (testkit/proxy.py) and check what users can rely on: local
 statements finish long before a slow sync does, nothing committed is left out of a push, pulled changes are applied
 (and checkpoints run) only between transactions, a cancelled sync still finishes exactly once, and engine operations
 that wait their turn spin no core. Every await is bounded, so a hang fails the test instead of blocking the run.
@@ -15,8 +15,8 @@ from typing import TypeVar
 import pytest
 
 import turso
-from tests.proxy import DelayingProxy
-from tests.sync_server import SyncServer
+from testkit.proxy import DelayingProxy
+from testkit.sync_server import SyncServer
 from tests.test_faults import record_loop_errors, wait_until
 from turso.lib_sync import PartialSyncOpts, PartialSyncPrefixBootstrap
 from turso.lib_sync_aio import ConnectionSync, connect_sync

@@ -1,6 +1,6 @@
 """A stalled remote never stalls the replica (issue 13), against a real `tursodb --sync-server` behind a stalling proxy.
 
-`DelayingProxy.stall()` (tests/proxy.py) makes a remote that accepts connections and never answers, until `release()`
+`DelayingProxy.stall()` (testkit/proxy.py) makes a remote that accepts connections and never answers, until `release()`
 forwards what it held. The driver's HTTP has no timeout, so a request sent then is stuck on the connection's sync lane
 (thread `turso-sync-lane`) until the release; the SQL worker, `close()`, a reopened replica and the thread count must
 not depend on it. The garbage-collection and loop-closed paths must stop the sync lane as they stop the SQL worker.
@@ -22,9 +22,9 @@ from typing import Any, Optional
 import pytest
 
 import turso
+from testkit.proxy import DelayingProxy
+from testkit.sync_server import SyncServer
 from tests.conftest import turso_threads
-from tests.proxy import DelayingProxy
-from tests.sync_server import SyncServer
 from tests.test_faults import HEAVY_COUNT, LoopContext, new_threads, record_loop_errors, wait_until, wait_until_blocking
 from turso.lib_sync import PartialSyncOpts, PartialSyncPrefixBootstrap
 from turso.lib_sync_aio import ConnectionSync, connect_sync

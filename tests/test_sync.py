@@ -4,8 +4,8 @@ import asyncio
 from pathlib import Path
 
 import turso
+from testkit.sync_server import SyncServer
 from tests.conftest import THREADS_PER_CONNECTION, turso_threads
-from tests.sync_server import SyncServer
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
 # A bound for awaits against the local server, so that a hang fails the test instead of the run.

@@ -3,7 +3,7 @@
 import asyncio
 
 import turso
-from tests.sync_server import SyncServer
+from testkit.sync_server import SyncServer
 from tests.test_faults import AWAIT_SECONDS, open_replica, record_loop_errors
 
 
