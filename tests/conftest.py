@@ -1,7 +1,5 @@
 """Fixtures: a real sync server per test, a replica path, and a guard that fails any test leaving a worker behind."""
 
-import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,24 +8,7 @@ import pytest
 
 from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer
-
-# Which copy of the module this run tests: "checkout" (`make unit`: this checkout's turso/, on the dev venv's path) or
-# "installed" (`make test-wheel`: the built wheel installed in a fresh venv, with a copy of tests/ outside the
-# checkout; scripts/test_installed_wheel.py sets it).
-UNDER_TEST = os.environ.get("TURSO_SYNC_AIO_UNDER_TEST", "checkout")
-# The project's checkout: where this file is, or, for a copy of tests/, where it was copied from.
-CHECKOUT = Path(os.environ.get("TURSO_SYNC_AIO_CHECKOUT", Path(__file__).resolve().parent.parent)).resolve()
-
-# Threads per open connection: the SQL worker ("turso-async-worker") and the sync lane ("turso-sync-lane").
-THREADS_PER_CONNECTION = 2
-
-# How long a worker may take to exit after the test: the lifecycle promises "within a few seconds at most".
-WORKER_EXIT_SECONDS = 5.0
-
-
-def turso_threads() -> set[threading.Thread]:
-    """The driver's worker threads that are alive now (the Worker names its threads turso-...)."""
-    return {thread for thread in threading.enumerate() if thread.name.startswith("turso")}
+from tests.helpers import WORKER_EXIT_SECONDS, turso_threads
 
 
 @pytest.fixture

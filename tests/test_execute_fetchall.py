@@ -7,8 +7,15 @@ import pytest
 
 import turso
 from testkit.sync_server import SyncServer
-from tests.conftest import turso_threads
-from tests.test_faults import AWAIT_SECONDS, HEAVY_COUNT, HEAVY_COUNT_RESULT, open_replica, record_loop_errors, rows
+from tests.helpers import (
+    AWAIT_SECONDS,
+    HEAVY_COUNT,
+    HEAVY_COUNT_RESULT,
+    open_replica,
+    record_loop_errors,
+    rows,
+    turso_threads,
+)
 from turso.lib_sync_aio import connect_sync
 
 

@@ -24,8 +24,7 @@ import pytest
 import turso
 from testkit.proxy import CUT_ANSWER, REFUSE, DelayingProxy
 from testkit.sync_server import SyncServer
-from tests.conftest import turso_threads
-from tests.test_faults import new_threads, record_loop_errors, wait_until
+from tests.helpers import new_threads, record_loop_errors, turso_threads, wait_until
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
 SEEDS = [1, 2, 3, 4, 5]

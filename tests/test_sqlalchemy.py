@@ -22,7 +22,7 @@ import turso
 import turso.aio
 from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer
-from tests.conftest import THREADS_PER_CONNECTION, UNDER_TEST, turso_threads
+from tests.helpers import THREADS_PER_CONNECTION, UNDER_TEST, turso_threads
 from turso.background_sync_aio import BackgroundSync
 from turso.lib_sync_aio import ConnectionSync
 from turso.sqlalchemy_sync_aio import (

@@ -4,7 +4,7 @@ import asyncio
 
 import turso
 from testkit.sync_server import SyncServer
-from tests.test_faults import AWAIT_SECONDS, open_replica, record_loop_errors
+from tests.helpers import AWAIT_SECONDS, open_replica, record_loop_errors
 
 
 class CursorFactoryError(Exception):
