@@ -12,23 +12,17 @@ a child process (`python -m testkit.front_end UPSTREAM_PORT [--certfile F --keyf
 
 import argparse
 import asyncio
-import concurrent.futures
 import json
-import socket
 import ssl
-import threading
 from collections.abc import Awaitable
-from types import TracebackType
-from typing import Any, Optional, TypeVar
-
-from typing_extensions import Self
+from typing import Optional, TypeVar
 
 from testkit._child import ChildServer, serve_commands
+from testkit._loop_server import HOST, LoopServer
 
-HOST = "127.0.0.1"
 CHUNK_SIZE = 64 * 1024
-# Upper bound for connecting to the server, for any read or write, and for joining the front end's thread. A pull
-# that asks the server to hold it (long poll) waits for its answer longer: ANSWER_SECONDS.
+# Upper bound for connecting to the server and for any read or write. A pull that asks the server to hold it (long
+# poll) waits for its answer longer: ANSWER_SECONDS.
 SOCKET_SECONDS = 10.0
 ANSWER_SECONDS = 120.0
 # How long a client connection may sit idle between requests before the front end closes it.
@@ -173,7 +167,7 @@ def _answer_has_body(method: str, status: int) -> bool:
     return method != "HEAD" and status >= 200 and status not in (204, 304)
 
 
-class FrontEnd:
+class FrontEnd(LoopServer):
     """A keep-alive HTTP/1.1 front end on 127.0.0.1 before the server on `upstream_port`; see the module docstring.
 
     `ssl_context`, a server-side context with its certificate loaded, makes the client's side TLS (`url` is then
@@ -184,88 +178,17 @@ class FrontEnd:
         self.upstream_port = upstream_port
         self.connections = 0
         self.requests = 0
-        self._ssl_context = ssl_context
-        self._closed = False
-        self._server: Optional[asyncio.Server] = None
-        # The client connections being served, by the task serving each.
-        self._serving: dict["asyncio.Task[Any]", asyncio.StreamWriter] = {}
-        self._listener = socket.create_server((HOST, 0))
-        self.port: int = self._listener.getsockname()[1]
-        self.url = f"{'https' if ssl_context is not None else 'http'}://{HOST}:{self.port}"
-        self._loop = asyncio.new_event_loop()
-        started: "concurrent.futures.Future[None]" = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._run, args=(started,), name=THREAD_NAME, daemon=True)
-        self._thread.start()
-        started.result(SOCKET_SECONDS)
+        super().__init__(THREAD_NAME, ssl_context, limit=HEAD_LIMIT)
 
-    def close(self) -> None:
-        """Stop accepting, close every connection and join the front end's thread, each with a bound; twice is fine."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            asyncio.run_coroutine_threadsafe(self._shut_down(), self._loop).result(SOCKET_SECONDS)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(SOCKET_SECONDS)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc_value: Optional[BaseException],
-        traceback: Optional[TracebackType],
-    ) -> None:
-        self.close()
-
-    def _run(self, started: "concurrent.futures.Future[None]") -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._server = self._loop.run_until_complete(
-                asyncio.start_server(self._accept, sock=self._listener, ssl=self._ssl_context, limit=HEAD_LIMIT)
-            )
-            started.set_result(None)
-            self._loop.run_forever()
-            left = asyncio.all_tasks(self._loop)
-            for task in left:
-                task.cancel()
-            self._loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
-        except BaseException as error:
-            if not started.done():
-                started.set_exception(error)
-            raise
-        finally:
-            self._listener.close()
-            self._loop.close()
-
-    async def _shut_down(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        # Closing the connection too, not only cancelling: on Python 3.11 and older, wait_for can swallow a
-        # cancellation that arrives as the awaited step finishes, and the task would then wait for the next request.
-        for task, writer in self._serving.items():
-            writer.close()
-            task.cancel()
-        if self._serving:
-            await asyncio.wait(list(self._serving), timeout=SOCKET_SECONDS)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._serving[task] = writer
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Forward the client's requests one after the other, until it closes, idles out or sends what cannot be
+        framed."""
         self.connections += 1
         try:
             while await self._forward_one(reader, writer):
                 pass
         except (BadMessage, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass  # the client's connection ends here, as an edge would end it
-        except asyncio.CancelledError:
-            pass  # close(); ending cancelled would make asyncio's stream callback log a traceback
-        finally:
-            self._serving.pop(task, None)
-            writer.close()
 
     async def _forward_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Forward one request and its answer; True if the client's connection stays open for another."""

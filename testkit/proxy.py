@@ -22,28 +22,22 @@ The verbs, one set for both:
 
 Counters: `connections` (accepted), `held` (connections whose request waits for `release()` right now) and
 `misbehaved` (connections the flaky mode refused or cut). Every wait is bounded: a connection on which nothing moves
-for `IDLE_SECONDS` is closed (held and swallowed ones excepted, which only `release()`, `cut()` or `close()` end), and
+for `IDLE_SECONDS` is closed (held, frozen and swallowed ones excepted: `release()`, `cut()` or `close()` end them), and
 `close()` joins the proxy's thread with a bound. The thread is named `testkit-proxy` (tests count `turso...` threads).
 """
 
 import argparse
 import asyncio
-import concurrent.futures
 import json
 import random
-import socket
-import threading
 from collections.abc import Callable, Coroutine
-from types import TracebackType
 from typing import Any, Optional
 
-from typing_extensions import Self
-
 from testkit._child import ChildServer, serve_commands
+from testkit._loop_server import HOST, LoopServer
 
-HOST = "127.0.0.1"
 CHUNK_SIZE = 64 * 1024
-# Upper bound for connecting upstream, for a verb to take effect, and for joining the proxy's thread.
+# Upper bound for connecting to the server.
 SOCKET_SECONDS = 10.0
 # A connection on which no byte moved for this long is closed, so that a peer that went away costs nothing for long.
 IDLE_SECONDS = 60.0
@@ -231,7 +225,7 @@ class _Connection:
         self._client_writer.close()
 
 
-class DelayingProxy:
+class DelayingProxy(LoopServer):
     """A TCP proxy on 127.0.0.1 in front of a server on `target_port`, run in this process; see the module docstring.
 
     The settings (`delay`, `answer_delay`, `connect_delay`, `flaky`, `trickle_bytes`, `trickle_interval`) may be
@@ -263,31 +257,20 @@ class DelayingProxy:
         self.connections = 0
         self.held = 0
         self.misbehaved = 0
+        # Set while request bytes may pass; cleared by stall(). Only the proxy's loop changes it.
+        self.flowing = asyncio.Event()
+        if not stalled:
+            self.flowing.set()
         self._random = random.Random(seed)
         self._flaky_modes = flaky_modes
         self._black_hole = False
-        self._closed = False
-        # The connections being served, by the task serving each; None for one the black hole swallowed.
-        self._open: dict["asyncio.Task[Any]", Optional[_Connection]] = {}
-        self._server: Optional[asyncio.Server] = None
-        self._listener = socket.create_server((HOST, 0))
-        self.port: int = self._listener.getsockname()[1]
-        self.url = f"http://{HOST}:{self.port}"
-        self._loop = asyncio.new_event_loop()
-        started: "concurrent.futures.Future[asyncio.Event]" = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._serve, args=(started,), name=THREAD_NAME, daemon=True)
-        self._thread.start()
-        # Set while request bytes may pass; cleared by stall(). Made on the proxy's loop, which alone touches it.
-        self.flowing = started.result(SOCKET_SECONDS)
-        if stalled:
-            self.stall()
+        self._relaying: set[_Connection] = set()
+        super().__init__(THREAD_NAME)
 
     @property
     def requests(self) -> int:
         """Connections accepted: the tests' older name for `connections`, from when each connection was one request."""
         return self.connections
-
-    # --- verbs ---------------------------------------------------------------------------------------------------
 
     def wan(self, round_trip: float) -> None:
         """Play a link of this round-trip time: half of it each way per chunk, and a whole one for a new connection."""
@@ -296,69 +279,38 @@ class DelayingProxy:
 
     def stall(self) -> None:
         """From now on, accept connections and hold every request byte (on open connections too) until `release()`."""
-        self._on_loop(self._stall)
+        self.on_loop(self._stall)
 
     def release(self) -> None:
         """End `stall()` and `black_hole()`: held bytes go on to the server, and new connections are served again."""
-        self._on_loop(self._release)
+        self.on_loop(self._release)
 
     def black_hole(self, open_connections: bool = False) -> None:
         """Swallow new connections (never answer, never close); with `open_connections`, freeze the open ones too."""
-        self._on_loop(self._swallow, open_connections)
+        self.on_loop(self._swallow, open_connections)
 
     def cut(self) -> None:
         """Close every open connection now (held and swallowed ones too); new connections are served as before."""
-        self._on_loop(self._cut)
+        self.on_loop(self.cut_connections)
 
-    def close(self) -> None:
-        """Stop accepting, cut every connection and join the proxy's thread, each with a bound; twice is fine."""
-        if self._closed:
-            return
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Relay one client connection, or misbehave on it as the proxy is set to."""
+        self.connections += 1
+        if self._black_hole:
+            await asyncio.get_running_loop().create_future()  # swallowed: only cut() or close() end it
+        mode = ""
+        if self.flaky > 0 and self._random.random() < self.flaky:
+            mode = self._random.choice(self._flaky_modes)
+            self.misbehaved += 1
+        if mode == REFUSE:
+            return  # closed at once: the server never sees this request
+        connection = _Connection(self, reader, writer, cut_answer=mode == CUT_ANSWER)
+        self._relaying.add(connection)
         try:
-            self._on_loop(self._shut_down)
+            await connection.run()
         finally:
-            self._closed = True
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(SOCKET_SECONDS)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc_value: Optional[BaseException],
-        traceback: Optional[TracebackType],
-    ) -> None:
-        self.close()
-
-    # --- on the proxy's loop -------------------------------------------------------------------------------------
-
-    def _on_loop(self, action: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
-        if self._closed:
-            raise RuntimeError("the proxy is closed")
-        asyncio.run_coroutine_threadsafe(action(*args), self._loop).result(SOCKET_SECONDS)
-
-    def _serve(self, started: "concurrent.futures.Future[asyncio.Event]") -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._server = self._loop.run_until_complete(asyncio.start_server(self._accept, sock=self._listener))
-            flowing = asyncio.Event()
-            flowing.set()
-            started.set_result(flowing)
-            self._loop.run_forever()
-            # Whatever close() could not end within its bound ends here, so that the loop closes with no task pending.
-            left = asyncio.all_tasks(self._loop)
-            for task in left:
-                task.cancel()
-            self._loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
-        except BaseException as error:
-            if not started.done():
-                started.set_exception(error)
-            raise
-        finally:
-            self._listener.close()
-            self._loop.close()
+            self._relaying.discard(connection)
+            connection.close()
 
     async def _stall(self) -> None:
         self.flowing.clear()
@@ -370,49 +322,8 @@ class DelayingProxy:
     async def _swallow(self, open_connections: bool) -> None:
         self._black_hole = True
         if open_connections:
-            for connection in self._open.values():
-                if connection is not None:
-                    connection.frozen = True
-
-    async def _shut_down(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        await self._cut()
-
-    async def _cut(self) -> None:
-        tasks = list(self._open)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=SOCKET_SECONDS)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.connections += 1
-        connection: Optional[_Connection] = None
-        try:
-            if self._black_hole:
-                self._open[task] = None
-                await asyncio.get_running_loop().create_future()  # swallowed: only cut() or close() end it
-                return
-            mode = ""
-            if self.flaky > 0 and self._random.random() < self.flaky:
-                mode = self._random.choice(self._flaky_modes)
-                self.misbehaved += 1
-            if mode == REFUSE:
-                return  # closed at once below: the server never sees this request
-            connection = self._open[task] = _Connection(self, reader, writer, cut_answer=mode == CUT_ANSWER)
-            await connection.run()
-        except asyncio.CancelledError:
-            # cut() or close(). Ending cancelled would make asyncio's stream callback log a traceback (it asks the
-            # cancelled task for its exception), so the connection just ends here.
-            pass
-        finally:
-            self._open.pop(task, None)
-            if connection is not None:
-                connection.close()
-            writer.close()
+            for connection in self._relaying:
+                connection.frozen = True
 
 
 class ProxyProcess(ChildServer):
