@@ -20,9 +20,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import turso
 import turso.aio
-from tests.conftest import THREADS_PER_CONNECTION, turso_threads
-from tests.proxy import DelayingProxy
-from tests.sync_server import SyncServer
+from testkit.proxy import DelayingProxy
+from testkit.sync_server import SyncServer
+from tests.helpers import THREADS_PER_CONNECTION, turso_threads
 from turso.background_sync_aio import BackgroundSync
 from turso.lib_sync_aio import ConnectionSync
 from turso.sqlalchemy_sync_aio import (
