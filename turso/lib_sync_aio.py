@@ -59,7 +59,6 @@ from .worker import STOP_RUNNING_SENTINEL, Worker
 from .lib import (
     Connection as BlockingConnection,
     Error,
-    InternalError,
     OperationalError,
     ProgrammingError,
 )
@@ -76,6 +75,7 @@ from .lib_aio import (
 )
 from .background_sync_aio import BackgroundSync
 from ._sync_aio.arguments import seconds
+from ._sync_aio.errors import job_error, native_dbapi_error
 
 _T = TypeVar("_T")
 _Runner = TypeVar("_Runner", bound="_JobRunner")
@@ -439,7 +439,7 @@ class ConnectionSync(NonBlockingConnection):
                 if self._conn is not None:
                     self._conn.close()
             except Exception as error:
-                deliver(_set_exception_unless_done, stopped, error)
+                deliver(_set_exception_unless_done, stopped, native_dbapi_error(error) or error)
             else:
                 deliver(_set_result_unless_done, stopped, None)
             return STOP_RUNNING_SENTINEL
@@ -640,7 +640,8 @@ class _JobRunner(Worker):
                 outcome = function()
             except BaseException as error:
                 traceback.clear_frames(error.__traceback__)
-                outcome = error if isinstance(error, Exception) else _internal_error(error)
+                # A turso.Error as it is; a native error the driver did not map, or SystemExit, made one.
+                outcome = error if isinstance(error, Error) else job_error(error)
                 settle = _set_exception_unless_done if future is not None else _report_unawaited_failure
             else:
                 if outcome is STOP_RUNNING_SENTINEL:
@@ -899,10 +900,13 @@ class _SyncEngine:
         with self.io_lock:
             try:
                 return run_engine_operation(self.database, start_operation(), self.http)
-            except Error as error:
-                if not self.http.refusing:
+            except Exception as error:
+                dbapi_error = native_dbapi_error(error) or error
+                if self.http.refusing and isinstance(dbapi_error, Error):
+                    raise ProgrammingError(f"Cannot {description}: the connection was closed while it ran") from error
+                if dbapi_error is error:
                     raise
-                raise ProgrammingError(f"Cannot {description}: the connection was closed while it ran") from error
+                raise dbapi_error from error
 
     def refuse_new_requests(self) -> None:
         """From close(): an operation still in flight on the lane makes no new HTTP request."""
@@ -956,13 +960,6 @@ def _report_unawaited_failure(future: None, error: BaseException) -> None:
     asyncio.get_running_loop().call_exception_handler(
         {"message": "a ConnectionSync operation queued without an await failed", "exception": error}
     )
-
-
-def _internal_error(error: BaseException) -> InternalError:
-    # A job raised SystemExit or another non-Exception: the caller gets an error, the worker keeps running.
-    internal = InternalError(f"a worker job raised {error!r}")
-    internal.__cause__ = error
-    return internal
 
 
 # The SQL worker's last job when nobody is left to hear of a close error (the connection was garbage collected, or its
@@ -1038,9 +1035,10 @@ def _open_replica(
                 os.remove(leftover)
             except OSError:
                 pass
-        if isinstance(error, Error):
+        dbapi_error = native_dbapi_error(error) or error
+        if isinstance(dbapi_error, Error):
             message = f"cannot open sync replica {path!r} from {_describe_remote(remote_url)}: {error}"
-            raise type(error)(message) from error
+            raise type(dbapi_error)(message) from error
         raise
 
 
