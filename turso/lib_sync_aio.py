@@ -44,13 +44,10 @@ from queue import Empty, SimpleQueue
 import asyncio
 import enum
 import functools
-import glob
 import logging
-import os
 import threading
 import time
 import traceback
-import urllib.parse
 import warnings
 import weakref
 from types import TracebackType
@@ -76,15 +73,14 @@ from .lib_aio import (
 from .background_sync_aio import BackgroundSync
 from ._sync_aio.arguments import seconds
 from ._sync_aio.errors import job_error, native_dbapi_error
+from ._sync_aio.open_replicas import ReplicaPathClaim
+from ._sync_aio.replica_files import ReplicaOpener
 
 _T = TypeVar("_T")
 _Runner = TypeVar("_Runner", bound="_JobRunner")
 
 # A job for a worker thread: the future that awaits its outcome (None when nobody awaits it) and the function to run.
 _Job = tuple[Optional["asyncio.Future[Any]"], Callable[[], Any]]
-
-# URL schemes the sync driver can reach; libsql:// and turso:// are rewritten to https:// by the driver.
-_REMOTE_SCHEMES = ("libsql", "turso", "https", "http")
 
 # How long applying pulled changes or a checkpoint waits for an open transaction on the connection to end before it
 # gives up: the busy timeout of Turso's Go sync driver.
@@ -203,6 +199,11 @@ class ConnectionSync(NonBlockingConnection):
         self._row_factory_cache: Any = None
         self._text_factory_cache: Any = None
         self._autocommit_cache: object | bool | None = None
+        # The claim on the replica's file (one open connection per file per process) of connect_sync's connector;
+        # None for a connector of the caller's.
+        self._path_claim: Optional[ReplicaPathClaim] = (
+            connector.path_claim if isinstance(connector, ReplicaOpener) else None
+        )
         # The background sync started by sync_in_background(), if any; close() stops it first.
         self._background: Optional[BackgroundSync] = None
         self._request_timeout = REQUEST_TIMEOUT_SECONDS
@@ -245,6 +246,10 @@ class ConnectionSync(NonBlockingConnection):
                 "request ends, and starts nothing after",
                 self._lane.current,
             )
+        # The SQL worker released the path at its last job, unless close() returned before that job ran; either way
+        # the replica may be opened again once close() returns.
+        if self._path_claim is not None:
+            self._path_claim.release()
 
     # typed so that the awaited value is ConnectionSync: the base class would type it as the plain Connection and
     # hide pull/push/checkpoint/stats
@@ -358,7 +363,8 @@ class ConnectionSync(NonBlockingConnection):
             ResourceWarning,
             source=self,
         )
-        self._stop_threads_quietly()
+        # The last job must not refer to this connection, which is being collected.
+        self._stop_threads_quietly(_close_quietly_and_stop(self._conn, self._path_claim))
 
     async def _open(self) -> "ConnectionSync":
         if self._state is _State.CLOSED:
@@ -422,6 +428,8 @@ class ConnectionSync(NonBlockingConnection):
         if self._state is not _State.OPENED:
             return
         self._state = _State.CLOSED
+        if self._path_claim is not None:
+            self._path_claim.begin_closing()
         self._lane_jobs.put_nowait(
             (None, functools.partial(_settle_and_stop, self._lane, cast("asyncio.Future[None]", self._lane_stopped)))
         )
@@ -435,13 +443,11 @@ class ConnectionSync(NonBlockingConnection):
         deliver = self._runner.deliver
 
         def close_and_stop() -> object:
-            try:
-                if self._conn is not None:
-                    self._conn.close()
-            except Exception as error:
-                deliver(_set_exception_unless_done, stopped, native_dbapi_error(error) or error)
-            else:
+            error = self._close_and_forget()
+            if error is None:
                 deliver(_set_result_unless_done, stopped, None)
+            else:
+                deliver(_set_exception_unless_done, stopped, error)
             return STOP_RUNNING_SENTINEL
 
         self._runner.stop_with(close_and_stop)
@@ -469,11 +475,38 @@ class ConnectionSync(NonBlockingConnection):
         stopped.result()
         return True
 
-    def _stop_threads_quietly(self) -> None:
+    def _close_and_forget(self) -> Optional[Exception]:
+        # On the SQL worker, at its last job: close the blocking connection, and drop this connection's references to
+        # it and to the sync engine. The driver's close() leaves the native sync database alive, and with it the
+        # replica's file handles and locks (another process could not open the replica), until nothing refers to it.
+        # Then release the path. Returns the close error, if any.
+        blocking = self._conn
+        self._conn = self._sync = self._engine = None
+        try:
+            if blocking is not None:
+                blocking.close()
+        except Exception as error:
+            # The error's frames would keep the blocking connection alive for as long as the caller keeps the error.
+            traceback.clear_frames(error.__traceback__)
+            return native_dbapi_error(error) or error
+        finally:
+            del blocking
+            if self._path_claim is not None:
+                self._path_claim.release()
+        return None
+
+    def _close_quietly_and_forget(self) -> object:
+        # The SQL worker's last job once the loop has closed: as close()'s, with nobody to hear of an error.
+        self._close_and_forget()
+        return STOP_RUNNING_SENTINEL
+
+    def _stop_threads_quietly(self, last_job: Callable[[], object]) -> None:
         # Nobody is left to hear of a close error (garbage collection, loop closed): stop both threads at once.
         self._refuse_new_requests()
+        if self._path_claim is not None:
+            self._path_claim.begin_closing()
         self._lane_jobs.put_nowait((None, functools.partial(_settle_and_stop, self._lane, None)))
-        self._runner.stop_with(_close_quietly_and_stop(self._conn))
+        self._runner.stop_with(last_job)
 
     def _stop_after_loop_closed(self) -> None:
         # Runs on a thread of ours when a result could not be delivered because the loop has closed: nobody is left
@@ -481,7 +514,7 @@ class ConnectionSync(NonBlockingConnection):
         if self._state is not _State.OPENED:
             return
         self._state = _State.CLOSED
-        self._stop_threads_quietly()
+        self._stop_threads_quietly(self._close_quietly_and_forget)
 
     def _blocking(self) -> BlockingConnectionSync:
         # Runs on the worker, after the open job (jobs run in order); None only if opening failed.
@@ -962,84 +995,22 @@ def _report_unawaited_failure(future: None, error: BaseException) -> None:
     )
 
 
-# The SQL worker's last job when nobody is left to hear of a close error (the connection was garbage collected, or its
-# loop closed): close the blocking connection, ignoring errors, then end the worker.
-def _close_quietly_and_stop(blocking: Optional[BlockingConnection]) -> Callable[[], object]:
+# The SQL worker's last job when the connection was garbage collected: close the blocking connection, ignoring errors
+# (nobody is left to hear of them), release the replica's path, then end the worker.
+def _close_quietly_and_stop(
+    blocking: Optional[BlockingConnection], path_claim: Optional[ReplicaPathClaim]
+) -> Callable[[], object]:
     def close_and_stop() -> object:
         try:
             if blocking is not None:
                 blocking.close()
         except Exception:
             pass
+        if path_claim is not None:
+            path_claim.release()
         return STOP_RUNNING_SENTINEL
 
     return close_and_stop
-
-
-# `object` parameters: the checks are for callers without a type checker.
-def _check_arguments(path: object, remote_url: object) -> None:
-    if not isinstance(path, str):
-        raise TypeError(f"path must be a str, not {type(path).__name__}")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise OperationalError(f"cannot open sync replica {path!r}: directory {directory!r} does not exist")
-    if remote_url is None:
-        return
-    if callable(remote_url):
-        # The pinned driver puts remote_url into the native replica config, which takes only a string.
-        raise ProgrammingError(
-            "remote_url as a callable is not supported by the pinned driver (pyturso 0.8.3 fails with \"'function' "
-            "object is not an instance of 'str'\"); pass the URL as a string, and use a callable auth_token to "
-            "refresh credentials per request"
-        )
-    if not isinstance(remote_url, str):
-        raise TypeError(f"remote_url must be a str or None, not {type(remote_url).__name__}")
-    try:
-        parts = urllib.parse.urlsplit(remote_url)
-    except ValueError as error:
-        raise ProgrammingError(f"remote_url {remote_url!r} is not a valid URL: {error}") from None
-    if parts.scheme not in _REMOTE_SCHEMES or not parts.hostname:
-        raise ProgrammingError(
-            f"remote_url {remote_url!r} is not a sync URL: expected libsql://HOST, https://HOST or http://HOST:PORT"
-        )
-
-
-# The database file and the files the sync engine keeps beside it (-wal, -info, -changes, temporary writes).
-def _replica_files(path: str) -> set[str]:
-    pattern = glob.escape(path)
-    return {*glob.glob(pattern), *glob.glob(pattern + "-*"), *glob.glob(pattern + ".tmp.*")}
-
-
-def _describe_remote(remote_url: Optional[Union[str, Callable[[], Optional[str]]]]) -> str:
-    if remote_url is None:
-        return "the remote saved in the replica"
-    if callable(remote_url):
-        return "the URL from the remote_url callable"
-    return remote_url
-
-
-# Runs on the worker: check the arguments, open the replica, and on failure remove the files this attempt created
-# (never files that were there before) and say which replica and remote failed.
-def _open_replica(
-    path: str,
-    remote_url: Optional[Union[str, Callable[[], Optional[str]]]],
-    open_blocking: Callable[[], BlockingConnectionSync],
-) -> BlockingConnectionSync:
-    _check_arguments(path, remote_url)
-    existing = _replica_files(path)
-    try:
-        return open_blocking()
-    except BaseException as error:
-        for leftover in _replica_files(path) - existing:
-            try:
-                os.remove(leftover)
-            except OSError:
-                pass
-        dbapi_error = native_dbapi_error(error) or error
-        if isinstance(dbapi_error, Error):
-            message = f"cannot open sync replica {path!r} from {_describe_remote(remote_url)}: {error}"
-            raise type(dbapi_error)(message) from error
-        raise
 
 
 # not async: it returns an awaitable ConnectionSync; same signature as turso.lib_sync.connect_sync
@@ -1093,4 +1064,4 @@ def connect_sync(
             logical_mvcc_pull=logical_mvcc_pull,
         )
 
-    return ConnectionSync(lambda: _open_replica(path, remote_url, open_blocking))
+    return ConnectionSync(ReplicaOpener(path, remote_url, open_blocking))
