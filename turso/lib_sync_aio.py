@@ -45,6 +45,7 @@ import asyncio
 import enum
 import functools
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -74,7 +75,8 @@ from .background_sync_aio import BackgroundSync
 from ._sync_aio.arguments import seconds
 from ._sync_aio.errors import job_error, native_dbapi_error
 from ._sync_aio.open_replicas import ReplicaPathClaim
-from ._sync_aio.replica_files import ReplicaOpener
+from ._sync_aio.pull_recovery import UnusableConnection, applied_before_failing, is_wedged, unusable_message
+from ._sync_aio.replica_files import ReplicaOpener, replica_files_held_open
 
 _T = TypeVar("_T")
 _Runner = TypeVar("_Runner", bound="_JobRunner")
@@ -207,6 +209,8 @@ class ConnectionSync(NonBlockingConnection):
         # The background sync started by sync_in_background(), if any; close() stops it first.
         self._background: Optional[BackgroundSync] = None
         self._request_timeout = REQUEST_TIMEOUT_SECONDS
+        # Set when a failed pull wedged the connection and the replica could not be reopened: what every call says.
+        self._unusable: Optional[str] = None
 
     # internal worker is stopped here, and on every other way out: failed or cancelled open, garbage collection
     # (__del__), and the event loop closing (_JobRunner)
@@ -532,18 +536,18 @@ class ConnectionSync(NonBlockingConnection):
             self._open_ended.wait()
             engine = self._engine
         if self._refusing or engine is None:
-            raise ProgrammingError(f"Cannot {operation}: the connection was closed before the {operation} started")
+            raise self._unusable_error(operation)
         self._lane.current = operation
         return engine
 
     # The sync operations as run on the lane; apply and checkpoint are handed to the SQL worker, which runs them
     # between transactions while the lane waits (so their turn lasts until they have ended).
     def _pull_on_lane(self) -> bool:
-        engine = self._engine_for_lane("pull")
-        changes = engine.wait_changes()
+        # No reference to the engine is kept here while the worker applies: a failed apply may reopen the replica.
+        changes = self._engine_for_lane("pull").wait_changes()
         if changes is None or changes.empty():
             return False
-        apply = functools.partial(engine.apply_changes, changes)
+        apply = functools.partial(self._apply_pulled_blocking, [changes])
         del changes  # held by `apply` alone, which the worker drops once it ran: a later pull can fetch them again
         self._runner.run_between_transactions(apply, "apply pulled changes", self._in_transaction_blocking)
         return True
@@ -557,6 +561,79 @@ class ConnectionSync(NonBlockingConnection):
 
     def _stats_on_lane(self) -> SyncStats:
         return self._engine_for_lane("read stats").read_stats()
+
+    def _apply_pulled_blocking(self, pulled: list[Any]) -> None:
+        # On the SQL worker, between transactions: apply the changes the lane fetched (`pulled` holds them, so that
+        # they are dropped as soon as the engine took them). A failure after they were applied is reported as
+        # success; one that wedged the connection reopens the replica (see _sync_aio/pull_recovery.py).
+        engine = self._engine
+        if engine is None:
+            raise self._unusable_error("apply pulled changes")
+        try:
+            engine.apply_changes(pulled.pop())
+            return
+        except Error as error:
+            failure = error
+        del engine
+        # Its frames hold the engine and the native sync database, which a reopen must see freed.
+        traceback.clear_frames(failure.__traceback__)
+        outcome = self._recover_after_failed_apply(failure)
+        if not applied_before_failing(failure):
+            raise outcome
+        logger.warning(
+            "pull: the pulled changes were applied, but recording that failed (%s); the next pull fetches them and "
+            "applies them again",
+            failure,
+        )
+
+    def _recover_after_failed_apply(self, failure: Error) -> Error:
+        # On the SQL worker, after a failed apply, before any other job: if the connection can no longer read its
+        # replica, drop the native database and open the replica again. Returns the error for the pull to raise.
+        blocking = self._sync
+        if blocking is None or not is_wedged(blocking):
+            return failure
+        self._conn = self._sync = self._engine = None
+        try:
+            blocking.close()
+        except Exception:
+            pass
+        path = self._path_claim.path if self._path_claim is not None else None
+        # 2: this variable and getrefcount's argument. Any more is the application's (a cursor kept, an error holding
+        # one): the old native database would outlive the reopen, and two on one file are not survivable.
+        if sys.getrefcount(blocking) > 2:
+            return self._become_unusable(unusable_message(path, failure))
+        del blocking
+        if path is not None and replica_files_held_open(path):
+            return self._become_unusable(unusable_message(path, failure))
+        settings = (self._isolation_level_cache, self._row_factory_cache, self._text_factory_cache)
+        autocommit = self._autocommit_cache
+        try:
+            self._open_blocking()
+        except Exception as error:
+            return self._become_unusable(unusable_message(path, failure) + f" (reopening it failed: {error})")
+        reopened = cast(BlockingConnectionSync, self._sync)
+        # The settings the application made on the old connection carry over to the new one.
+        reopened.isolation_level, reopened.row_factory, reopened.text_factory = settings
+        self._isolation_level_cache, self._row_factory_cache, self._text_factory_cache = settings
+        if autocommit != reopened.autocommit:
+            reopened.autocommit = autocommit
+            self._autocommit_cache = autocommit
+        logger.warning("pull: a failed apply (%s) left the connection unable to read its replica: reopened", failure)
+        return type(failure)(f"{failure} (the connection reopened the replica; the next pull applies the changes)")
+
+    def _become_unusable(self, message: str) -> Error:
+        # A wedged connection that could not be reopened: every call raises `message` from now on, until close().
+        self._unusable = message
+        self._conn = self._sync = cast(BlockingConnectionSync, UnusableConnection(message))
+        self._engine = None
+        logger.warning("%s", message)
+        return OperationalError(message)
+
+    def _unusable_error(self, operation: str) -> Error:
+        # A sync operation on a connection without an engine: closed, or wedged and not reopened.
+        if self._unusable is not None and not self._refusing:
+            return OperationalError(self._unusable)
+        return ProgrammingError(f"Cannot {operation}: the connection was closed before the {operation} started")
 
     def _in_transaction_blocking(self) -> bool:
         # On the SQL worker: whether a transaction is open (apply and checkpoint wait for it to end).

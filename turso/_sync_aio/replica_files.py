@@ -133,6 +133,24 @@ def check_replica_files(path: str) -> None:
     )
 
 
+def replica_files_held_open(path: str) -> bool:
+    """Whether this process holds a file descriptor of one of the replica's files now; False where the process's
+    descriptors cannot be listed (only Linux's /proc/self/fd is read)."""
+    try:
+        descriptors = os.listdir(_OWN_DESCRIPTORS)
+    except OSError:
+        return False
+    prefix = os.path.realpath(path)
+    for descriptor in descriptors:
+        try:
+            target = os.readlink(os.path.join(_OWN_DESCRIPTORS, descriptor))
+        except OSError:
+            continue  # closed since the listing
+        if target == prefix or target.startswith((prefix + "-", prefix + ".tmp.")):
+            return True
+    return False
+
+
 class ReplicaOpener:
     """What `connect_sync` gives ConnectionSync as its connector: opens the replica on the SQL worker, after checking
     the arguments, claiming the replica's file for this connection (see open_replicas) and checking its files.
@@ -187,6 +205,9 @@ class ReplicaOpener:
             self.path_claim.release()
             raise
 
+
+# Where Linux lists this process's open file descriptors, as links to their files.
+_OWN_DESCRIPTORS = "/proc/self/fd"
 
 # How to get going again after check_replica_files refused a replica.
 _WHAT_TO_DO = (
