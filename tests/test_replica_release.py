@@ -27,6 +27,11 @@ AWAIT_SECONDS = 10.0
 CHILD_SECONDS = 60.0
 # The pull under wait_for that a stalled remote times out.
 PULL_TIMEOUT_SECONDS = 0.5
+# About 0.5 s of work on the SQL worker (a recursive query counting to a million).
+HEAVY_COUNT = (
+    "SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) "
+    "SELECT x FROM c)"
+)
 # What the refusal of a second open says.
 ALREADY_OPEN = "is already open in this process"
 SHARE_ADVICE = "share the open connection"
@@ -206,6 +211,21 @@ async def test_a_closed_replica_may_be_opened_again_at_once(sync_server: SyncSer
             await write_notes(conn, 1)
             await asyncio.wait_for(conn.push(), AWAIT_SECONDS)
         assert sync_server.execute("SELECT count(*) FROM notes") == [(round_number + 1,)]
+
+
+async def test_an_open_of_a_file_whose_connection_is_closing_waits_for_it_instead_of_refusing(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    first = await open_replica(replica_path, sync_server.url)
+    await write_notes(first, 1)
+    counting = asyncio.ensure_future(first.execute_fetchall(HEAVY_COUNT))  # close() lets it finish first
+    closing = asyncio.ensure_future(first.close())
+    await asyncio.sleep(0)  # close() has begun
+    # Not refused: the open waits for the first connection's release (its SQL worker first finishes the count).
+    async with connect_sync(replica_path, sync_server.url) as second:
+        assert await asyncio.wait_for(second.execute_fetchall("SELECT count(*) FROM notes"), AWAIT_SECONDS) == [(1,)]
+    assert await asyncio.wait_for(counting, AWAIT_SECONDS) == [(1_000_000,)]
+    await asyncio.wait_for(closing, AWAIT_SECONDS)
 
 
 async def test_a_failed_open_does_not_keep_the_path(replica_path: str, sync_server: SyncServer) -> None:
