@@ -194,6 +194,11 @@ async def test_a_symlink_or_a_relative_path_to_an_open_replica_is_the_same_repli
             assert await asyncio.wait_for(other.execute_fetchall("SELECT 1"), AWAIT_SECONDS) == [(1,)]
 
 
+async def test_a_path_with_a_nul_character_is_refused_with_value_error(sync_server: SyncServer) -> None:
+    with pytest.raises(ValueError, match="NUL character"):
+        await asyncio.wait_for(connect_sync("app\0.db", sync_server.url), AWAIT_SECONDS)
+
+
 async def test_in_memory_replicas_are_each_their_own_and_never_refused(sync_server: SyncServer) -> None:
     sync_server.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)")
     async with connect_sync(":memory:", sync_server.url) as first, connect_sync(":memory:", sync_server.url) as second:

@@ -51,10 +51,12 @@ WAL_FRAME_HEADER_BYTES = 24
 
 # `object` parameters: the checks are for callers without a type checker.
 def check_arguments(path: object, remote_url: object) -> None:
-    """`connect_sync`'s path and remote URL, checked before anything is opened: TypeError, ProgrammingError (a URL the
-    sync driver cannot reach) or OperationalError (a missing directory), each saying what is wrong."""
+    """`connect_sync`'s path and remote URL, checked before anything is opened: TypeError, ValueError, ProgrammingError
+    (a URL the sync driver cannot reach) or OperationalError (a missing directory), each saying what is wrong."""
     if not isinstance(path, str):
         raise TypeError(f"path must be a str, not {type(path).__name__}")
+    if "\0" in path:
+        raise ValueError(f"path {path!r} contains a NUL character, which no file name can")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise OperationalError(f"cannot open sync replica {path!r}: directory {directory!r} does not exist")
@@ -110,8 +112,11 @@ def check_replica_files(path: str) -> None:
             "bootstrap the remote's database over the local one and lose the changes not pushed yet. Restore "
             f"{info_path!r} from a backup, or: {_WHAT_TO_DO.format(path=path, files=_listed(path))}"
         )
-    with open(path, "rb") as database:
-        header = database.read(HEADER_BYTES)
+    try:
+        with open(path, "rb") as database:
+            header = database.read(HEADER_BYTES)
+    except OSError:
+        return  # not readable here (a directory, no permission): the driver says why
     page_size = _page_size(header)
     if page_size is None:
         # Not a database, or a header cut short: the driver says so ("file is not a database", "short read on page 1").
@@ -122,6 +127,8 @@ def check_replica_files(path: str) -> None:
     # The first page the file does not hold in full, and the last one its header counts.
     first_missing = main_size // page_size + 1
     logged = _pages_in_wal(path + "-wal", page_size)
+    if logged is None:
+        return  # a log that cannot be read here: no telling what it holds
     missing = next((page for page in range(first_missing, page_count + 1) if page not in logged), None)
     if missing is None:
         return
@@ -239,13 +246,16 @@ def _page_size(header: bytes) -> Optional[int]:
     return page_size
 
 
-def _pages_in_wal(wal_path: str, page_size: int) -> set[int]:
+def _pages_in_wal(wal_path: str, page_size: int) -> Optional[set[int]]:
     # The pages that frames of the current write-ahead log hold (frames whose salts are the header's), whether they
-    # were committed or not: a generous reading, so that a healthy replica is never refused.
+    # were committed or not: a generous reading, so that a healthy replica is never refused. None if the log exists
+    # but cannot be read.
     try:
         wal = open(wal_path, "rb")
     except FileNotFoundError:
         return set()
+    except OSError:
+        return None
     pages: set[int] = set()
     with wal:
         header = wal.read(WAL_HEADER_BYTES)
