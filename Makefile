@@ -87,7 +87,7 @@ typecheck: $(TYPECHECK_PYTHON_VERSIONS:%=typecheck-%)
 typecheck-%: setup .venvs/%/.linked
 	.venvs/$*/bin/python -m mypy --python-version $* turso/lib_sync_aio.py turso/sqlalchemy_sync_aio.py turso/background_sync_aio.py \
 		turso/_sync_aio
-	.venvs/$*/bin/python -m mypy --python-version $* tests examples benchmarks scripts
+	.venvs/$*/bin/python -m mypy --python-version $* tests testkit examples benchmarks scripts
 	$(PYRIGHT) --pythonpath .venvs/$*/bin/python --pythonversion $*
 	.venvs/$*/bin/python -m mypy.stubtest turso.lib_sync_aio --allowlist stubtest-allowlist.txt
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.dialects import registry
 
 from tests.proxy import DelayingProxy
 from tests.sync_server import SyncServer
@@ -17,6 +18,12 @@ from tests.sync_server import SyncServer
 UNDER_TEST = os.environ.get("TURSO_SYNC_AIO_UNDER_TEST", "checkout")
 # The project's checkout: where this file is, or, for a copy of tests/, where it was copied from.
 CHECKOUT = Path(os.environ.get("TURSO_SYNC_AIO_CHECKOUT", Path(__file__).resolve().parent.parent)).resolve()
+
+# In the checkout the dialect is not installed with an entry point: register it the way SQLAlchemy documents, for every
+# test module. Against the installed wheel (`make test-wheel`) nothing is registered, so the URL must resolve through
+# the wheel's `sqlalchemy.dialects` entry point.
+if UNDER_TEST == "checkout":
+    registry.register("sqlite.aioturso_sync", "turso.sqlalchemy_sync_aio", "AioTursoSyncDialect")
 
 # Threads per open connection: the SQL worker ("turso-async-worker") and the sync lane ("turso-sync-lane").
 THREADS_PER_CONNECTION = 2

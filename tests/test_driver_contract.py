@@ -1,10 +1,11 @@
-"""The driver's private names that turso.lib_sync_aio relies on (all reached in its _SyncEngine), checked against the
-pinned driver, so that a release that renames or reshapes one fails here, with a message naming it, instead of as an
-AttributeError deep in a sync operation.
+"""The driver's private names that turso.lib_sync_aio relies on (all reached in turso/_sync_aio/engine.py), checked
+against the pinned driver, so that a release that renames or reshapes one fails here, with a message naming it,
+instead of as an AttributeError deep in a sync operation.
 
-Why they are needed at all: the driver's blocking `pull()` does the network wait and the apply in one call, which
-would keep the SQL worker waiting on the network. The module drives the two steps itself, with the driver's own
-`_run_op`, over the blocking connection's sync database (`_sync`) and HTTP context (`_http_ctx`).
+Why they are needed at all: the driver's blocking `pull()` does the network wait and the apply in one call, and its
+HTTP has no deadline. The engine drives each operation itself over the blocking connection's sync database (`_sync`),
+with the URL, token and client name of its HTTP context (`_http_ctx`), performing HTTP through our transport and file
+IO through the driver's own `_process_full_read_item` and `_process_full_write_item`.
 """
 
 import inspect
@@ -12,63 +13,77 @@ from typing import Any
 
 import pytest
 
+import turso.lib
 import turso.lib_sync
 from tests.sync_server import SyncServer
+from turso._sync_aio.engine import SyncEngine
 
-# The sync database's operations the module starts, each driven to its end by _run_op.
+# The sync database's operations the engine starts and resumes to their end.
 ENGINE_OPERATIONS = ("wait_changes", "apply_changes", "push_changes", "checkpoint", "stats")
+# What the engine does with the sync database's IO queue and its items.
+QUEUE_METHODS = ("take_io_item", "step_io_callbacks")
+ITEM_METHODS = ("request", "status", "push_buffer", "done", "poison")
 
 
 def _require(condition: object, what: str) -> None:
     if not condition:
         pytest.fail(
-            f"the pinned driver no longer has {what}, which turso.lib_sync_aio's _SyncEngine relies on: "
-            "adapt _SyncEngine to the new driver (see the README, 'How a connection works')"
+            f"the pinned driver no longer has {what}, which turso/_sync_aio/engine.py relies on: adapt the engine to "
+            "the new driver (see docs/design.md)"
         )
 
 
-def test_run_op_drives_one_operation_over_a_sync_database_and_an_http_context() -> None:
-    run_op: Any = getattr(turso.lib_sync, "_run_op", None)
-    _require(callable(run_op), "turso.lib_sync._run_op")
-    parameters = list(inspect.signature(run_op).parameters)
-    _require(parameters == ["sync", "op", "ctx"], f"_run_op(sync, op, ctx) (it takes {parameters})")
+def _parameters(function: Any) -> list[str]:
+    return list(inspect.signature(function).parameters)
 
 
-def test_http_context_is_built_from_url_token_and_client_name_and_read_per_request() -> None:
-    context_class: Any = getattr(turso.lib_sync, "_HttpContext", None)
-    _require(isinstance(context_class, type), "turso.lib_sync._HttpContext")
-    parameters = list(inspect.signature(context_class).parameters)
-    _require(
-        parameters == ["remote_url", "auth_token", "client_name"],
-        f"_HttpContext(remote_url, auth_token, client_name) (it takes {parameters})",
-    )
-    for method in ("base_url", "token"):
-        _require(callable(getattr(context_class, method, None)), f"_HttpContext.{method}()")
+def test_file_items_are_performed_by_the_drivers_own_functions() -> None:
+    for name in ("_process_full_read_item", "_process_full_write_item"):
+        function: Any = getattr(turso.lib_sync, name, None)
+        _require(callable(function), f"turso.lib_sync.{name}")
+        _require(_parameters(function) == ["io_item", "req_kind"], f"{name}(io_item, req_kind)")
 
 
-def test_a_blocking_sync_connection_exposes_its_sync_database_http_context_and_page_fetch_hook(
+def test_native_errors_are_mapped_by_the_drivers_own_function() -> None:
+    mapping: Any = getattr(turso.lib, "_map_turso_exception", None)
+    _require(callable(mapping), "turso.lib._map_turso_exception")
+    _require(_parameters(mapping) == ["exc"], "_map_turso_exception(exc)")
+
+
+def test_a_blocking_sync_connection_exposes_its_sync_database_http_context_and_statement_io_hook(
     sync_server: SyncServer, replica_path: str
 ) -> None:
     blocking = turso.lib_sync.connect_sync(replica_path, sync_server.url)  # pyright: ignore[reportUnknownMemberType]
     try:
         database: Any = getattr(blocking, "_sync", None)
         _require(database is not None, "ConnectionSync._sync (the native sync database)")
-        for operation in ENGINE_OPERATIONS:
+        for operation in ENGINE_OPERATIONS + QUEUE_METHODS:
             _require(callable(getattr(database, operation, None)), f"the sync database's {operation}()")
         context: Any = getattr(blocking, "_http_ctx", None)
-        _require(
-            isinstance(context, getattr(turso.lib_sync, "_HttpContext")), "ConnectionSync._http_ctx (an _HttpContext)"
-        )
-        for field in ("remote_url", "auth_token", "client_name"):
-            _require(hasattr(context, field), f"_HttpContext.{field}")
-        _require(callable(getattr(blocking, "extra_io", None)), "ConnectionSync.extra_io (the page fetch hook)")
-        # The module's own path through these names: a pull's two steps, as _SyncEngine takes them.
+        _require(context is not None, "ConnectionSync._http_ctx (its HTTP context)")
+        for method in ("base_url", "token"):
+            _require(callable(getattr(context, method, None)), f"_http_ctx.{method}()")
+        _require(isinstance(getattr(context, "client_name", None), str), "_http_ctx.client_name")
+        _require(callable(getattr(blocking, "extra_io", None)), "ConnectionSync.extra_io (the statement IO hook)")
+        # The engine's own path through these names: a pull's two steps, its request through our transport.
         sync_server.execute("CREATE TABLE t(x TEXT)")
-        run_op: Any = getattr(turso.lib_sync, "_run_op")
-        changes: Any = run_op(database, database.wait_changes(), context)
+        engine = SyncEngine(blocking, request_timeout=10.0, long_poll_seconds=0.0)
+        changes: Any = engine.wait_changes()
         _require(callable(getattr(changes, "empty", None)), "wait_changes' changes.empty()")
         assert changes.empty() is False
-        run_op(database, database.apply_changes(changes), context)
+        engine.apply_changes(changes)
         assert blocking.execute("SELECT name FROM sqlite_master WHERE name = 't'").fetchall() == [("t",)]
+        assert engine.transport.requests_sent >= 1
+        engine.close()
     finally:
         blocking.close()
+
+
+def test_io_items_have_the_request_and_completion_methods_the_engine_calls() -> None:
+    native: Any = getattr(turso.lib_sync, "PyTursoSyncIoItem", None)
+    _require(isinstance(native, type), "turso.lib_sync.PyTursoSyncIoItem (from the native extension)")
+    for method in ITEM_METHODS:
+        _require(callable(getattr(native, method, None)), f"PyTursoSyncIoItem.{method}()")
+    kinds: Any = getattr(turso.lib_sync, "PyTursoSyncIoItemRequestKind", None)
+    for kind in ("Http", "FullRead", "FullWrite"):
+        _require(hasattr(kinds, kind), f"PyTursoSyncIoItemRequestKind.{kind}")

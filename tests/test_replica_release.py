@@ -8,10 +8,12 @@ opened again once the first connection has closed, also while its stuck sync req
 """
 
 import asyncio
+import gc
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,17 @@ READ_IN_CHILD = textwrap.dedent(
     conn.close()
     """
 )
+
+
+@pytest.fixture(autouse=True)
+def reference_counting_only() -> Iterator[None]:
+    """No garbage collection during these tests: the replica must be let go of by reference counting alone, at once,
+    not whenever a collection happens to break a reference cycle that holds it."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def open_replica_files(path: str) -> list[str]:

@@ -134,16 +134,18 @@ def test_stub_connect_sync_has_the_runtime_annotations() -> None:
 def test_stub_declares_exactly_the_methods_connection_sync_defines() -> None:
     stub_class = stub_node(ast.ClassDef, "ConnectionSync")
     declared = {node.name for node in stub_class.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
-    # Public methods and protocol methods (dunders) defined in our module; private helpers stay out of the stub.
+    # Public methods, properties and protocol methods (dunders) defined in our module; private helpers stay out of
+    # the stub.
     defined_here = {
         name
         for name, value in vars(turso.lib_sync_aio.ConnectionSync).items()
-        if callable(value) and (not name.startswith("_") or (name.startswith("__") and name.endswith("__")))
+        if (callable(value) or isinstance(value, property))
+        and (not name.startswith("_") or (name.startswith("__") and name.endswith("__")))
     }
     assert declared == defined_here
     assert {"close", "pull", "push", "checkpoint", "stats"} <= declared
     # The stub's coroutines are the runtime's coroutines.
     for node in stub_class.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            runtime = getattr(turso.lib_sync_aio.ConnectionSync, node.name)
+            runtime = vars(turso.lib_sync_aio.ConnectionSync)[node.name]
             assert isinstance(node, ast.AsyncFunctionDef) == inspect.iscoroutinefunction(runtime), node.name

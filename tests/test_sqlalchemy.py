@@ -20,7 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import turso
 import turso.aio
-from tests.conftest import THREADS_PER_CONNECTION, UNDER_TEST, turso_threads
+from tests.conftest import THREADS_PER_CONNECTION, turso_threads
 from tests.proxy import DelayingProxy
 from tests.sync_server import SyncServer
 from turso.background_sync_aio import BackgroundSync
@@ -32,12 +32,6 @@ from turso.sqlalchemy_sync_aio import (
     get_sync_connection,
     replica_of,
 )
-
-# In the checkout the dialect is not installed with an entry point: register it the way SQLAlchemy documents. Against
-# the installed wheel (`make test-wheel`) nothing is registered, so the URL must resolve through the wheel's
-# `sqlalchemy.dialects` entry point.
-if UNDER_TEST == "checkout":
-    registry.register("sqlite.aioturso_sync", "turso.sqlalchemy_sync_aio", "AioTursoSyncDialect")
 
 # Bound for anything that talks to the server, generous for a loaded 2-core machine.
 TIMEOUT = 60.0
@@ -754,6 +748,47 @@ def test_sync_interval_is_the_dialects_own_parameter_and_not_warned_about(replic
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         engine = create_async_engine(replica_url(replica_path, None, "remote_url=http://h:1&sync_interval=2.5"))
+    assert isinstance(engine.pool, ReplicaPool)
+
+
+# --- request_timeout: the replica's deadline for every sync request -----------------------------------------------
+
+
+async def test_request_timeout_in_the_url_is_the_replicas_deadline_from_the_bootstrap_on(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    sync_server.execute("CREATE TABLE notes(id TEXT PRIMARY KEY, body TEXT)")
+    proxy = DelayingProxy(sync_server.port)
+    engine = create_async_engine(replica_url(replica_path, None, f"remote_url={proxy.url}&request_timeout=0.5"))
+    try:
+        proxy.stall()
+        started = time.monotonic()
+        with pytest.raises(DBAPIError, match=r"within 0\.5 s \(request_timeout\)"):
+            async with engine.connect() as connection:
+                await asyncio.wait_for(connection.execute(text("SELECT 1")), 10)
+        assert time.monotonic() - started < 2.0
+        proxy.release()
+        replica = await asyncio.wait_for(replica_of(engine), 10)
+        assert replica.request_timeout == 0.5
+    finally:
+        proxy.release()
+        await engine.dispose()
+        proxy.close()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "nan", "inf", "1s"])
+def test_a_bad_request_timeout_is_refused_when_the_engine_is_created(replica_path: str, value: str) -> None:
+    with pytest.raises(
+        ArgumentError, match=rf"request_timeout must be one number of seconds greater than 0.*{value!r}"
+    ):
+        create_async_engine(replica_url(replica_path, None, f"remote_url=http://h:1&request_timeout={value}"))
+    assert not os.path.exists(replica_path)
+
+
+def test_request_timeout_is_the_dialects_own_parameter_and_not_warned_about(replica_path: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine = create_async_engine(replica_url(replica_path, None, "remote_url=http://h:1&request_timeout=2.5"))
     assert isinstance(engine.pool, ReplicaPool)
 
 

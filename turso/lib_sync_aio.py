@@ -45,6 +45,7 @@ import asyncio
 import enum
 import functools
 import logging
+import os
 import sys
 import threading
 import time
@@ -64,8 +65,6 @@ from .lib_sync import (
     ConnectionSync as BlockingConnectionSync,
     PartialSyncOpts,
     RemoteEncryptionCipher,  # pyright: ignore[reportUnknownVariableType]  # native enum, no type information
-    _HttpContext as DriverHttpContext,  # pyright: ignore[reportPrivateUsage]  # see _SyncEngine
-    _run_op as run_engine_operation,  # pyright: ignore[reportPrivateUsage, reportUnknownVariableType]  # see _SyncEngine
     connect_sync as blocking_connect_sync,  # pyright: ignore[reportUnknownVariableType]  # (its cipher parameter)
 )
 from .lib_aio import (
@@ -73,10 +72,17 @@ from .lib_aio import (
 )
 from .background_sync_aio import BackgroundSync
 from ._sync_aio.arguments import seconds
+from ._sync_aio.engine import SyncEngine
 from ._sync_aio.errors import job_error, native_dbapi_error
 from ._sync_aio.open_replicas import ReplicaPathClaim
 from ._sync_aio.pull_recovery import UnusableConnection, applied_before_failing, is_wedged, unusable_message
-from ._sync_aio.replica_files import ReplicaOpener, replica_files_held_open
+from ._sync_aio.replica_files import (
+    check_arguments,
+    check_replica_files,
+    describe_remote,
+    replica_files,
+    replica_files_held_open,
+)
 
 _T = TypeVar("_T")
 _Runner = TypeVar("_Runner", bound="_JobRunner")
@@ -188,9 +194,10 @@ class ConnectionSync(NonBlockingConnection):
         self._sync: Optional[BlockingConnectionSync] = None
         # The replica's sync engine, for the lane; set by the open job, which then sets `_open_ended` (also when
         # opening failed), so that a sync operation called before the open ends waits for it on the lane.
-        self._engine: Optional[_SyncEngine] = None
+        self._engine: Optional[SyncEngine] = None
         self._open_ended = threading.Event()
-        # Set once the lane may start nothing more: close() stopped waiting for it, or the connection was dropped.
+        # Set once no sync request may start any more, and the one in flight is failed: close() stopped waiting for
+        # the lane, or the connection was dropped.
         self._refusing = False
         self._state = _State.UNOPENED
         # Settled by each thread's last job, just before it exits; made when the threads start.
@@ -204,7 +211,7 @@ class ConnectionSync(NonBlockingConnection):
         # The claim on the replica's file (one open connection per file per process) of connect_sync's connector;
         # None for a connector of the caller's.
         self._path_claim: Optional[ReplicaPathClaim] = (
-            connector.path_claim if isinstance(connector, ReplicaOpener) else None
+            connector.path_claim if isinstance(connector, _ReplicaOpener) else None
         )
         # The background sync started by sync_in_background(), if any; close() stops it first.
         self._background: Optional[BackgroundSync] = None
@@ -237,23 +244,29 @@ class ConnectionSync(NonBlockingConnection):
             # The SQL worker keeps running meanwhile: it runs the local steps of the sync operations called earlier.
             if not lane_stopped.done():
                 await asyncio.wait([lane_stopped], timeout=LANE_CLOSE_SECONDS)
+            if not lane_stopped.done():
+                logger.warning(
+                    "close() stopped waiting for the remote after %g s: %s failed, and the sync operations queued "
+                    "after it were refused",
+                    LANE_CLOSE_SECONDS,
+                    self._lane.current,
+                )
         finally:
+            # The request in flight, if any, fails now; then the SQL worker's last job closes the replica.
             self._stop_sql_worker()
-        if await self._sql_worker_ended(stopped):
-            # The worker settles `stopped` as its very last step, so this join returns at once.
-            self._worker.join()
+        if not await self._sql_worker_ended(stopped):
+            self._release_path()
+            return
+        # The lane has no request left to wait for: it ends as soon as a local step it handed over ends.
+        await asyncio.wait([lane_stopped], timeout=LANE_CLOSE_SECONDS)
+        # Each thread settles its future as its very last step, so these joins return at once.
+        self._worker.join()
         if lane_stopped.done():
             self._lane.join()
         else:
-            logger.warning(
-                "close() returned while the sync lane still waits for the remote: %s; its thread exits when that "
-                "request ends, and starts nothing after",
-                self._lane.current,
-            )
-        # The SQL worker released the path at its last job, unless close() returned before that job ran; either way
-        # the replica may be opened again once close() returns.
-        if self._path_claim is not None:
-            self._path_claim.release()
+            logger.warning("close() returned while the sync lane still runs %s", self._lane.current)
+        self._release_path()
+        stopped.result()
 
     # typed so that the awaited value is ConnectionSync: the base class would type it as the plain Connection and
     # hide pull/push/checkpoint/stats
@@ -355,6 +368,9 @@ class ConnectionSync(NonBlockingConnection):
     @request_timeout.setter
     def request_timeout(self, value: float) -> None:
         self._request_timeout = seconds("request_timeout", value)
+        engine = self._engine
+        if engine is not None:
+            engine.request_timeout = self._request_timeout
 
     def __del__(self) -> None:
         # Unclosed connection being garbage collected: warn like asyncio and aiosqlite do, then let both threads
@@ -368,7 +384,7 @@ class ConnectionSync(NonBlockingConnection):
             source=self,
         )
         # The last job must not refer to this connection, which is being collected.
-        self._stop_threads_quietly(_close_quietly_and_stop(self._conn, self._path_claim))
+        self._stop_threads_quietly(_close_quietly_and_stop(self._engine, self._conn, self._path_claim))
 
     async def _open(self) -> "ConnectionSync":
         if self._state is _State.CLOSED:
@@ -378,7 +394,9 @@ class ConnectionSync(NonBlockingConnection):
         try:
             await asyncio.shield(self._open_future)
         except asyncio.CancelledError:
-            # The worker cannot be interrupted mid-bootstrap: it closes the replica and exits once opening ends.
+            # A bootstrap in flight fails at once; the worker then removes what it created, and both threads exit.
+            # Nobody awaits the open's outcome any more: mark its error retrieved, so asyncio does not log it.
+            self._open_future.add_done_callback(_retrieve_outcome)
             self._begin_close()
             self._stop_sql_worker()
             raise
@@ -416,8 +434,12 @@ class ConnectionSync(NonBlockingConnection):
     def _open_blocking(self) -> None:
         # Runs on the SQL worker: open the blocking connection and mirror its settings for the property getters.
         try:
-            blocking = self._connector()
-            self._engine = _SyncEngine.of(blocking)
+            connector = self._connector
+            if isinstance(connector, _ReplicaOpener):
+                blocking = connector.open(self._take_over_engine)
+            else:
+                blocking = connector()
+                self._take_over_engine(blocking, 0.0)
         finally:
             self._open_ended.set()
         self._conn = blocking
@@ -426,6 +448,14 @@ class ConnectionSync(NonBlockingConnection):
         self._row_factory_cache = blocking.row_factory
         self._text_factory_cache = blocking.text_factory
         self._autocommit_cache = blocking.autocommit
+
+    def _take_over_engine(self, blocking: BlockingConnectionSync, long_poll_seconds: float) -> SyncEngine:
+        # On the SQL worker, while opening: drive `blocking`'s sync engine ourselves from now on (a close() that
+        # began meanwhile fails its requests at once).
+        engine = self._engine = SyncEngine(blocking, self._request_timeout, long_poll_seconds)
+        if self._refusing:
+            engine.abort()
+        return engine
 
     def _begin_close(self) -> None:
         # Refuse new work and queue the sync lane's last job, behind the sync operations already called.
@@ -456,37 +486,39 @@ class ConnectionSync(NonBlockingConnection):
 
         self._runner.stop_with(close_and_stop)
 
-    def _refuse_new_requests(self) -> None:
-        self._refusing = True
-        engine = self._engine
-        if engine is not None:
-            engine.refuse_new_requests()
-        self._open_ended.set()
-
     async def _sql_worker_ended(self, stopped: "asyncio.Future[None]") -> bool:
-        # Wait for the SQL worker's last job, and raise its close error, if any. Its queued SQL may take as long as
-        # it takes, except for a partial-sync page fetch still waiting on the remote after close() gave up on the
-        # lane: then close() returns (False) and the worker exits once the fetch ends.
+        # Wait for the SQL worker's last job: the SQL queued before close() runs first, for as long as it takes,
+        # except a partial-sync statement whose page reads the remote does not answer (they cannot fail: see
+        # SyncEngine._read_page); close() then returns (False), and the worker exits once the pages arrive.
         while not stopped.done():
             await asyncio.wait([stopped], timeout=LANE_CLOSE_SECONDS)
             engine = self._engine
-            if not stopped.done() and self._refusing and engine is not None and engine.http.fetching_pages:
+            if not stopped.done() and engine is not None and engine.fetching_pages:
                 logger.warning(
                     "close() returned while a statement waits for pages from the remote (partial sync); the SQL "
                     "worker closes the replica and exits once they arrive"
                 )
                 return False
-        stopped.result()
         return True
 
+    def _refuse_new_requests(self) -> None:
+        # The request in flight fails now (its socket is shut), and no request starts after it.
+        self._refusing = True
+        engine = self._engine
+        if engine is not None:
+            engine.abort()
+        self._open_ended.set()
+
     def _close_and_forget(self) -> Optional[Exception]:
-        # On the SQL worker, at its last job: close the blocking connection, and drop this connection's references to
-        # it and to the sync engine. The driver's close() leaves the native sync database alive, and with it the
-        # replica's file handles and locks (another process could not open the replica), until nothing refers to it.
-        # Then release the path. Returns the close error, if any.
-        blocking = self._conn
+        # On the SQL worker, at its last job: close the engine and the blocking connection, and drop this connection's
+        # references to them. The driver's close() leaves the native sync database alive, and with it the replica's
+        # file handles and locks (another process could not open the replica), until nothing refers to it. Then
+        # release the path. Returns the close error, if any.
+        engine, blocking = self._engine, self._conn
         self._conn = self._sync = self._engine = None
         try:
+            if engine is not None:
+                engine.close()
             if blocking is not None:
                 blocking.close()
         except Exception as error:
@@ -494,15 +526,19 @@ class ConnectionSync(NonBlockingConnection):
             traceback.clear_frames(error.__traceback__)
             return native_dbapi_error(error) or error
         finally:
-            del blocking
-            if self._path_claim is not None:
-                self._path_claim.release()
+            del engine, blocking
+            self._release_path()
         return None
 
     def _close_quietly_and_forget(self) -> object:
         # The SQL worker's last job once the loop has closed: as close()'s, with nobody to hear of an error.
         self._close_and_forget()
         return STOP_RUNNING_SENTINEL
+
+    def _release_path(self) -> None:
+        # The replica's file may be opened again (by this process: another one waits for the file locks).
+        if self._path_claim is not None:
+            self._path_claim.release()
 
     def _stop_threads_quietly(self, last_job: Callable[[], object]) -> None:
         # Nobody is left to hear of a close error (garbage collection, loop closed): stop both threads at once.
@@ -527,7 +563,7 @@ class ConnectionSync(NonBlockingConnection):
             raise ProgrammingError("Connection is not open")
         return blocking
 
-    def _engine_for_lane(self, operation: str) -> "_SyncEngine":
+    def _engine_for_lane(self, operation: str) -> SyncEngine:
         # Runs on the lane at the start of each operation: the engine once the open has ended, unless close() gave up
         # waiting for the lane (the operation then never starts) or the open failed (its await says why).
         engine = self._engine
@@ -557,10 +593,10 @@ class ConnectionSync(NonBlockingConnection):
 
     def _checkpoint_on_lane(self) -> None:
         engine = self._engine_for_lane("checkpoint")
-        self._runner.run_between_transactions(engine.run_checkpoint, "checkpoint", self._in_transaction_blocking)
+        self._runner.run_between_transactions(engine.checkpoint, "checkpoint", self._in_transaction_blocking)
 
     def _stats_on_lane(self) -> SyncStats:
-        return self._engine_for_lane("read stats").read_stats()
+        return cast(SyncStats, self._engine_for_lane("read stats").stats())
 
     def _apply_pulled_blocking(self, pulled: list[Any]) -> None:
         # On the SQL worker, between transactions: apply the changes the lane fetched (`pulled` holds them, so that
@@ -589,14 +625,12 @@ class ConnectionSync(NonBlockingConnection):
     def _recover_after_failed_apply(self, failure: Error) -> Error:
         # On the SQL worker, after a failed apply, before any other job: if the connection can no longer read its
         # replica, drop the native database and open the replica again. Returns the error for the pull to raise.
-        blocking = self._sync
-        if blocking is None or not is_wedged(blocking):
+        blocking, engine = self._sync, self._engine
+        if blocking is None or engine is None or not is_wedged(blocking):
             return failure
         self._conn = self._sync = self._engine = None
-        try:
-            blocking.close()
-        except Exception:
-            pass
+        _close_quietly(engine, blocking)
+        del engine
         path = self._path_claim.path if self._path_claim is not None else None
         # 2: this variable and getrefcount's argument. Any more is the application's (a cursor kept, an error holding
         # one): the old native database would outlive the reopen, and two on one file are not survivable.
@@ -938,110 +972,6 @@ class _BetweenTransactions:
             self.done.set()
 
 
-class _SyncEngine:
-    """The sync engine of one open replica, as the driver's blocking connection holds it.
-
-    The driver's `pull()` does the network wait and the apply in one blocking call, which would keep the SQL worker
-    waiting on the network. So this is the one place that reaches into the driver's private names: the blocking
-    connection's `_sync` (the native sync database) and `_http_ctx` (URL, token, client name), and
-    `turso.lib_sync._run_op`, which drives one engine operation to its end, doing its HTTP and file IO. Nothing of the
-    driver is copied; tests/test_driver_contract.py fails with a clear message if the pinned driver renames them.
-
-    The native engine lets one thread at a time service its IO queue (`take_io_item`): two at once make `_run_op`
-    spin on a core, each taking the other's items. The lane's operations, and the SQL worker's page fetches for
-    partial sync (the blocking connection's `extra_io`), therefore take `io_lock` for as long as they service it.
-    """
-
-    __slots__ = ("database", "http", "io_lock")
-
-    database: Any
-    http: "_LaneHttpContext"
-    io_lock: threading.Lock
-
-    @classmethod
-    def of(cls, blocking: BlockingConnectionSync) -> "_SyncEngine":
-        """The engine of `blocking`, with its partial-sync page fetches made to take turns with the lane."""
-        engine = cls()
-        engine.database = blocking._sync  # pyright: ignore[reportPrivateUsage, reportUnknownMemberType]
-        http = blocking._http_ctx  # pyright: ignore[reportPrivateUsage]
-        engine.http = _LaneHttpContext(http.remote_url, http.auth_token, http.client_name)
-        engine.io_lock = threading.Lock()
-        fetch_pages = blocking.extra_io
-        if fetch_pages is not None:
-            blocking.extra_io = functools.partial(engine.fetch_pages_in_turn, fetch_pages)
-        return engine
-
-    def fetch_pages_in_turn(self, fetch_pages: Callable[[], None]) -> None:
-        """On the SQL worker, as the blocking connection's `extra_io`: a partial-sync page fetch, taking its turn
-        with the lane's operation. It never raises on its own account: failing a statement in the middle of its IO
-        makes the native statement spin on a core, holding the interpreter lock, when it is dropped. So a fetch
-        behind a request the remote never answers waits for it, and `fetching_pages` tells close() not to."""
-        self.http.fetching_pages = True
-        try:
-            with self.io_lock:
-                fetch_pages()
-        finally:
-            self.http.fetching_pages = False
-
-    def wait_changes(self) -> Any:
-        """On the lane: pull's network part; the remote's changes since the last pull (not applied yet)."""
-        return self._run(self.database.wait_changes, "pull")
-
-    def apply_changes(self, changes: Any) -> None:
-        """On the SQL worker, between transactions: apply what wait_changes() returned."""
-        self._run(functools.partial(self.database.apply_changes, changes), "pull")
-
-    def push_changes(self) -> None:
-        """On the lane: send the local changes to the remote."""
-        self._run(self.database.push_changes, "push")
-
-    def run_checkpoint(self) -> None:
-        """On the SQL worker, between transactions: checkpoint the WAL."""
-        self._run(self.database.checkpoint, "checkpoint")
-
-    def read_stats(self) -> SyncStats:
-        """On the lane: the engine's counters (local: no request, so no error mapping; kept short, it is a hot call)."""
-        database = self.database
-        with self.io_lock:
-            return run_engine_operation(database, database.stats(), self.http)  # type: ignore[no-any-return]
-
-    def _run(self, start_operation: Callable[[], Any], description: str) -> Any:
-        # One engine operation, driven to its end by the driver while this thread services the engine's IO queue.
-        with self.io_lock:
-            try:
-                return run_engine_operation(self.database, start_operation(), self.http)
-            except Exception as error:
-                dbapi_error = native_dbapi_error(error) or error
-                if self.http.refusing and isinstance(dbapi_error, Error):
-                    raise ProgrammingError(f"Cannot {description}: the connection was closed while it ran") from error
-                if dbapi_error is error:
-                    raise
-                raise dbapi_error from error
-
-    def refuse_new_requests(self) -> None:
-        """From close(): an operation still in flight on the lane makes no new HTTP request."""
-        self.http.refusing = True
-
-
-class _LaneHttpContext(DriverHttpContext):
-    """The driver's HTTP context (remote URL, token, client name, each read per request) with one addition: once the
-    connection has closed it refuses new requests, so that an operation left in flight by close() stops at its next
-    request instead of syncing on behalf of a closed connection. Made from the driver's own context's settings."""
-
-    # Set by close(); read by the lane thread at each request.
-    refusing = False
-    # True while the SQL worker fetches pages for a statement (partial sync), possibly waiting for its turn. The
-    # lane may then service that statement's page requests, which must go through: a statement whose page request
-    # fails retries it forever, spinning a core.
-    fetching_pages = False
-
-    def base_url(self) -> Optional[str]:
-        """The remote URL for the next request; raises once the connection has closed (the driver then fails it)."""
-        if self.refusing and not self.fetching_pages:
-            raise ProgrammingError("the connection was closed")
-        return super().base_url()
-
-
 def _do_nothing() -> None:
     pass
 
@@ -1064,6 +994,11 @@ def _set_exception_unless_done(future: "asyncio.Future[Any]", error: BaseExcepti
         future.set_exception(error)
 
 
+def _retrieve_outcome(future: "asyncio.Future[Any]") -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 # On the loop: a job nobody awaits (cursor creation, a property setter) failed; say so as asyncio does for an
 # exception nobody retrieved.
 def _report_unawaited_failure(future: None, error: BaseException) -> None:
@@ -1072,22 +1007,99 @@ def _report_unawaited_failure(future: None, error: BaseException) -> None:
     )
 
 
-# The SQL worker's last job when the connection was garbage collected: close the blocking connection, ignoring errors
-# (nobody is left to hear of them), release the replica's path, then end the worker.
+# The SQL worker's last job when the connection was garbage collected: close the replica, ignoring errors (nobody is
+# left to hear of them), release the replica's path, then end the worker.
 def _close_quietly_and_stop(
-    blocking: Optional[BlockingConnection], path_claim: Optional[ReplicaPathClaim]
+    engine: Optional[SyncEngine], blocking: Optional[BlockingConnection], path_claim: Optional[ReplicaPathClaim]
 ) -> Callable[[], object]:
     def close_and_stop() -> object:
-        try:
-            if blocking is not None:
-                blocking.close()
-        except Exception:
-            pass
+        _close_quietly(engine, blocking)
         if path_claim is not None:
             path_claim.release()
         return STOP_RUNNING_SENTINEL
 
     return close_and_stop
+
+
+class _ReplicaOpener:
+    """connect_sync's connector: opens the replica with the driver's `connect_sync` and hands its engine to us.
+
+    A fresh replica (no metadata beside it yet) is opened locally, and its bootstrap then runs as a pull through our
+    transport, so that a silent remote fails it after `request_timeout` instead of holding the open for good. Partial
+    sync keeps the driver's own bootstrap, which the native open needs. Before that, the replica's file is claimed for
+    this connection (one per file per process: see _sync_aio/open_replicas.py) and its files are checked (see
+    _sync_aio/replica_files.py). On failure the claim is released, the files this attempt created are removed (never
+    files that were there before), and the error names the replica and the remote.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        remote_url: Optional[Union[str, Callable[[], Optional[str]]]],
+        options: dict[str, Any],
+    ) -> None:
+        self.path = path
+        self.remote_url = remote_url
+        # The keyword arguments of the driver's connect_sync.
+        self.options = options
+        # Held from the open until the connection has closed the replica.
+        self.path_claim = ReplicaPathClaim(path)
+
+    def __call__(self) -> BlockingConnectionSync:
+        """The plain connector: the driver's own open, bootstrap included (its HTTP has no deadline)."""
+        return blocking_connect_sync(self.path, self.remote_url, **self.options)
+
+    def open(self, take_over: Callable[[BlockingConnectionSync, float], SyncEngine]) -> BlockingConnectionSync:
+        """On the SQL worker: check, open, let `take_over` drive the engine, and bootstrap a fresh replica."""
+        check_arguments(self.path, self.remote_url)
+        self.path_claim.acquire()
+        try:
+            check_replica_files(self.path)
+            return self._open(take_over)
+        except BaseException:
+            self.path_claim.release()
+            raise
+
+    def _open(self, take_over: Callable[[BlockingConnectionSync, float], SyncEngine]) -> BlockingConnectionSync:
+        existing = replica_files(self.path)
+        options = self.options
+        bootstrap = bool(options["bootstrap_if_empty"]) and options["partial_sync_experimental"] is None
+        bootstrap = bootstrap and not os.path.exists(self.path + "-info")
+        long_poll_seconds = (options["long_poll_timeout_ms"] or 0) / 1000
+        blocking: Optional[BlockingConnectionSync] = None
+        engine: Optional[SyncEngine] = None
+        try:
+            if bootstrap:
+                blocking = blocking_connect_sync(self.path, self.remote_url, **dict(options, bootstrap_if_empty=False))
+            else:
+                blocking = blocking_connect_sync(self.path, self.remote_url, **options)
+            engine = take_over(blocking, long_poll_seconds)
+            if bootstrap:
+                engine.bootstrap()
+            return blocking
+        except BaseException as error:
+            _close_quietly(engine, blocking)
+            for leftover in replica_files(self.path) - existing:
+                try:
+                    os.remove(leftover)
+                except OSError:
+                    pass
+            dbapi_error = native_dbapi_error(error) or error
+            if isinstance(dbapi_error, Error):
+                message = f"cannot open sync replica {self.path!r} from {describe_remote(self.remote_url)}: {error}"
+                raise type(dbapi_error)(message) from error
+            raise
+
+
+def _close_quietly(engine: Optional[SyncEngine], blocking: Optional[BlockingConnection]) -> None:
+    # Close what an open that failed, or a connection nobody is left to hear from, holds; errors are of no use then.
+    try:
+        if engine is not None:
+            engine.close()
+        if blocking is not None:
+            blocking.close()
+    except Exception:
+        pass
 
 
 # not async: it returns an awaitable ConnectionSync; same signature as turso.lib_sync.connect_sync
@@ -1123,22 +1135,18 @@ def connect_sync(
     `push_operations_threshold`, `pull_bytes_threshold` and `logical_mvcc_pull`.
     """
 
-    def open_blocking() -> BlockingConnectionSync:
-        return blocking_connect_sync(
-            path,
-            remote_url,
-            auth_token=auth_token,
-            client_name=client_name,
-            long_poll_timeout_ms=long_poll_timeout_ms,
-            bootstrap_if_empty=bootstrap_if_empty,
-            partial_sync_experimental=partial_sync_experimental,
-            experimental_features=experimental_features,
-            isolation_level=isolation_level,
-            remote_encryption_key=remote_encryption_key,
-            remote_encryption_cipher=remote_encryption_cipher,
-            push_operations_threshold=push_operations_threshold,
-            pull_bytes_threshold=pull_bytes_threshold,
-            logical_mvcc_pull=logical_mvcc_pull,
-        )
-
-    return ConnectionSync(ReplicaOpener(path, remote_url, open_blocking))
+    options: dict[str, Any] = {
+        "auth_token": auth_token,
+        "client_name": client_name,
+        "long_poll_timeout_ms": long_poll_timeout_ms,
+        "bootstrap_if_empty": bootstrap_if_empty,
+        "partial_sync_experimental": partial_sync_experimental,
+        "experimental_features": experimental_features,
+        "isolation_level": isolation_level,
+        "remote_encryption_key": remote_encryption_key,
+        "remote_encryption_cipher": remote_encryption_cipher,
+        "push_operations_threshold": push_operations_threshold,
+        "pull_bytes_threshold": pull_bytes_threshold,
+        "logical_mvcc_pull": logical_mvcc_pull,
+    }
+    return ConnectionSync(_ReplicaOpener(path, remote_url, options))

@@ -13,10 +13,11 @@ replicas (`sqlite+turso_sync://`). This module adds the missing one, sync replic
         await replica.pull()
 
 The URL takes the query parameters of pyturso's `sqlite+turso_sync://` (parsed by its `TursoSyncDialect`), and
-`connect_args` takes every parameter of `turso.lib_sync_aio.connect_sync` (say, an `auth_token` callable). One more
-query parameter is this dialect's own: `sync_interval=SECONDS` (libsql's name) keeps the replica in background sync
-(`ConnectionSync.sync_in_background`) while the engine's pool has it open; `background_sync_of(engine)` gives its
-status and `sync_now()`.
+`connect_args` takes every parameter of `turso.lib_sync_aio.connect_sync` (say, an `auth_token` callable). Two
+query parameters are this dialect's own: `request_timeout=SECONDS` sets the replica's `request_timeout` (every sync
+request's deadline, the bootstrap's included), and `sync_interval=SECONDS` (libsql's name) keeps the replica in
+background sync (`ConnectionSync.sync_in_background`) while the engine's pool has it open;
+`background_sync_of(engine)` gives its status and `sync_now()`.
 
 One connection per replica: a second connection to one replica file fails in the sync engine ("database is locked"
 when both write, "Database is busy" when one pulls during the other's transaction), so the engine's pool
@@ -30,6 +31,7 @@ point. Otherwise (a checkout, or this file vendored) register the dialect once b
     registry.register("sqlite.aioturso_sync", "turso.sqlalchemy_sync_aio", "AioTursoSyncDialect")
 """
 
+import functools
 import math
 import os
 import weakref
@@ -49,6 +51,7 @@ from turso.sqlalchemy.dialect import AioTursoDialect, AsyncAdapt_turso_dbapi, Tu
 
 __all__ = [
     "DRIVER_NAME",
+    "REQUEST_TIMEOUT",
     "SYNC_INTERVAL",
     "AioTursoSyncDialect",
     "AsyncAdaptTursoSyncDbapi",
@@ -62,6 +65,8 @@ __all__ = [
 DRIVER_NAME = "aioturso_sync"
 # The URL query parameter that turns on background sync: seconds between rounds (push, then pull), as in libsql.
 SYNC_INTERVAL = "sync_interval"
+# The URL query parameter that sets the replica's `request_timeout`: the deadline of every sync request, in seconds.
+REQUEST_TIMEOUT = "request_timeout"
 
 _POOL_ADVICE = (
     "A sync replica allows one open connection at a time (a second one fails with 'database is locked' or "
@@ -120,8 +125,9 @@ class AioTursoSyncDialect(AioTursoDialect):
     URL: `sqlite+aioturso_sync:///PATH?remote_url=URL&auth_token=TOKEN`, where PATH is the local replica file
     (relative, or absolute with four slashes) and the query parameters are those of pyturso's `sqlite+turso_sync://`:
     `remote_url` (or `sync_url`), `auth_token`, `client_name`, `long_poll_timeout_ms`, `bootstrap_if_empty`,
-    `isolation_level`, `experimental_features`; and this dialect's `sync_interval` (seconds), which keeps the replica
-    in background sync. Unknown parameters are warned about and ignored. `connect_args` may carry any parameter of
+    `isolation_level`, `experimental_features`; and this dialect's `request_timeout` (seconds, the replica's deadline
+    for every sync request) and `sync_interval` (seconds), which keeps the replica in background sync. Unknown
+    parameters are warned about and ignored. `connect_args` may carry any parameter of
     `turso.lib_sync_aio.connect_sync` (a callable `auth_token`, encryption settings, ...).
 
     The pool is `ReplicaPool` (one connection per replica). Reach pull/push/checkpoint/stats with
@@ -136,6 +142,8 @@ class AioTursoSyncDialect(AioTursoDialect):
         super().__init__(**kwargs)
         # The URL's sync_interval in seconds (set by create_connect_args), or None for no background sync.
         self._sync_interval: Optional[float] = None
+        # The URL's request_timeout in seconds, or None for the replica's default.
+        self._request_timeout: Optional[float] = None
 
     @classmethod
     # SQLAlchemy's aiosqlite dialect annotates its import_dbapi with its own adapter class; ours is a sibling.
@@ -152,8 +160,9 @@ class AioTursoSyncDialect(AioTursoDialect):
         """Turn the URL into `connect_sync(path, remote_url, **options)` arguments, with pyturso's sync URL parsing.
 
         Called by `create_async_engine`, so a bad URL fails there: `sqlalchemy.exc.ArgumentError` for a URL without a
-        replica path or a `sync_interval` that is not a number of seconds > 0, ValueError for a host, port, username
-        or password in the URL, and a UserWarning (from pyturso) for an unknown query parameter, which is ignored.
+        replica path or a `sync_interval` or `request_timeout` that is not a number of seconds > 0, ValueError for a
+        host, port, username or password in the URL, and a UserWarning (from pyturso) for an unknown query parameter,
+        which is ignored.
         """
         if url.database in (None, "", ":memory:"):
             raise exc.ArgumentError(
@@ -161,9 +170,10 @@ class AioTursoSyncDialect(AioTursoDialect):
                 f"sqlite+{DRIVER_NAME}:///app.db?remote_url=libsql://db-org.turso.io (three slashes, then the path; "
                 "four for an absolute path); a sync replica cannot be in memory"
             )
-        self._sync_interval = _sync_interval(url)
+        self._sync_interval = _seconds_parameter(url, SYNC_INTERVAL, "the time between background sync rounds")
+        self._request_timeout = _seconds_parameter(url, REQUEST_TIMEOUT, "the deadline of every sync request")
         try:
-            return _SYNC_URL_PARSER.create_connect_args(url.difference_update_query([SYNC_INTERVAL]))
+            return _SYNC_URL_PARSER.create_connect_args(url.difference_update_query([SYNC_INTERVAL, REQUEST_TIMEOUT]))
         except ValueError as error:
             # pyturso's message names its blocking dialect; say which URL of ours is wrong.
             raise ValueError(
@@ -184,6 +194,9 @@ class AioTursoSyncDialect(AioTursoDialect):
                 "it from: add ?remote_url=libsql://... (or https://, http://) to the URL, or pass "
                 "connect_args={'remote_url': ...}. remote_url may be left out only to reopen an existing replica."
             )
+        if self._request_timeout is not None and "async_creator_fn" not in cparams:
+            # The deadline must be set before the replica opens, since opening may bootstrap it from the remote.
+            cparams["async_creator_fn"] = functools.partial(_connect_with_request_timeout, self._request_timeout)
         return super().connect(*cargs, **cparams)
 
     @classmethod
@@ -269,9 +282,9 @@ class _EngineReplica:
 _ENGINE_REPLICAS: "weakref.WeakKeyDictionary[Dialect, _EngineReplica]" = weakref.WeakKeyDictionary()
 
 
-def _sync_interval(url: URL) -> Optional[float]:
-    # The URL's sync_interval: None when absent, else a finite number of seconds > 0 (a clear error otherwise).
-    value = url.query.get(SYNC_INTERVAL)
+def _seconds_parameter(url: URL, name: str, meaning: str) -> Optional[float]:
+    # A query parameter of ours in seconds: None when absent, else a finite number > 0 (a clear error otherwise).
+    value = url.query.get(name)
     if value is None:
         return None
     try:
@@ -282,10 +295,17 @@ def _sync_interval(url: URL) -> Optional[float]:
             raise ValueError("not greater than 0")
     except ValueError:
         raise exc.ArgumentError(
-            f"sqlite+{DRIVER_NAME}:// {SYNC_INTERVAL} must be one number of seconds greater than 0 (the time between "
-            f"background sync rounds, as in {SYNC_INTERVAL}=5 or {SYNC_INTERVAL}=0.5), not {value!r}"
+            f"sqlite+{DRIVER_NAME}:// {name} must be one number of seconds greater than 0 ({meaning}, as in "
+            f"{name}=5 or {name}=0.5), not {value!r}"
         ) from None
     return seconds
+
+
+def _connect_with_request_timeout(request_timeout: float, *args: Any, **kwargs: Any) -> ConnectionSync:
+    # The pool's connector when the URL has request_timeout: the replica, unopened, with its deadline set.
+    replica = turso.aio.sync.connect(*args, **kwargs)
+    replica.request_timeout = request_timeout
+    return replica
 
 
 # pyturso's blocking sync dialect, used only for its URL parsing (the same query parameters, errors and warnings).

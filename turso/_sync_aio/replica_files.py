@@ -1,4 +1,4 @@
-"""Opening a replica's files: the checks before the driver sees them, and the clean-up when opening fails.
+"""A replica's files: the checks of `connect_sync`'s arguments and of the files before the driver sees them.
 
 A replica is its database file PATH and the files the sync engine keeps beside it: PATH-wal (the write-ahead log),
 PATH-info (the sync metadata: remote, revision, client id), PATH-changes and PATH-wal-revert. Some damage to them makes
@@ -25,10 +25,7 @@ import struct
 import urllib.parse
 from typing import Callable, Optional, Union
 
-from ..lib import DatabaseError, Error, OperationalError, ProgrammingError
-from ..lib_sync import ConnectionSync as BlockingConnectionSync
-from .errors import native_dbapi_error
-from .open_replicas import ReplicaPathClaim
+from ..lib import DatabaseError, OperationalError, ProgrammingError
 
 # URL schemes the sync driver can reach; libsql:// and turso:// are rewritten to https:// by the driver.
 REMOTE_SCHEMES = ("libsql", "turso", "https", "http")
@@ -158,61 +155,6 @@ def replica_files_held_open(path: str) -> bool:
     return False
 
 
-class ReplicaOpener:
-    """What `connect_sync` gives ConnectionSync as its connector: opens the replica on the SQL worker, after checking
-    the arguments, claiming the replica's file for this connection (see open_replicas) and checking its files.
-
-    If opening fails, the claim is released, the files this attempt created are removed (never files that were there
-    before), and a `turso.Error` says which replica and remote failed.
-    """
-
-    __slots__ = ("path", "remote_url", "open_blocking", "path_claim")
-
-    path: str
-    remote_url: Optional[Union[str, Callable[[], Optional[str]]]]
-    # Opens the blocking sync connection with connect_sync's arguments.
-    open_blocking: Callable[[], BlockingConnectionSync]
-    # Held from the open until the connection has closed the replica.
-    path_claim: ReplicaPathClaim
-
-    def __init__(
-        self,
-        path: str,
-        remote_url: Optional[Union[str, Callable[[], Optional[str]]]],
-        open_blocking: Callable[[], BlockingConnectionSync],
-    ) -> None:
-        """An opener of the replica at `path` (nothing is checked or opened until it is called)."""
-        self.path = path
-        self.remote_url = remote_url
-        self.open_blocking = open_blocking
-        self.path_claim = ReplicaPathClaim(path)
-
-    def __call__(self) -> BlockingConnectionSync:
-        """On the SQL worker: check, claim, open; the blocking sync connection, or an error that says what failed."""
-        path = self.path
-        check_arguments(path, self.remote_url)
-        self.path_claim.acquire()
-        try:
-            check_replica_files(path)
-            existing = replica_files(path)
-            try:
-                return self.open_blocking()
-            except BaseException as error:
-                for leftover in replica_files(path) - existing:
-                    try:
-                        os.remove(leftover)
-                    except OSError:
-                        pass
-                dbapi_error = native_dbapi_error(error) or error
-                if isinstance(dbapi_error, Error):
-                    message = f"cannot open sync replica {path!r} from {_describe_remote(self.remote_url)}: {error}"
-                    raise type(dbapi_error)(message) from error
-                raise
-        except BaseException:
-            self.path_claim.release()
-            raise
-
-
 # Where Linux lists this process's open file descriptors, as links to their files.
 _OWN_DESCRIPTORS = "/proc/self/fd"
 
@@ -277,7 +219,8 @@ def _pages_in_wal(wal_path: str, page_size: int) -> Optional[set[int]]:
             offset += frame_bytes
 
 
-def _describe_remote(remote_url: Optional[Union[str, Callable[[], Optional[str]]]]) -> str:
+def describe_remote(remote_url: Optional[Union[str, Callable[[], Optional[str]]]]) -> str:
+    """The remote of an open, as an error message names it."""
     if remote_url is None:
         return "the remote saved in the replica"
     if callable(remote_url):

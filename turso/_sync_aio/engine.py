@@ -1,0 +1,287 @@
+"""The sync engine of one open replica, driven by our own loop: its HTTP through our transport, its files through the
+driver's functions.
+
+The driver's `pull()` does the network wait and the apply as one blocking call, and its HTTP (urllib) has no timeout
+and keeps no connection open. So this module is the one place that uses the driver's private names: the blocking
+connection's `_sync` (the native sync database) and `_http_ctx` (remote URL, token, client name), and
+`turso.lib_sync`'s `_process_full_read_item`, `_process_full_write_item` and `_map_turso_exception` (via `.lib`),
+called as they are. tests/test_driver_contract.py fails with a clear message if the pinned driver renames them.
+
+An engine operation (wait for changes, apply them, push, checkpoint, stats) is resumed until it finishes; whenever it
+needs IO, the thread driving it takes the IO items from the engine's queue and performs them. `io_lock` is held only
+for the native calls (resume, take, step callbacks), never across a network wait, so another thread's statement
+(partial sync's page fetches, through `service_for_statement`) never waits for a request in flight.
+"""
+
+import functools
+import logging
+import threading
+import time
+import traceback
+import weakref
+from typing import Any, Callable, Optional, cast
+
+from .._turso import (  # the native extension has no type information
+    PyTursoAsyncOperationResultKind,  # pyright: ignore[reportUnknownVariableType]
+    PyTursoSyncIoItemRequestKind,  # pyright: ignore[reportUnknownVariableType]
+)
+from ..lib import Error, OperationalError, ProgrammingError
+from ..lib import _map_turso_exception as map_driver_error  # pyright: ignore[reportPrivateUsage]
+from ..lib_sync import ConnectionSync as BlockingConnectionSync
+from ..lib_sync import (
+    _process_full_read_item,  # pyright: ignore[reportPrivateUsage, reportUnknownVariableType]
+    _process_full_write_item,  # pyright: ignore[reportPrivateUsage, reportUnknownVariableType]
+)
+from .transport import SyncTransport, TransportClosed, TransportError
+
+# How long the thread driving an operation waits for another thread's IO item to complete before it looks again.
+OPERATION_IO_WAIT_SECONDS = 0.05
+# The waits between attempts of a page request that failed (partial sync): doubling from the first to the last.
+PAGE_RETRY_FIRST_SECONDS = 0.1
+PAGE_RETRY_MAX_SECONDS = 2.0
+
+logger = logging.getLogger("turso.lib_sync_aio")
+
+# The native enums and the driver's file IO functions, typed as what they are to us.
+_request_kinds = cast(Any, PyTursoSyncIoItemRequestKind)
+_result_kinds = cast(Any, PyTursoAsyncOperationResultKind)
+_full_read: Callable[[Any, Any], None] = _process_full_read_item  # pyright: ignore[reportUnknownVariableType]
+_full_write: Callable[[Any, Any], None] = _process_full_write_item  # pyright: ignore[reportUnknownVariableType]
+
+
+class SyncEngine:
+    """The sync engine of `blocking`, whose HTTP goes through a `SyncTransport` with a deadline on every request.
+
+    Operations take turns (the sync lane runs one at a time, and hands apply and checkpoint to the SQL worker while it
+    waits); `request_timeout` is read at every request; `abort()` fails the request in flight and every later one.
+    """
+
+    def __init__(self, blocking: BlockingConnectionSync, request_timeout: float, long_poll_seconds: float) -> None:
+        """Take over `blocking`'s engine: its HTTP goes through our transports, its statements' IO through us."""
+        self.database: Any = blocking._sync  # pyright: ignore[reportPrivateUsage, reportUnknownMemberType]
+        http = blocking._http_ctx  # pyright: ignore[reportPrivateUsage]
+        # Seconds a request may wait to connect or for the next byte of its answer; set by the connection.
+        self.request_timeout = request_timeout
+        # Added to a pull's wait for the first byte of its answer: the remote may hold it that long (long poll).
+        self.long_poll_seconds = long_poll_seconds
+        # The transports read the timeout through a weak reference: a strong one (a bound method) would make a cycle,
+        # engine -> transport -> engine, that keeps the native sync database, and so the replica's files and locks,
+        # alive after close() until the garbage collector runs.
+        timeout = functools.partial(_request_timeout_of, weakref.ref(self), request_timeout)
+        # The operations' requests; abort() fails them.
+        self.transport = SyncTransport(http.base_url, http.token, http.client_name, timeout)
+        # Partial sync's page reads, kept apart because they must never fail (see _fetch_pages): abort() spares them.
+        self.page_transport = SyncTransport(http.base_url, http.token, http.client_name, timeout)
+        # True while a page read is being performed; close() does not wait for one that the remote never answers.
+        self.fetching_pages = False
+        # Held for the native calls that touch the engine's IO queue, never across a network wait.
+        self._io_lock = threading.Lock()
+        # Notified whenever an IO item completes; `_in_flight` counts the items being performed, on any thread.
+        self._progress = threading.Condition()
+        self._in_flight = 0
+        # The transport's error during the operation in flight, which the operation's own error then reports.
+        self._request_failure: Optional[TransportError] = None
+        blocking.extra_io = self.fetch_pages_for_statement
+
+    def wait_changes(self) -> Any:
+        """On the lane: pull's network part; the remote's changes since the last pull (not applied yet)."""
+        return self._run(self.database.wait_changes, "pull", self.long_poll_seconds)
+
+    def apply_changes(self, changes: Any) -> None:
+        """On the SQL worker, between transactions: apply what wait_changes() returned."""
+        self._run(lambda: self.database.apply_changes(changes), "apply pulled changes")
+
+    def push_changes(self) -> None:
+        """On the lane: send the local changes to the remote."""
+        self._run(self.database.push_changes, "push")
+
+    def checkpoint(self) -> None:
+        """On the SQL worker, between transactions: checkpoint the WAL."""
+        self._run(self.database.checkpoint, "checkpoint")
+
+    def stats(self) -> Any:
+        """On the lane: the engine's counters (local, no request)."""
+        return self._run(self.database.stats, "read stats")
+
+    def bootstrap(self) -> None:
+        """On the SQL worker, while opening: fill a fresh replica from the remote, as a pull with deadlines."""
+        changes = self._run(self.database.wait_changes, "bootstrap", self.long_poll_seconds)
+        if changes is not None and not changes.empty():
+            self._run(lambda: self.database.apply_changes(changes), "bootstrap")
+
+    def abort(self) -> None:
+        """From close(): the operation's request in flight fails at once, and no request starts after it."""
+        self.transport.abort()
+
+    def close(self) -> None:
+        """At the SQL worker's last job: let go of the transports' idle connections."""
+        self.transport.close()
+        self.page_transport.close()
+
+    def fetch_pages_for_statement(self) -> None:
+        """The blocking connection's `extra_io`, called when a statement waits for IO: perform the page reads that
+        partial sync asks for (none otherwise). Never waits for an operation's request in flight."""
+        self._fetch_pages()
+
+    def _run(self, start: Callable[[], Any], description: str, extra_wait: float = 0.0) -> Any:
+        # Resume the operation until it finishes, performing the requests it asks for in between. Its requests are
+        # what resume() queues; what the engine's callbacks queue are page reads (partial sync).
+        self._request_failure = None
+        try:
+            with self._io_lock:
+                operation = start()
+            while True:
+                with self._io_lock:
+                    try:
+                        finished = operation.resume()
+                    except Exception as error:
+                        raise self._failure(error, description) from error
+                    if finished:
+                        return _payload(operation.take_result())
+                    requests = self._take_items()
+                if requests:
+                    for item in requests:
+                        self._perform(item, operation, extra_wait)
+                        self._fetch_pages()
+                elif not self._fetch_pages() and self._in_flight:
+                    # Another thread performs an item this operation waits for: wait for it instead of spinning.
+                    with self._progress:
+                        if self._in_flight:
+                            self._progress.wait(OPERATION_IO_WAIT_SECONDS)
+        finally:
+            self._request_failure = None
+
+    def _failure(self, error: Exception, description: str) -> Exception:
+        # The operation's error as the caller should see it: ours when our transport failed it, else the driver's.
+        failure = self._request_failure
+        if isinstance(failure, TransportClosed):
+            return ProgrammingError(f"Cannot {description}: the connection was closed while it ran")
+        if failure is not None:
+            return OperationalError(f"{description} failed: {failure}")
+        mapped = map_driver_error(error)
+        return mapped if isinstance(mapped, Error) else OperationalError(f"{description} failed: {mapped}")
+
+    def _take_items(self) -> list[Any]:
+        # Under _io_lock: every IO item queued now.
+        items: list[Any] = []
+        while (item := self.database.take_io_item()) is not None:
+            items.append(item)
+        return items
+
+    def _fetch_pages(self) -> bool:
+        # Step the engine's callbacks (as the driver does after every item) and perform the page reads they queue;
+        # True if there were any. Page reads come only from the callbacks, an operation's requests only from resume().
+        with self._io_lock:
+            self.database.step_io_callbacks()
+            pages = self._take_items()
+        for item in pages:
+            self.fetching_pages = True
+            try:
+                self._perform(item, None, 0.0)
+            finally:
+                self.fetching_pages = False
+        return bool(pages)
+
+    def _perform(self, item: Any, operation: Any, extra_wait: float) -> None:
+        with self._progress:
+            self._in_flight += 1
+        try:
+            request = item.request()
+            if request.kind == _request_kinds.Http and request.http is not None:
+                if operation is None:
+                    self._read_page(item, request.http)
+                else:
+                    self._request(item, request.http, operation, extra_wait)
+            elif request.kind == _request_kinds.FullRead and request.full_read is not None:
+                _full_read(item, request.full_read)
+            elif request.kind == _request_kinds.FullWrite and request.full_write is not None:
+                _full_write(item, request.full_write)
+            else:
+                item.poison("unknown io request kind")
+        except Exception as error:
+            item.poison(f"io processing error: {error}")
+        finally:
+            with self._progress:
+                self._in_flight -= 1
+                self._progress.notify_all()
+
+    def _request(self, item: Any, http: Any, operation: Any, extra_wait: float) -> None:
+        # An operation's request, with a deadline: a failure fails the operation, which says why.
+        def on_chunk(chunk: bytes) -> None:
+            item.push_buffer(chunk)
+            # Let the operation take the chunk now, so a large answer is not held whole in memory.
+            with self._io_lock:
+                operation.resume()
+
+        try:
+            _send(self.transport, http, extra_wait, item.status, on_chunk)
+        except TransportError as error:
+            # Its frames (the transport's, and this one's `on_chunk`) refer back to this engine: a cycle that would
+            # keep the native sync database, and the replica's files, alive after close() until a garbage collection.
+            traceback.clear_frames(error.__traceback__)
+            self._request_failure = error
+            item.poison(str(error))
+        else:
+            item.done()
+
+    def _read_page(self, item: Any, http: Any) -> None:
+        # A page read for partial sync: it must not fail, because a statement whose page read failed retries it
+        # forever on a core (and dropping that statement spins inside the native code, holding the interpreter lock).
+        # So a failed attempt is retried, each with the deadline, until the remote answers; nothing of the answer is
+        # handed to the engine before it is complete, so a cut answer is simply asked for again.
+        delay = PAGE_RETRY_FIRST_SECONDS
+        while True:
+            status: list[int] = []
+            chunks: list[bytes] = []
+            try:
+                _send(self.page_transport, http, 0.0, status.append, chunks.append)
+            except TransportError as error:
+                traceback.clear_frames(error.__traceback__)  # as in _request
+                logger.debug("partial sync: a page read failed (%s); retrying in %.2g s", error, delay)
+                time.sleep(delay)
+                delay = min(2 * delay, PAGE_RETRY_MAX_SECONDS)
+                continue
+            item.status(status[-1])
+            for chunk in chunks:
+                item.push_buffer(chunk)
+            item.done()
+            return
+
+
+def _request_timeout_of(engine: "weakref.ref[SyncEngine]", initial: float) -> float:
+    # The engine's request timeout now (its initial one once the engine is gone, which only a request of a transport
+    # kept elsewhere could ask for).
+    alive = engine()
+    return alive.request_timeout if alive is not None else initial
+
+
+def _send(
+    transport: SyncTransport,
+    http: Any,
+    extra_wait: float,
+    on_status: Callable[[int], None],
+    on_chunk: Callable[[bytes], None],
+) -> None:
+    # One HTTP item of the engine through `transport`.
+    transport.request(
+        http.method,
+        http.path,
+        bytes(http.body) if http.body is not None else None,
+        [(str(name), str(value)) for name, value in http.headers or ()],
+        url=http.url,
+        extra_wait=extra_wait,
+        on_status=on_status,
+        on_chunk=on_chunk,
+    )
+
+
+def _payload(result: Any) -> Any:
+    # What a finished operation returns: a connection, changes, stats, or nothing.
+    kind = result.kind
+    if kind == _result_kinds.Connection:
+        return result.connection
+    if kind == _result_kinds.Changes:
+        return result.changes
+    if kind == _result_kinds.Stats:
+        return result.stats
+    return None
