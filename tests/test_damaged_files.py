@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.sync_server import SyncServer
+from testkit.sync_server import SyncServer
 from turso._sync_aio.replica_files import WAL_FRAME_HEADER_BYTES, WAL_HEADER_BYTES
 from turso.lib_sync_aio import connect_sync
 

@@ -15,8 +15,8 @@ from typing import Any, Optional
 import pytest
 
 import turso
+from testkit.sync_server import SyncServer
 from tests.small_disk import NotMountable, SmallDisk
-from tests.sync_server import SyncServer
 from turso._sync_aio.errors import DBAPI_CLASS_OF_NATIVE, NATIVE_MODULE, native_dbapi_error
 from turso.lib_sync_aio import connect_sync
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 import turso
-from tests.proxy import DelayingProxy
-from tests.sync_server import SyncServer, free_port
+from testkit.proxy import DelayingProxy
+from testkit.sync_server import SyncServer, free_port
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
 # Upper bound for any single await in these tests.
