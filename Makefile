@@ -27,8 +27,8 @@ SQLALCHEMY_VENVS := $(SQLALCHEMY_VERSIONS:%=.venv-sqlalchemy-%)
 # What test-sqlalchemy-versions checks in each of them: the dialect, its tests and the typing snippet.
 SQLALCHEMY_FILES := turso/sqlalchemy_sync_aio.py tests/test_sqlalchemy.py tests/typing/check_sqlalchemy.py
 
-.PHONY: setup test typecheck lint unit test-sqlalchemy-versions test-wheel test-pyturso wheel demo demo-sqlalchemy bench \
-	bench-smoke server clean
+.PHONY: setup test typecheck lint unit test-sqlalchemy-versions test-wheel test-pyturso wheel demo demo-sqlalchemy server \
+	bench bench-smoke clean
 
 setup: $(VENV)/.installed .driver/.linked $(TURSODB) $(PYRIGHT)
 
@@ -119,22 +119,25 @@ build/pyturso-tests/.extracted: scripts/run_pyturso_tests.py scripts/pyturso_rel
 	$(PY) scripts/run_pyturso_tests.py --extract
 	@touch $@
 
-demo: setup
-	$(PY) examples/demo.py
+# The examples sync with TURSO_DATABASE_URL (and TURSO_AUTH_TOKEN). Unset, `make demo` and `make demo-sqlalchemy` run
+# them through scripts/dev_server.py, which starts a local tursodb --sync-server for the run and sets the variable.
+WITH_REMOTE = $(if $(TURSO_DATABASE_URL),,$(PY) scripts/dev_server.py --)
 
-# A local sync server for development, in the foreground (Ctrl-C stops it): `tursodb --sync-server` on
-# 127.0.0.1:$(SERVER_PORT), keeping its database in $(SERVER_DATA) across restarts. Point an app at
-# http://127.0.0.1:$(SERVER_PORT) (no auth token); e.g. `make server SERVER_PORT=9090 SERVER_DATA=/tmp/remote.db`.
-SERVER_PORT ?= 8080
-SERVER_DATA ?= build/server.db
-server: $(TURSODB)
-	@mkdir -p $(dir $(SERVER_DATA))
-	@echo "sync server on http://127.0.0.1:$(SERVER_PORT), data in $(SERVER_DATA); Ctrl-C stops it"
-	$(TURSODB) $(SERVER_DATA) --sync-server 127.0.0.1:$(SERVER_PORT)
+demo: setup
+	$(WITH_REMOTE) $(PY) examples/demo.py
 
 # SQLAlchemy's asyncio engine on two replicas of one database (sqlite+aioturso_sync://).
 demo-sqlalchemy: setup
-	$(PY) examples/sqlalchemy_demo.py
+	$(WITH_REMOTE) $(PY) examples/sqlalchemy_demo.py
+
+# A local tursodb --sync-server for development, until Ctrl-C: on http://127.0.0.1:$(SERVER_PORT), its database kept
+# in $(SERVER_DATA) across runs. Give a replica that URL, e.g. TURSO_DATABASE_URL=http://127.0.0.1:8080 for the
+# examples. `make server SERVER_PORT=9000 SERVER_DATA=/tmp/remote.db` changes either.
+SERVER_PORT ?= 8080
+SERVER_DATA ?= build/dev-server.db
+server: setup
+	@mkdir -p $(dir $(SERVER_DATA))
+	$(PY) scripts/dev_server.py --port $(SERVER_PORT) $(SERVER_DATA)
 
 # The pyright config of one extra venv: the project's strict settings, that venv's packages, the SQLAlchemy files.
 .venv-sqlalchemy-%/.installed: requirements.txt | .driver/.linked

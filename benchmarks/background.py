@@ -35,7 +35,7 @@ import psutil
 import turso.lib_sync_aio
 from benchmarks.common import median, percentile
 from benchmarks.responsiveness import Heartbeat
-from tests.sync_server import SyncServer
+from testkit.sync_server import SyncServer
 from turso.background_sync_aio import BackgroundSync
 
 

@@ -15,7 +15,7 @@ from typing import Awaitable, Callable, Protocol, TypeVar, cast
 import turso.lib_aio
 import turso.lib_sync
 import turso.lib_sync_aio
-from tests.sync_server import TURSODB, SyncServer
+from testkit.sync_server import TURSODB, SyncServer
 
 _T = TypeVar("_T")
 

@@ -1,6 +1,6 @@
 """N replicas pulling at once from one event loop, through a proxy that adds latency, against N blocking pulls in turn.
 
-All replicas are of one remote database and reach it through `DelayProxy` (50 ms added to every request). Before each
+All replicas are of one remote database and reach it through `ProxyProcess` (50 ms added to every request). Before each
 measurement one row is inserted on the remote, so that every pull fetches and applies something new (each one is
 checked to return True). The asyncio implementations pull with `asyncio.gather` over N replicas; the blocking driver
 pulls its N replicas one after the other. As a reference for what the driver itself allows, the same blocking
@@ -28,8 +28,8 @@ from benchmarks.common import (
     median,
     rotated,
 )
-from benchmarks.proxy import DelayProxy
-from tests.sync_server import SyncServer
+from testkit.proxy import ProxyProcess
+from testkit.sync_server import SyncServer
 
 IMPLEMENTATIONS = [OURS, PYTURSO, BLOCKING, THREADS]
 # A reference thread's pull takes well under a second; the join gives up after this.
@@ -93,7 +93,7 @@ async def measure_concurrency(settings: Settings, workdir: Path) -> tuple[list[C
     }
     cpu_per_pull: dict[tuple[int, str], list[float]] = {key: [] for key in walls}
     all_new: dict[tuple[int, str], bool] = {key: True for key in walls}
-    with SyncServer(workdir / "remote.db") as server, DelayProxy(server.port, settings.proxy_delay) as proxy:
+    with SyncServer(workdir / "remote.db") as server, ProxyProcess(server.port, settings.proxy_delay) as proxy:
         server.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, body TEXT)")
         async_replicas: dict[str, list[AsyncReplica]] = {}
         blocking: list[turso.lib_sync.ConnectionSync] = []

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 
 import turso.lib_sync_aio
-from tests.sync_server import SyncServer
+from testkit.sync_server import SyncServer
 
 # Opening 128 replicas of a small database takes a few seconds; the child is stopped if it takes far longer.
 CHILD_TIMEOUT_SECONDS = 180.0

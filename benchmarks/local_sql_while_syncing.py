@@ -1,6 +1,6 @@
 """Local SQL while syncing: how long a local read and a local write + commit take while the replica syncs.
 
-Three implementations, each on its own sync server reached through its own `DelayProxy` that delays every request
+Three implementations, each on its own sync server reached through its own `ProxyProcess` that delays every request
 (1 s in the full run): ours, pyturso's module, and Turso's JavaScript sync binding (`@tursodatabase/sync`, pinned in
 package.json and installed by `make setup`, driven by `benchmarks/js_local_sql_while_syncing.mjs`, which runs the
 same scenarios and prints its samples as JSON). All three stay open and take turns scenario by scenario, in a
@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Optional, Protocol, Sequence, Union, cast
 
 from benchmarks.common import ASYNC_CONNECTS, CHECKOUT, JS, MB, OURS, PYTURSO, Settings, median, percentile, rotated
-from benchmarks.proxy import DelayProxy
-from tests.sync_server import SyncServer
+from testkit.proxy import ProxyProcess
+from testkit.sync_server import SyncServer
 
 IMPLEMENTATIONS = [OURS, PYTURSO, JS]
 IDLE = "idle"
@@ -254,7 +254,7 @@ def _steps(settings: Settings) -> list[str]:
 class _PythonReplica:
     """Ours or pyturso's module: one replica of its own remote, through its own proxy, and what it measured."""
 
-    def __init__(self, name: str, settings: Settings, server: SyncServer, proxy: DelayProxy) -> None:
+    def __init__(self, name: str, settings: Settings, server: SyncServer, proxy: ProxyProcess) -> None:
         self.name = name
         self.settings = settings
         self.server = server
@@ -297,7 +297,7 @@ class _PythonReplica:
     async def _stalled(self, conn: SyncingConnection, sampler: _Sampler) -> None:
         notes = self.notes
         _remote_rows(self.server)
-        self.proxy.hold()
+        self.proxy.stall()
         start = time.perf_counter()
         # The call a user makes, `asyncio.wait_for(conn.pull(), 0.5)`, with the pull in a task kept here to see how
         # it ends (wait_for cancels it at the timeout, as it would the bare coroutine).
@@ -345,7 +345,7 @@ class _JsReplica:
     """Turso's JS sync binding in a Node process that runs the same scenarios; it asks for its turn before each one
     (answered when its turn comes), and for rows on the remote or a stalled proxy within one (answered at once)."""
 
-    def __init__(self, settings: Settings, server: SyncServer, proxy: DelayProxy) -> None:
+    def __init__(self, settings: Settings, server: SyncServer, proxy: ProxyProcess) -> None:
         self.name = JS
         self.settings = settings
         self.server = server
@@ -403,7 +403,7 @@ class _JsReplica:
         assert self.process is not None and self.process.stdout is not None
         actions: dict[str, Callable[[], None]] = {
             "remote_rows": lambda: _remote_rows(self.server),
-            "hold": self.proxy.hold,
+            "hold": self.proxy.stall,
             "release": self.proxy.release,
         }
         while line := await self.process.stdout.readline():
@@ -497,7 +497,7 @@ async def measure_local_sql(settings: Settings, workdir: Path) -> tuple[list[Loc
             folder.mkdir()
             server = stack.enter_context(SyncServer(folder / "remote.db"))
             _prepare_remote(server)
-            proxy = stack.enter_context(DelayProxy(server.port, settings.local_sql_delay))
+            proxy = stack.enter_context(ProxyProcess(server.port, settings.local_sql_delay))
             replicas.append(
                 _JsReplica(settings, server, proxy) if name == JS else _PythonReplica(name, settings, server, proxy)
             )

@@ -34,7 +34,7 @@ from benchmarks.common import (
     connect_blocking,
     rotated,
 )
-from tests.sync_server import SyncServer
+from testkit.sync_server import SyncServer
 
 OPERATIONS = ("stats", "pull", "push")
 IMPLEMENTATIONS = [OURS, PYTURSO, BLOCKING]

@@ -38,7 +38,7 @@ from benchmarks.common import (
     rotated,
 )
 from benchmarks.overhead import NOT_PINNED
-from tests.sync_server import SyncServer
+from testkit.sync_server import SyncServer
 
 # The two references, next to OURS and PYTURSO.
 TURSO_AIO = "turso.aio"

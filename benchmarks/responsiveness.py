@@ -29,7 +29,7 @@ from benchmarks.common import (
     remote_size,
     rotated,
 )
-from tests.sync_server import SyncServer
+from testkit.sync_server import SyncServer
 
 _T = TypeVar("_T")
 

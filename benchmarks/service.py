@@ -24,7 +24,7 @@ from typing import Optional
 
 import httpx
 
-from tests.sync_server import SyncServer, free_port
+from testkit.sync_server import SyncServer, free_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SAMPLE_SECONDS = 5.0

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from testkit.http_servers import HttpServer
+from testkit.sync_server import SyncServer
 from testkit.tls import LoopbackCertificates
-from tests.sync_server import SyncServer
 from turso._sync_aio.transport import SyncTransport
 
 BODY = json.dumps({"requests": [{"type": "execute", "stmt": {"sql": "SELECT 1"}}]}).encode()

@@ -4,17 +4,18 @@ Two "services", each with its own replica and a FastAPI-style lifespan (engine c
 shutdown): alice handles 20 concurrent requests that each add a note in their own AsyncSession, then pushes; bob pulls
 and lists them with the ORM.
 
-By default it starts a local `tursodb --sync-server` on 127.0.0.1 (stopped at the end, also on Ctrl-C). With
-TURSO_DATABASE_URL (and TURSO_AUTH_TOKEN) set, it uses that remote instead and writes to a table named
-turso_sync_aio_sqlalchemy_demo there.
+It syncs with the remote at TURSO_DATABASE_URL (and TURSO_AUTH_TOKEN, for Turso Cloud) and writes to a table named
+turso_sync_aio_sqlalchemy_demo there. `make demo-sqlalchemy` sets it to a local `tursodb --sync-server` that
+scripts/dev_server.py starts for the run, unless TURSO_DATABASE_URL is already set.
 """
 
 import asyncio
 import contextlib
 import os
+import sys
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 from sqlalchemy import String, func, select
@@ -22,7 +23,6 @@ from sqlalchemy.dialects import registry
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from tests.sync_server import SyncServer
 from turso.sqlalchemy_sync_aio import get_sync_connection
 
 # Needed only where the dialect is not installed with its entry point (this checkout, or a vendored file); a pyturso
@@ -42,18 +42,16 @@ class Note(Base):
     body: Mapped[str] = mapped_column(String(200))
 
 
-@contextlib.contextmanager
-def remote_database(workdir: Path) -> Generator[tuple[str, str | None], None, None]:
-    """The (url, auth token) to sync with: Turso Cloud if configured, else a local sync server for the demo's run."""
+def remote_database() -> tuple[str, str | None]:
+    """The (url, auth token) to sync with: TURSO_DATABASE_URL and TURSO_AUTH_TOKEN (none for a local server)."""
     url = os.environ.get("TURSO_DATABASE_URL")
-    if url:
-        print(f"remote: {url} (from TURSO_DATABASE_URL)")
-        yield url, os.environ.get("TURSO_AUTH_TOKEN")
-        return
-    with SyncServer(workdir / "remote.db") as server:
-        print(f"remote: local tursodb --sync-server at {server.url}")
-        yield server.url, None
-    print("remote: local sync server stopped")
+    if not url:
+        sys.exit(
+            "TURSO_DATABASE_URL is not set: run `make demo-sqlalchemy`, which starts a local sync server for the run, "
+            "or start one with `make server` and set TURSO_DATABASE_URL to the URL it prints"
+        )
+    print(f"remote: {url}")
+    return url, os.environ.get("TURSO_AUTH_TOKEN")
 
 
 @contextlib.asynccontextmanager
@@ -114,12 +112,12 @@ async def run(url: str, token: str | None, workdir: Path) -> None:
 
 
 def main() -> None:
+    url, token = remote_database()
     with tempfile.TemporaryDirectory(prefix="turso-sync-aio-sqlalchemy-demo-") as workdir:
-        with remote_database(Path(workdir)) as (url, token):
-            try:
-                asyncio.run(run(url, token, Path(workdir)))
-            except KeyboardInterrupt:
-                print("interrupted")
+        try:
+            asyncio.run(run(url, token, Path(workdir)))
+        except KeyboardInterrupt:
+            print("interrupted")
 
 
 if __name__ == "__main__":

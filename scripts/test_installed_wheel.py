@@ -2,8 +2,8 @@
 
 1. A venv (build/wheel-venv, git-ignored; rebuilt when requirements.txt or the interpreter changes) holds only the
    pinned test dependencies (requirements.txt) and, installed afresh on every run, the wheel from dist/.
-2. tests/ is copied, with the project's pytest.ini and mypy.ini and a pyrightconfig.json for that venv, into a
-   temporary folder outside the checkout, so that nothing on the path leads to the checkout's turso/.
+2. tests/ and testkit/ are copied, with the project's pytest.ini and mypy.ini and a pyrightconfig.json for that venv,
+   into a temporary folder outside the checkout, so that nothing on the path leads to the checkout's turso/.
 3. There the whole suite runs against the installed package (TURSO_SYNC_AIO_UNDER_TEST=installed makes
    tests/test_lifecycle.py prove that turso.lib_sync_aio comes from site-packages); mypy --strict checks the tests and
    pyright strict the typing snippets of tests/typing/, both resolving `turso` from the installed wheel.
@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.sync_server import SyncServer
+from testkit.sync_server import SyncServer
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 VENV = CHECKOUT / "build" / "wheel-venv"
@@ -123,8 +123,9 @@ def leftovers(folder: Path) -> list[str]:
 
 
 def copy_tests(destination: Path) -> None:
-    """tests/ and the configs that go with it, set up for the wheel venv (never the checkout)."""
-    shutil.copytree(CHECKOUT / "tests", destination / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    """tests/, the testkit/ it uses, and their configs, set up for the wheel venv (never the checkout)."""
+    for folder in ("tests", "testkit"):
+        shutil.copytree(CHECKOUT / folder, destination / folder, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(CHECKOUT / "pytest.ini", destination / "pytest.ini")
     shutil.copy(CHECKOUT / "mypy.ini", destination / "mypy.ini")
     settings = {**PYRIGHT_SETTINGS, "venvPath": str(VENV.parent), "venv": VENV.name}

@@ -1,7 +1,5 @@
 """Fixtures: a real sync server per test, a replica path, and a guard that fails any test leaving a worker behind."""
 
-import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,32 +7,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy.dialects import registry
 
-from tests.proxy import DelayingProxy
-from tests.sync_server import SyncServer
-
-# Which copy of the module this run tests: "checkout" (`make unit`: this checkout's turso/, on the dev venv's path) or
-# "installed" (`make test-wheel`: the built wheel installed in a fresh venv, with a copy of tests/ outside the
-# checkout; scripts/test_installed_wheel.py sets it).
-UNDER_TEST = os.environ.get("TURSO_SYNC_AIO_UNDER_TEST", "checkout")
-# The project's checkout: where this file is, or, for a copy of tests/, where it was copied from.
-CHECKOUT = Path(os.environ.get("TURSO_SYNC_AIO_CHECKOUT", Path(__file__).resolve().parent.parent)).resolve()
+from testkit.proxy import DelayingProxy
+from testkit.sync_server import SyncServer
+from tests.helpers import UNDER_TEST, WORKER_EXIT_SECONDS, turso_threads
 
 # In the checkout the dialect is not installed with an entry point: register it the way SQLAlchemy documents, for every
 # test module. Against the installed wheel (`make test-wheel`) nothing is registered, so the URL must resolve through
 # the wheel's `sqlalchemy.dialects` entry point.
 if UNDER_TEST == "checkout":
     registry.register("sqlite.aioturso_sync", "turso.sqlalchemy_sync_aio", "AioTursoSyncDialect")
-
-# Threads per open connection: the SQL worker ("turso-async-worker") and the sync lane ("turso-sync-lane").
-THREADS_PER_CONNECTION = 2
-
-# How long a worker may take to exit after the test: the lifecycle promises "within a few seconds at most".
-WORKER_EXIT_SECONDS = 5.0
-
-
-def turso_threads() -> set[threading.Thread]:
-    """The driver's worker threads that are alive now (the Worker names its threads turso-...)."""
-    return {thread for thread in threading.enumerate() if thread.name.startswith("turso")}
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ import pytest
 
 import turso
 import turso.lib_sync_aio
-from tests.proxy import DelayingProxy
-from tests.sync_server import SyncServer
-from tests.test_faults import AWAIT_SECONDS, wait_until
+from testkit.proxy import DelayingProxy
+from testkit.sync_server import SyncServer
+from tests.helpers import AWAIT_SECONDS, wait_until
 from turso.background_sync_aio import CHECKPOINT_WAL_BYTES, STOP_TIMEOUT_SECONDS, BackgroundSync
 from turso.lib_sync_aio import LANE_CLOSE_SECONDS, ConnectionSync, connect_sync
 

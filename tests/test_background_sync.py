@@ -1,7 +1,7 @@
 """Background sync (`conn.sync_in_background`) and `conn.sync()` against a real `tursodb --sync-server` on 127.0.0.1.
 
 Outages are real: the SyncServer is stopped and started again (it keeps its data file and its port). Slow rounds go
-through the delaying proxy of test_faults; token checks through a loopback proxy that accepts one token at a time.
+through the delaying proxy of testkit; token checks through a loopback proxy that accepts one token at a time.
 Timings are asserted only with generous bounds (the machine running the suite may be busy).
 """
 
@@ -16,17 +16,25 @@ import statistics
 import threading
 import time
 import warnings
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional
 
 import pytest
 
 import turso
-from tests.conftest import turso_threads
-from tests.proxy import DelayingProxy
-from tests.sync_server import SyncServer
-from tests.test_faults import AWAIT_SECONDS, LoopContext, wait_until, wait_until_blocking
+from testkit.proxy import DelayingProxy
+from testkit.sync_server import SyncServer
+from tests.helpers import (
+    AWAIT_SECONDS,
+    LoopContext,
+    bounded,
+    open_replica,
+    record_loop_errors,
+    turso_threads,
+    wait_until,
+    wait_until_blocking,
+)
 from turso.background_sync_aio import BackgroundSync, BackgroundSyncStatus, Backoff
 from turso.lib_sync_aio import LANE_CLOSE_SECONDS, ConnectionSync, connect_sync
 
@@ -37,19 +45,8 @@ INTERVAL = 0.2
 # connection, a few ms) plus scheduling on a machine shared with other work. Generous on purpose.
 LATE_SLACK_SECONDS = 0.35
 
-_T = TypeVar("_T")
-
 
 # --- helpers -----------------------------------------------------------------------------------------------------
-
-
-async def bounded(awaitable: Awaitable[_T], timeout: float = AWAIT_SECONDS) -> _T:
-    """Await with a bound: a hang fails the test instead of blocking the run."""
-    return await asyncio.wait_for(awaitable, timeout)
-
-
-async def open_replica(path: str, url: str, **kwargs: Any) -> ConnectionSync:
-    return await bounded(connect_sync(path, url, **kwargs))
 
 
 async def values(conn: ConnectionSync, sql: str = "SELECT body FROM notes ORDER BY body") -> list[object]:
@@ -69,12 +66,6 @@ async def two_replicas(tmp_path: Path, url: str) -> tuple[ConnectionSync, Connec
     await bounded(first.push())
     second = await open_replica(str(tmp_path / "second.db"), url)
     return first, second
-
-
-def record_loop_errors() -> list[LoopContext]:
-    errors: list[LoopContext] = []
-    asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
-    return errors
 
 
 def remote_counts(server: SyncServer) -> dict[object, object]:

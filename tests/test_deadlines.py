@@ -15,10 +15,9 @@ from typing import Any, cast
 import pytest
 
 import turso
-from tests.conftest import turso_threads
-from tests.proxy import DelayingProxy
-from tests.sync_server import SyncServer
-from tests.test_faults import wait_until
+from testkit.proxy import DelayingProxy
+from testkit.sync_server import SyncServer
+from tests.helpers import turso_threads, wait_until
 from turso.lib_sync_aio import LANE_CLOSE_SECONDS, REQUEST_TIMEOUT_SECONDS, ConnectionSync, connect_sync
 
 

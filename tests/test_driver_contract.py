@@ -15,7 +15,7 @@ import pytest
 
 import turso.lib
 import turso.lib_sync
-from tests.sync_server import SyncServer
+from testkit.sync_server import SyncServer
 from turso._sync_aio.engine import SyncEngine
 
 # The sync database's operations the engine starts and resumes to their end.

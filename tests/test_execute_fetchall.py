@@ -6,9 +6,16 @@ import threading
 import pytest
 
 import turso
-from tests.conftest import turso_threads
-from tests.sync_server import SyncServer
-from tests.test_faults import AWAIT_SECONDS, HEAVY_COUNT, HEAVY_COUNT_RESULT, open_replica, record_loop_errors, rows
+from testkit.sync_server import SyncServer
+from tests.helpers import (
+    AWAIT_SECONDS,
+    HEAVY_COUNT,
+    HEAVY_COUNT_RESULT,
+    open_replica,
+    record_loop_errors,
+    rows,
+    turso_threads,
+)
 from turso.lib_sync_aio import connect_sync
 
 

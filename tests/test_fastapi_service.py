@@ -25,9 +25,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import CHECKOUT
-from tests.proxy import DelayingProxy
-from tests.sync_server import SyncServer, free_port
+from testkit.proxy import DelayingProxy
+from testkit.sync_server import SyncServer, free_port
+from tests.helpers import CHECKOUT
 
 EXAMPLES = CHECKOUT / "examples"
 CLIENTS = 20

@@ -20,25 +20,27 @@ from typing import Any, Optional, Union, cast
 import pytest
 
 import turso
-from tests.conftest import THREADS_PER_CONNECTION, turso_threads
-from tests.proxy import DelayingProxy
-from tests.sync_server import SyncServer, free_port
+from testkit.proxy import DelayingProxy
+from testkit.sync_server import SyncServer, free_port
+from tests.helpers import (
+    AWAIT_SECONDS,
+    HEAVY_COUNT,
+    HEAVY_COUNT_RESULT,
+    THREADS_PER_CONNECTION,
+    WORKER_EXIT_SECONDS,
+    LoopContext,
+    new_threads,
+    open_replica,
+    record_loop_errors,
+    rows,
+    turso_threads,
+    wait_until,
+    wait_until_blocking,
+)
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
-# How long a worker may take to exit once nothing holds it: "within a few seconds".
-WORKER_EXIT_SECONDS = 5.0
-# Upper bound for any single await in these tests; a hang fails the test instead of blocking the run.
-AWAIT_SECONDS = 10.0
 # How long the delaying proxy holds each request before it forwards it to the sync server.
 PROXY_DELAY_SECONDS = 0.5
-# About 0.5 s of work on the worker thread (a recursive query counting to a million); executescript runs it fully.
-HEAVY_COUNT = (
-    "SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) "
-    "SELECT x FROM c)"
-)
-HEAVY_COUNT_RESULT = 1_000_000
-
-LoopContext = dict[str, Any]
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
@@ -96,50 +98,6 @@ def replica_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "replicas"
     directory.mkdir()
     return directory
-
-
-def record_loop_errors() -> list[LoopContext]:
-    """Record what the running loop would log (say an InvalidStateError raised in a callback) instead of logging it."""
-    errors: list[LoopContext] = []
-
-    def handler(loop: asyncio.AbstractEventLoop, context: LoopContext) -> None:
-        errors.append(context)
-
-    asyncio.get_running_loop().set_exception_handler(handler)
-    return errors
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = WORKER_EXIT_SECONDS) -> bool:
-    """Poll `condition` on the loop for at most `timeout` seconds; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
-
-
-def wait_until_blocking(condition: Callable[[], bool], timeout: float = WORKER_EXIT_SECONDS) -> bool:
-    """`wait_until` for code outside a running loop."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-def new_threads(baseline: set[threading.Thread]) -> set[threading.Thread]:
-    return turso_threads() - baseline
-
-
-async def rows(conn: ConnectionSync, sql: str) -> list[tuple[object, ...]]:
-    cursor = await asyncio.wait_for(conn.execute(sql), AWAIT_SECONDS)
-    return [tuple(row) for row in await asyncio.wait_for(cursor.fetchall(), AWAIT_SECONDS)]
-
-
-async def open_replica(path: str, url: str) -> ConnectionSync:
-    return await asyncio.wait_for(connect_sync(path, url), AWAIT_SECONDS)
 
 
 # --- 1. no worker outlives its connection ------------------------------------------------------------------------

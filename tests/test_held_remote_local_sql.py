@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.proxy import DelayingProxy
-from tests.sync_server import SyncServer
-from tests.test_faults import wait_until
+from testkit.proxy import DelayingProxy
+from testkit.sync_server import SyncServer
+from tests.helpers import wait_until
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 from turso.sqlalchemy_sync_aio import background_sync_of
 
@@ -129,9 +129,10 @@ async def test_sqlalchemy_sessions_in_a_service_loop_never_wait_for_a_held_remot
 async def expect_converged(conn: ConnectionSync, server: SyncServer, keys: list[str], others: list[str]) -> None:
     # Every local row on the server once, and the other replica's rows pushed so far in the replica.
     assert remote_keys(server, "local") == sorted(keys)
+    pushed_by_the_other = set(others)  # before the pull: the other replica goes on pushing meanwhile
     await asyncio.wait_for(conn.pull(), AWAIT_SECONDS)
     rows = await asyncio.wait_for(conn.execute_fetchall("SELECT k FROM log WHERE source = 'other'"), AWAIT_SECONDS)
-    assert set(others) <= {str(row[0]) for row in rows}
+    assert pushed_by_the_other <= {str(row[0]) for row in rows}
 
 
 async def test_a_statements_io_hook_never_waits_for_a_request_in_flight(

@@ -12,8 +12,8 @@ import turso
 import turso.aio.sync
 import turso.lib_sync
 import turso.lib_sync_aio
-from tests.conftest import CHECKOUT, THREADS_PER_CONNECTION, UNDER_TEST, turso_threads
-from tests.sync_server import SyncServer, free_port
+from testkit.sync_server import SyncServer, free_port
+from tests.helpers import CHECKOUT, THREADS_PER_CONNECTION, UNDER_TEST, turso_threads
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
 # The version label of `make wheel`'s builds (scripts/build_wheels.py).

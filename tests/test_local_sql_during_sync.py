@@ -1,7 +1,7 @@
 """Local SQL never waits for the network (issue 13), against a real `tursodb --sync-server` through a loopback proxy.
 
 A pull or push runs its network part on the connection's sync lane; SQL keeps running on the SQL worker meanwhile.
-These tests hold the remote's answers with `DelayingProxy` (tests/proxy.py) and check what users can rely on: local
+These tests hold the remote's answers with `DelayingProxy` (testkit/proxy.py) and check what users can rely on: local
 statements finish long before a slow sync does, nothing committed is left out of a push, pulled changes are applied
 (and checkpoints run) only between transactions, a cancelled sync still finishes exactly once, and engine operations
 that wait their turn spin no core. Every await is bounded, so a hang fails the test instead of blocking the run.
@@ -15,9 +15,9 @@ from typing import TypeVar
 import pytest
 
 import turso
-from tests.proxy import DelayingProxy
-from tests.sync_server import SyncServer
-from tests.test_faults import record_loop_errors, wait_until
+from testkit.proxy import DelayingProxy
+from testkit.sync_server import SyncServer
+from tests.helpers import bounded, insert_and_commit, open_replica, record_loop_errors, remote_keys, wait_until
 from turso.lib_sync import PartialSyncOpts, PartialSyncPrefixBootstrap
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
@@ -42,10 +42,6 @@ SCHEMA = "CREATE TABLE t(k TEXT PRIMARY KEY, v INTEGER)"
 LOG_SCHEMA = "CREATE TABLE log(k TEXT, v INTEGER)"
 
 
-async def bounded(awaitable: Awaitable[T]) -> T:
-    return await asyncio.wait_for(awaitable, AWAIT_SECONDS)
-
-
 async def timed(awaitable: Awaitable[T]) -> tuple[T, float]:
     """The awaitable's result and how long it took, bounded."""
     started = time.monotonic()
@@ -53,21 +49,8 @@ async def timed(awaitable: Awaitable[T]) -> tuple[T, float]:
     return result, time.monotonic() - started
 
 
-async def open_replica(path: str, url: str) -> ConnectionSync:
-    return await bounded(connect_sync(path, url))
-
-
-async def insert_and_commit(conn: ConnectionSync, table: str, keys: list[str]) -> None:
-    await bounded(conn.executemany(f"INSERT INTO {table} VALUES (?, ?)", [(key, n) for n, key in enumerate(keys)]))
-    await bounded(conn.commit())
-
-
 async def local_keys(conn: ConnectionSync, table: str = "t") -> list[str]:
     return [row[0] for row in await bounded(conn.execute_fetchall(f"SELECT k FROM {table} ORDER BY k"))]
-
-
-def remote_keys(server: SyncServer, table: str = "t") -> list[str]:
-    return [str(row[0]) for row in server.execute(f"SELECT k FROM {table} ORDER BY k")]
 
 
 async def start_and_wait_for_the_remote(proxy: DelayingProxy, operation: Awaitable[T]) -> "asyncio.Task[T]":

@@ -1,6 +1,6 @@
 """Seeded random interleavings of local SQL, pull, push, stats, checkpoint and cancelled awaits (issue 13, "Done when").
 
-Two replicas of one remote database run at once through a flaky loopback proxy (tests/proxy.py) that refuses some
+Two replicas of one remote database run at once through a flaky loopback proxy (testkit/proxy.py) that refuses some
 connections and cuts the answer of others after the server acted on them (a push the server applied while the client
 heard an error must not arrive twice when it is sent again). On each replica one task writes (short transactions
 with TEXT/UUID keys, some of their awaits cancelled) while another syncs (pull, push, stats, checkpoint, some
@@ -22,10 +22,9 @@ from typing import Optional
 import pytest
 
 import turso
-from tests.conftest import turso_threads
-from tests.proxy import CUT_ANSWER, REFUSE, DelayingProxy
-from tests.sync_server import SyncServer
-from tests.test_faults import new_threads, record_loop_errors, wait_until
+from testkit.proxy import CUT_ANSWER, REFUSE, DelayingProxy
+from testkit.sync_server import SyncServer
+from tests.helpers import new_threads, record_loop_errors, turso_threads, wait_until
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
 SEEDS = [1, 2, 3, 4, 5]

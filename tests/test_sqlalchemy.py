@@ -20,9 +20,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import turso
 import turso.aio
-from tests.conftest import THREADS_PER_CONNECTION, turso_threads
-from tests.proxy import DelayingProxy
-from tests.sync_server import SyncServer
+from testkit.proxy import DelayingProxy
+from testkit.sync_server import SyncServer
+from tests.helpers import THREADS_PER_CONNECTION, turso_threads
 from turso.background_sync_aio import BackgroundSync
 from turso.lib_sync_aio import ConnectionSync
 from turso.sqlalchemy_sync_aio import (
@@ -790,3 +790,63 @@ def test_request_timeout_is_the_dialects_own_parameter_and_not_warned_about(repl
         warnings.simplefilter("error")
         engine = create_async_engine(replica_url(replica_path, None, "remote_url=http://h:1&request_timeout=2.5"))
     assert isinstance(engine.pool, ReplicaPool)
+
+
+# --- a cancelled statement never leads to a second open of the replica (issue 18) ----------------------------------
+
+# About 0.5 s of work on the SQL worker: the statement that wait_for cancels.
+HEAVY_COUNT = (
+    "SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) "
+    "SELECT x FROM c)"
+)
+NOTES = "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)"
+
+
+async def cancelled_then_next(engine: AsyncEngine) -> list[tuple[object, ...]]:
+    """A statement cancelled by wait_for in one connection (which invalidates it), then a write and a read in the
+    next one; returns the bodies in the replica."""
+    async with engine.connect() as conn:
+        await conn.execute(text("INSERT INTO notes(body) VALUES ('rolled back with the invalidated connection')"))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(conn.execute(text(HEAVY_COUNT)), 0.05)
+    async with engine.connect() as conn:
+        await conn.execute(text("INSERT INTO notes(body) VALUES ('next')"))
+        await conn.commit()
+        return [tuple(row) for row in (await conn.execute(text("SELECT body FROM notes ORDER BY id"))).all()]
+
+
+async def test_a_statement_cancelled_by_wait_for_then_the_next_connection_opens_the_replica(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    sync_server.execute(NOTES)
+    engine = create_async_engine(replica_url(replica_path, sync_server))
+    try:
+        # The pool closes the invalidated connection before it opens the next one: neither "database is busy" nor
+        # "already open in this process".
+        for round_number in range(1, 4):
+            assert await asyncio.wait_for(cancelled_then_next(engine), TIMEOUT) == [("next",)] * round_number
+    finally:
+        await asyncio.wait_for(engine.dispose(), TIMEOUT)
+
+
+async def test_a_cancelled_statement_while_a_background_round_is_stuck_then_the_next_connection_opens_the_replica(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    sync_server.execute(NOTES)
+    proxy = DelayingProxy(sync_server.port)
+    engine = create_async_engine(f"sqlite+aioturso_sync:///{replica_path}?remote_url={proxy.url}&sync_interval=0.1")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        proxy.stall()
+        deadline = time.monotonic() + TIMEOUT
+        while proxy.held == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert proxy.held >= 1, "background sync never reached the stalled remote"
+        # The invalidated connection's close() returns while its round is stuck on the remote, and lets go of the
+        # replica's path then: the pool's next open is not refused.
+        assert await asyncio.wait_for(cancelled_then_next(engine), TIMEOUT) == [("next",)]
+    finally:
+        proxy.release()
+        await asyncio.wait_for(engine.dispose(), TIMEOUT)
+        proxy.close()

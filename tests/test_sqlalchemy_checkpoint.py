@@ -9,8 +9,8 @@ from sqlalchemy.dialects import registry
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.conftest import UNDER_TEST
-from tests.sync_server import SyncServer
+from testkit.sync_server import SyncServer
+from tests.helpers import UNDER_TEST
 from turso.background_sync_aio import CHECKPOINT_WAL_BYTES
 from turso.sqlalchemy_sync_aio import background_sync_of
 

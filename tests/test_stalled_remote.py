@@ -1,7 +1,7 @@
 """A stalled remote never stalls the replica (issues 13 and 17), against a real `tursodb --sync-server` behind a
 stalling proxy.
 
-`DelayingProxy.stall()` (tests/proxy.py) makes a remote that accepts connections and never answers, until `release()`
+`DelayingProxy.stall()` (testkit/proxy.py) makes a remote that accepts connections and never answers, until `release()`
 forwards what it held. A request sent then waits on the connection's sync lane (thread `turso-sync-lane`) for its
 `request_timeout` (30 s by default); the SQL worker, `close()`, a reopened replica and the thread count must not
 depend on it, and close() fails it. The garbage-collection and loop-closed paths must stop the sync lane as they stop
@@ -24,10 +24,19 @@ from typing import Any, Optional
 import pytest
 
 import turso
-from tests.conftest import turso_threads
-from tests.proxy import DelayingProxy
-from tests.sync_server import SyncServer
-from tests.test_faults import HEAVY_COUNT, LoopContext, new_threads, record_loop_errors, wait_until, wait_until_blocking
+from testkit.proxy import DelayingProxy
+from testkit.sync_server import SyncServer
+from tests.helpers import (
+    HEAVY_COUNT,
+    LoopContext,
+    insert_and_commit,
+    new_threads,
+    record_loop_errors,
+    remote_keys,
+    turso_threads,
+    wait_until,
+    wait_until_blocking,
+)
 from turso.lib_sync import PartialSyncOpts, PartialSyncPrefixBootstrap
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
@@ -67,14 +76,6 @@ async def opened(path: str, url: str, proxy: DelayingProxy) -> AsyncGenerator[Co
         await asyncio.wait_for(conn.close(), AWAIT_SECONDS)
 
 
-async def insert_and_commit(conn: ConnectionSync, keys: list[str]) -> float:
-    """Insert `keys` into log and commit; returns how long that took."""
-    started = time.monotonic()
-    await asyncio.wait_for(conn.executemany("INSERT INTO log VALUES (?, 0)", [(key,) for key in keys]), AWAIT_SECONDS)
-    await asyncio.wait_for(conn.commit(), AWAIT_SECONDS)
-    return time.monotonic() - started
-
-
 async def time_out_on_the_stalled_remote(conn: ConnectionSync, proxy: DelayingProxy, operation: str) -> float:
     """Run pull or push under wait_for(0.5 s) on the stalled remote; returns when TimeoutError came, in seconds."""
     proxy.stall()
@@ -84,10 +85,6 @@ async def time_out_on_the_stalled_remote(conn: ConnectionSync, proxy: DelayingPr
     took = time.monotonic() - started
     assert proxy.held >= 1, "the operation never reached the stalled remote"
     return took
-
-
-def remote_keys(server: SyncServer) -> list[str]:
-    return [str(row[0]) for row in server.execute("SELECT k FROM log ORDER BY k")]
 
 
 async def test_pull_on_a_stalled_remote_times_out_after_half_a_second_and_local_sql_then_runs_at_local_speed(
@@ -103,7 +100,7 @@ async def test_pull_on_a_stalled_remote_times_out_after_half_a_second_and_local_
             started = time.monotonic()
             await asyncio.wait_for(conn.execute_fetchall("SELECT count(*) FROM log"), AWAIT_SECONDS)
             read = time.monotonic() - started
-            write = await insert_and_commit(conn, [f"local-{n}"])
+            write = await insert_and_commit(conn, "log", [f"local-{n}"])
             assert read < LOCAL_SECONDS, f"a local read took {read:.2f} s after the pull timed out"
             assert write < LOCAL_SECONDS, f"a local write took {write:.2f} s after the pull timed out"
         assert proxy.held >= 1  # the pull is still stuck
@@ -120,7 +117,7 @@ async def test_close_returns_within_a_second_of_its_queued_sql_while_a_request_i
     baseline = turso_threads()
     conn = await bounded_open(replica_path, proxy.url)
     errors = record_loop_errors()
-    await insert_and_commit(conn, ["a"])
+    await insert_and_commit(conn, "log", ["a"])
     await time_out_on_the_stalled_remote(conn, proxy, operation)
     lanes = sync_lanes()
     sql_done_at: list[float] = []
@@ -162,11 +159,11 @@ async def test_reopening_the_replica_while_the_old_request_is_stuck_works_and_ev
     baseline = turso_threads()
     errors = record_loop_errors()
     old = await bounded_open(replica_path, proxy.url)
-    await insert_and_commit(old, ["old-1", "old-2"])
+    await insert_and_commit(old, "log", ["old-1", "old-2"])
     sync_server.execute("INSERT INTO log VALUES ('remote-2', 0)")
     try:
         await time_out_on_the_stalled_remote(old, proxy, operation)
-        assert await insert_and_commit(old, ["old-3"]) < LOCAL_SECONDS
+        assert await insert_and_commit(old, "log", ["old-3"]) < LOCAL_SECONDS
         await asyncio.wait_for(old.close(), CLOSE_SECONDS)
     except BaseException:
         proxy.release()  # let the old connection close, then report the failure
@@ -177,7 +174,7 @@ async def test_reopening_the_replica_while_the_old_request_is_stuck_works_and_ev
     async with opened(replica_path, proxy.url, proxy) as new:
         local = [row[0] for row in await asyncio.wait_for(new.execute_fetchall("SELECT k FROM log"), AWAIT_SECONDS)]
         assert {"old-1", "old-2", "old-3", "remote-1"} <= set(local)
-        assert await insert_and_commit(new, ["new-1"]) < LOCAL_SECONDS
+        assert await insert_and_commit(new, "log", ["new-1"]) < LOCAL_SECONDS
         assert proxy.held >= 1
 
         proxy.release()  # the remote answers again: the old request and the new calls go through
@@ -190,7 +187,7 @@ async def test_reopening_the_replica_while_the_old_request_is_stuck_works_and_ev
         f"threads left once the stuck {operation} ended: {sorted(t.name for t in new_threads(baseline))}"
     )
     expected = ["new-1", "old-1", "old-2", "old-3", "remote-1", "remote-2"]
-    assert remote_keys(sync_server) == expected  # every row exactly once
+    assert remote_keys(sync_server, "log") == expected  # every row exactly once
     assert local == expected
     # A replica opened after everything settled sees the same rows (the old thread changed nothing it relies on).
     async with await bounded_open(replica_path, sync_server.url) as again:
@@ -210,7 +207,7 @@ async def test_connection_dropped_without_close_warns_and_its_sync_lane_stops_to
     sync_server.execute(LOG_SCHEMA)
     baseline = turso_threads()
     conn = await bounded_open(replica_path, proxy.url)
-    await insert_and_commit(conn, ["a"])
+    await insert_and_commit(conn, "log", ["a"])
     await asyncio.wait_for(conn.push(), AWAIT_SECONDS)
     await asyncio.wait_for(conn.pull(), AWAIT_SECONDS)
     if lane == "stuck":
@@ -246,14 +243,14 @@ async def test_sync_operations_queued_behind_a_stuck_request_fail_at_close_inste
     baseline = turso_threads()
     errors = record_loop_errors()
     conn = await bounded_open(replica_path, proxy.url)
-    await insert_and_commit(conn, ["a"])
+    await insert_and_commit(conn, "log", ["a"])
     await time_out_on_the_stalled_remote(conn, proxy, operation)
     # Queued on the lane behind the stuck request; each waits its turn (none may spin meanwhile).
     queued = [asyncio.ensure_future(call()) for call in (conn.stats, conn.checkpoint, conn.pull, conn.push)]
     cpu_started, wall_started = time.process_time(), time.monotonic()
     await asyncio.sleep(0.5)
     assert not any(task.done() for task in queued), [task for task in queued if task.done()]
-    assert await insert_and_commit(conn, ["b"]) < LOCAL_SECONDS
+    assert await insert_and_commit(conn, "log", ["b"]) < LOCAL_SECONDS
     cpu, wall = time.process_time() - cpu_started, time.monotonic() - wall_started
     assert cpu < 0.5 * wall, f"the process used {cpu:.2f} s of CPU in {wall:.2f} s while operations waited"
 

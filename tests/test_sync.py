@@ -4,17 +4,12 @@ import asyncio
 from pathlib import Path
 
 import turso
-from tests.conftest import THREADS_PER_CONNECTION, turso_threads
-from tests.sync_server import SyncServer
+from testkit.sync_server import SyncServer
+from tests.helpers import THREADS_PER_CONNECTION, rows, turso_threads
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
 # A bound for awaits against the local server, so that a hang fails the test instead of the run.
 TIMEOUT = 10.0
-
-
-async def rows(conn: ConnectionSync, sql: str) -> list[tuple[object, ...]]:
-    cursor = await conn.execute(sql)
-    return [tuple(row) for row in await cursor.fetchall()]
 
 
 async def test_bootstrap_copies_a_non_empty_remote(sync_server: SyncServer, replica_path: str) -> None:

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 import pytest
 
 import turso
-from tests.sync_server import SyncServer
-from tests.test_faults import AWAIT_SECONDS
+from testkit.sync_server import SyncServer
+from tests.helpers import AWAIT_SECONDS
 from turso.lib_sync_aio import ConnectionSync, Transaction, TransactionState, connect_sync
 
 _T = TypeVar("_T")

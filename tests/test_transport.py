@@ -21,8 +21,8 @@ from testkit.http_servers import (
     RecordedRequest,
     SilentServer,
 )
+from testkit.sync_server import SyncServer, free_port
 from testkit.tls import LoopbackCertificates
-from tests.sync_server import SyncServer, free_port
 from turso._sync_aio.transport import CHUNK_BYTES, SyncTransport, TransportClosed, TransportError
 
 # How soon after abort() the request in flight must have failed.

@@ -14,7 +14,7 @@ from typing import TypedDict
 import pytest
 from mypy import api as mypy_api
 
-from tests.conftest import CHECKOUT
+from tests.helpers import CHECKOUT
 
 # Where mypy.ini and pyrightconfig.json are: the checkout, or the copy of tests/ that tests the installed wheel (its
 # configs resolve `turso` from that venv's site-packages).

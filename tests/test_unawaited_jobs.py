@@ -3,8 +3,8 @@
 import asyncio
 
 import turso
-from tests.sync_server import SyncServer
-from tests.test_faults import AWAIT_SECONDS, open_replica, record_loop_errors
+from testkit.sync_server import SyncServer
+from tests.helpers import AWAIT_SECONDS, open_replica, record_loop_errors
 
 
 class CursorFactoryError(Exception):

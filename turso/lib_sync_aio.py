@@ -44,13 +44,12 @@ from queue import Empty, SimpleQueue
 import asyncio
 import enum
 import functools
-import glob
 import logging
 import os
+import sys
 import threading
 import time
 import traceback
-import urllib.parse
 import warnings
 import weakref
 from types import TracebackType
@@ -59,7 +58,6 @@ from .worker import STOP_RUNNING_SENTINEL, Worker
 from .lib import (
     Connection as BlockingConnection,
     Error,
-    InternalError,
     OperationalError,
     ProgrammingError,
 )
@@ -78,15 +76,22 @@ from ._sync_aio.transaction import Transaction as Transaction
 from ._sync_aio.transaction import TransactionState as TransactionState
 from ._sync_aio.transaction import TransactionHost, TransactionTurns
 from ._sync_aio.engine import SyncEngine
+from ._sync_aio.errors import job_error, native_dbapi_error
+from ._sync_aio.open_replicas import ReplicaPathClaim
+from ._sync_aio.pull_recovery import UnusableConnection, applied_before_failing, is_wedged, unusable_message
+from ._sync_aio.replica_files import (
+    check_arguments,
+    check_replica_files,
+    describe_remote,
+    replica_files,
+    replica_files_held_open,
+)
 
 _T = TypeVar("_T")
 _Runner = TypeVar("_Runner", bound="_JobRunner")
 
 # A job for a worker thread: the future that awaits its outcome (None when nobody awaits it) and the function to run.
 _Job = tuple[Optional["asyncio.Future[Any]"], Callable[[], Any]]
-
-# URL schemes the sync driver can reach; libsql:// and turso:// are rewritten to https:// by the driver.
-_REMOTE_SCHEMES = ("libsql", "turso", "https", "http")
 
 # How long applying pulled changes or a checkpoint waits for an open transaction on the connection to end before it
 # gives up: the busy timeout of Turso's Go sync driver.
@@ -206,6 +211,11 @@ class ConnectionSync(NonBlockingConnection):
         self._row_factory_cache: Any = None
         self._text_factory_cache: Any = None
         self._autocommit_cache: object | bool | None = None
+        # The claim on the replica's file (one open connection per file per process) of connect_sync's connector;
+        # None for a connector of the caller's.
+        self._path_claim: Optional[ReplicaPathClaim] = (
+            connector.path_claim if isinstance(connector, _ReplicaOpener) else None
+        )
         # The background sync started by sync_in_background(), if any; close() stops it first.
         self._background: Optional[BackgroundSync] = None
         self._request_timeout = REQUEST_TIMEOUT_SECONDS
@@ -213,6 +223,8 @@ class ConnectionSync(NonBlockingConnection):
         # checks (False while no block is open, so the common path costs nothing more).
         self._transaction_turns = TransactionTurns(self._jobs)
         self._turns_busy = False
+        # Set when a failed pull wedged the connection and the replica could not be reopened: what every call says.
+        self._unusable: Optional[str] = None
 
     # internal worker is stopped here, and on every other way out: failed or cancelled open, garbage collection
     # (__del__), and the event loop closing (_JobRunner)
@@ -252,6 +264,7 @@ class ConnectionSync(NonBlockingConnection):
             # The request in flight, if any, fails now; then the SQL worker's last job closes the replica.
             self._stop_sql_worker()
         if not await self._sql_worker_ended(stopped):
+            self._release_path()
             return
         # The lane has no request left to wait for: it ends as soon as a local step it handed over ends.
         await asyncio.wait([lane_stopped], timeout=LANE_CLOSE_SECONDS)
@@ -261,6 +274,7 @@ class ConnectionSync(NonBlockingConnection):
             self._lane.join()
         else:
             logger.warning("close() returned while the sync lane still runs %s", self._lane.current)
+        self._release_path()
         stopped.result()
 
     # typed so that the awaited value is ConnectionSync: the base class would type it as the plain Connection and
@@ -432,7 +446,8 @@ class ConnectionSync(NonBlockingConnection):
             ResourceWarning,
             source=self,
         )
-        self._stop_threads_quietly()
+        # The last job must not refer to this connection, which is being collected.
+        self._stop_threads_quietly(_close_quietly_and_stop(self._engine, self._conn, self._path_claim))
 
     async def _open(self) -> "ConnectionSync":
         if self._state is _State.CLOSED:
@@ -510,6 +525,8 @@ class ConnectionSync(NonBlockingConnection):
         if self._state is not _State.OPENED:
             return
         self._state = _State.CLOSED
+        if self._path_claim is not None:
+            self._path_claim.begin_closing()
         self._lane_jobs.put_nowait(
             (None, functools.partial(_settle_and_stop, self._lane, cast("asyncio.Future[None]", self._lane_stopped)))
         )
@@ -523,15 +540,11 @@ class ConnectionSync(NonBlockingConnection):
         deliver = self._runner.deliver
 
         def close_and_stop() -> object:
-            try:
-                if self._engine is not None:
-                    self._engine.close()
-                if self._conn is not None:
-                    self._conn.close()
-            except Exception as error:
-                deliver(_set_exception_unless_done, stopped, error)
-            else:
+            error = self._close_and_forget()
+            if error is None:
                 deliver(_set_result_unless_done, stopped, None)
+            else:
+                deliver(_set_exception_unless_done, stopped, error)
             return STOP_RUNNING_SENTINEL
 
         self._runner.stop_with(close_and_stop)
@@ -559,11 +572,44 @@ class ConnectionSync(NonBlockingConnection):
             engine.abort()
         self._open_ended.set()
 
-    def _stop_threads_quietly(self) -> None:
+    def _close_and_forget(self) -> Optional[Exception]:
+        # On the SQL worker, at its last job: close the engine and the blocking connection, and drop this connection's
+        # references to them. The driver's close() leaves the native sync database alive, and with it the replica's
+        # file handles and locks (another process could not open the replica), until nothing refers to it. Then
+        # release the path. Returns the close error, if any.
+        engine, blocking = self._engine, self._conn
+        self._conn = self._sync = self._engine = None
+        try:
+            if engine is not None:
+                engine.close()
+            if blocking is not None:
+                blocking.close()
+        except Exception as error:
+            # The error's frames would keep the blocking connection alive for as long as the caller keeps the error.
+            traceback.clear_frames(error.__traceback__)
+            return native_dbapi_error(error) or error
+        finally:
+            del engine, blocking
+            self._release_path()
+        return None
+
+    def _close_quietly_and_forget(self) -> object:
+        # The SQL worker's last job once the loop has closed: as close()'s, with nobody to hear of an error.
+        self._close_and_forget()
+        return STOP_RUNNING_SENTINEL
+
+    def _release_path(self) -> None:
+        # The replica's file may be opened again (by this process: another one waits for the file locks).
+        if self._path_claim is not None:
+            self._path_claim.release()
+
+    def _stop_threads_quietly(self, last_job: Callable[[], object]) -> None:
         # Nobody is left to hear of a close error (garbage collection, loop closed): stop both threads at once.
         self._refuse_new_requests()
+        if self._path_claim is not None:
+            self._path_claim.begin_closing()
         self._lane_jobs.put_nowait((None, functools.partial(_settle_and_stop, self._lane, None)))
-        self._runner.stop_with(_close_quietly_and_stop(self._engine, self._conn))
+        self._runner.stop_with(last_job)
 
     def _stop_after_loop_closed(self) -> None:
         # Runs on a thread of ours when a result could not be delivered because the loop has closed: nobody is left
@@ -571,7 +617,7 @@ class ConnectionSync(NonBlockingConnection):
         if self._state is not _State.OPENED:
             return
         self._state = _State.CLOSED
-        self._stop_threads_quietly()
+        self._stop_threads_quietly(self._close_quietly_and_forget)
 
     def _blocking(self) -> BlockingConnectionSync:
         # Runs on the worker, after the open job (jobs run in order); None only if opening failed.
@@ -589,18 +635,18 @@ class ConnectionSync(NonBlockingConnection):
             self._open_ended.wait()
             engine = self._engine
         if self._refusing or engine is None:
-            raise ProgrammingError(f"Cannot {operation}: the connection was closed before the {operation} started")
+            raise self._unusable_error(operation)
         self._lane.current = operation
         return engine
 
     # The sync operations as run on the lane; apply and checkpoint are handed to the SQL worker, which runs them
     # between transactions while the lane waits (so their turn lasts until they have ended).
     def _pull_on_lane(self) -> bool:
-        engine = self._engine_for_lane("pull")
-        changes = engine.wait_changes()
+        # No reference to the engine is kept here while the worker applies: a failed apply may reopen the replica.
+        changes = self._engine_for_lane("pull").wait_changes()
         if changes is None or changes.empty():
             return False
-        apply = functools.partial(engine.apply_changes, changes)
+        apply = functools.partial(self._apply_pulled_blocking, [changes])
         del changes  # held by `apply` alone, which the worker drops once it ran: a later pull can fetch them again
         self._runner.run_between_transactions(apply, "apply pulled changes", self._in_transaction_blocking)
         return True
@@ -614,6 +660,77 @@ class ConnectionSync(NonBlockingConnection):
 
     def _stats_on_lane(self) -> SyncStats:
         return cast(SyncStats, self._engine_for_lane("read stats").stats())
+
+    def _apply_pulled_blocking(self, pulled: list[Any]) -> None:
+        # On the SQL worker, between transactions: apply the changes the lane fetched (`pulled` holds them, so that
+        # they are dropped as soon as the engine took them). A failure after they were applied is reported as
+        # success; one that wedged the connection reopens the replica (see _sync_aio/pull_recovery.py).
+        engine = self._engine
+        if engine is None:
+            raise self._unusable_error("apply pulled changes")
+        try:
+            engine.apply_changes(pulled.pop())
+            return
+        except Error as error:
+            failure = error
+        del engine
+        # Its frames hold the engine and the native sync database, which a reopen must see freed.
+        traceback.clear_frames(failure.__traceback__)
+        outcome = self._recover_after_failed_apply(failure)
+        if not applied_before_failing(failure):
+            raise outcome
+        logger.warning(
+            "pull: the pulled changes were applied, but recording that failed (%s); the next pull fetches them and "
+            "applies them again",
+            failure,
+        )
+
+    def _recover_after_failed_apply(self, failure: Error) -> Error:
+        # On the SQL worker, after a failed apply, before any other job: if the connection can no longer read its
+        # replica, drop the native database and open the replica again. Returns the error for the pull to raise.
+        blocking, engine = self._sync, self._engine
+        if blocking is None or engine is None or not is_wedged(blocking):
+            return failure
+        self._conn = self._sync = self._engine = None
+        _close_quietly(engine, blocking)
+        del engine
+        path = self._path_claim.path if self._path_claim is not None else None
+        # 2: this variable and getrefcount's argument. Any more is the application's (a cursor kept, an error holding
+        # one): the old native database would outlive the reopen, and two on one file are not survivable.
+        if sys.getrefcount(blocking) > 2:
+            return self._become_unusable(unusable_message(path, failure))
+        del blocking
+        if path is not None and replica_files_held_open(path):
+            return self._become_unusable(unusable_message(path, failure))
+        settings = (self._isolation_level_cache, self._row_factory_cache, self._text_factory_cache)
+        autocommit = self._autocommit_cache
+        try:
+            self._open_blocking()
+        except Exception as error:
+            return self._become_unusable(unusable_message(path, failure) + f" (reopening it failed: {error})")
+        reopened = cast(BlockingConnectionSync, self._sync)
+        # The settings the application made on the old connection carry over to the new one.
+        reopened.isolation_level, reopened.row_factory, reopened.text_factory = settings
+        self._isolation_level_cache, self._row_factory_cache, self._text_factory_cache = settings
+        if autocommit != reopened.autocommit:
+            reopened.autocommit = autocommit
+            self._autocommit_cache = autocommit
+        logger.warning("pull: a failed apply (%s) left the connection unable to read its replica: reopened", failure)
+        return type(failure)(f"{failure} (the connection reopened the replica; the next pull applies the changes)")
+
+    def _become_unusable(self, message: str) -> Error:
+        # A wedged connection that could not be reopened: every call raises `message` from now on, until close().
+        self._unusable = message
+        self._conn = self._sync = cast(BlockingConnectionSync, UnusableConnection(message))
+        self._engine = None
+        logger.warning("%s", message)
+        return OperationalError(message)
+
+    def _unusable_error(self, operation: str) -> Error:
+        # A sync operation on a connection without an engine: closed, or wedged and not reopened.
+        if self._unusable is not None and not self._refusing:
+            return OperationalError(self._unusable)
+        return ProgrammingError(f"Cannot {operation}: the connection was closed before the {operation} started")
 
     def _in_transaction_blocking(self) -> bool:
         # On the SQL worker: whether a transaction is open (apply and checkpoint wait for it to end).
@@ -774,7 +891,8 @@ class _JobRunner(Worker):
                 outcome = function()
             except BaseException as error:
                 traceback.clear_frames(error.__traceback__)
-                outcome = error if isinstance(error, Exception) else _internal_error(error)
+                # A turso.Error as it is; a native error the driver did not map, or SystemExit, made one.
+                outcome = error if isinstance(error, Error) else job_error(error)
                 settle = _set_exception_unless_done if future is not None else _report_unawaited_failure
             else:
                 if outcome is STOP_RUNNING_SENTINEL:
@@ -996,65 +1114,18 @@ def _report_unawaited_failure(future: None, error: BaseException) -> None:
     )
 
 
-def _internal_error(error: BaseException) -> InternalError:
-    # A job raised SystemExit or another non-Exception: the caller gets an error, the worker keeps running.
-    internal = InternalError(f"a worker job raised {error!r}")
-    internal.__cause__ = error
-    return internal
-
-
-# The SQL worker's last job when nobody is left to hear of a close error (the connection was garbage collected, or its
-# loop closed): close the replica, ignoring errors, then end the worker.
+# The SQL worker's last job when the connection was garbage collected: close the replica, ignoring errors (nobody is
+# left to hear of them), release the replica's path, then end the worker.
 def _close_quietly_and_stop(
-    engine: Optional[SyncEngine], blocking: Optional[BlockingConnection]
+    engine: Optional[SyncEngine], blocking: Optional[BlockingConnection], path_claim: Optional[ReplicaPathClaim]
 ) -> Callable[[], object]:
     def close_and_stop() -> object:
         _close_quietly(engine, blocking)
+        if path_claim is not None:
+            path_claim.release()
         return STOP_RUNNING_SENTINEL
 
     return close_and_stop
-
-
-# `object` parameters: the checks are for callers without a type checker.
-def _check_arguments(path: object, remote_url: object) -> None:
-    if not isinstance(path, str):
-        raise TypeError(f"path must be a str, not {type(path).__name__}")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise OperationalError(f"cannot open sync replica {path!r}: directory {directory!r} does not exist")
-    if remote_url is None:
-        return
-    if callable(remote_url):
-        # The pinned driver puts remote_url into the native replica config, which takes only a string.
-        raise ProgrammingError(
-            "remote_url as a callable is not supported by the pinned driver (pyturso 0.8.3 fails with \"'function' "
-            "object is not an instance of 'str'\"); pass the URL as a string, and use a callable auth_token to "
-            "refresh credentials per request"
-        )
-    if not isinstance(remote_url, str):
-        raise TypeError(f"remote_url must be a str or None, not {type(remote_url).__name__}")
-    try:
-        parts = urllib.parse.urlsplit(remote_url)
-    except ValueError as error:
-        raise ProgrammingError(f"remote_url {remote_url!r} is not a valid URL: {error}") from None
-    if parts.scheme not in _REMOTE_SCHEMES or not parts.hostname:
-        raise ProgrammingError(
-            f"remote_url {remote_url!r} is not a sync URL: expected libsql://HOST, https://HOST or http://HOST:PORT"
-        )
-
-
-# The database file and the files the sync engine keeps beside it (-wal, -info, -changes, temporary writes).
-def _replica_files(path: str) -> set[str]:
-    pattern = glob.escape(path)
-    return {*glob.glob(pattern), *glob.glob(pattern + "-*"), *glob.glob(pattern + ".tmp.*")}
-
-
-def _describe_remote(remote_url: Optional[Union[str, Callable[[], Optional[str]]]]) -> str:
-    if remote_url is None:
-        return "the remote saved in the replica"
-    if callable(remote_url):
-        return "the URL from the remote_url callable"
-    return remote_url
 
 
 class _ReplicaOpener:
@@ -1062,8 +1133,10 @@ class _ReplicaOpener:
 
     A fresh replica (no metadata beside it yet) is opened locally, and its bootstrap then runs as a pull through our
     transport, so that a silent remote fails it after `request_timeout` instead of holding the open for good. Partial
-    sync keeps the driver's own bootstrap, which the native open needs. On failure the files this attempt created are
-    removed (never files that were there before), and the error names the replica and the remote.
+    sync keeps the driver's own bootstrap, which the native open needs. Before that, the replica's file is claimed for
+    this connection (one per file per process: see _sync_aio/open_replicas.py) and its files are checked (see
+    _sync_aio/replica_files.py). On failure the claim is released, the files this attempt created are removed (never
+    files that were there before), and the error names the replica and the remote.
     """
 
     def __init__(
@@ -1076,6 +1149,8 @@ class _ReplicaOpener:
         self.remote_url = remote_url
         # The keyword arguments of the driver's connect_sync.
         self.options = options
+        # Held from the open until the connection has closed the replica.
+        self.path_claim = ReplicaPathClaim(path)
 
     def __call__(self) -> BlockingConnectionSync:
         """The plain connector: the driver's own open, bootstrap included (its HTTP has no deadline)."""
@@ -1083,8 +1158,17 @@ class _ReplicaOpener:
 
     def open(self, take_over: Callable[[BlockingConnectionSync, float], SyncEngine]) -> BlockingConnectionSync:
         """On the SQL worker: check, open, let `take_over` drive the engine, and bootstrap a fresh replica."""
-        _check_arguments(self.path, self.remote_url)
-        existing = _replica_files(self.path)
+        check_arguments(self.path, self.remote_url)
+        self.path_claim.acquire()
+        try:
+            check_replica_files(self.path)
+            return self._open(take_over)
+        except BaseException:
+            self.path_claim.release()
+            raise
+
+    def _open(self, take_over: Callable[[BlockingConnectionSync, float], SyncEngine]) -> BlockingConnectionSync:
+        existing = replica_files(self.path)
         options = self.options
         bootstrap = bool(options["bootstrap_if_empty"]) and options["partial_sync_experimental"] is None
         bootstrap = bootstrap and not os.path.exists(self.path + "-info")
@@ -1102,14 +1186,15 @@ class _ReplicaOpener:
             return blocking
         except BaseException as error:
             _close_quietly(engine, blocking)
-            for leftover in _replica_files(self.path) - existing:
+            for leftover in replica_files(self.path) - existing:
                 try:
                     os.remove(leftover)
                 except OSError:
                     pass
-            if isinstance(error, Error):
-                message = f"cannot open sync replica {self.path!r} from {_describe_remote(self.remote_url)}: {error}"
-                raise type(error)(message) from error
+            dbapi_error = native_dbapi_error(error) or error
+            if isinstance(dbapi_error, Error):
+                message = f"cannot open sync replica {self.path!r} from {describe_remote(self.remote_url)}: {error}"
+                raise type(dbapi_error)(message) from error
             raise
 
 

@@ -13,9 +13,12 @@ for the native calls (resume, take, step callbacks), never across a network wait
 (partial sync's page fetches, through `service_for_statement`) never waits for a request in flight.
 """
 
+import functools
 import logging
 import threading
 import time
+import traceback
+import weakref
 from typing import Any, Callable, Optional, cast
 
 from .._turso import (  # the native extension has no type information
@@ -61,10 +64,14 @@ class SyncEngine:
         self.request_timeout = request_timeout
         # Added to a pull's wait for the first byte of its answer: the remote may hold it that long (long poll).
         self.long_poll_seconds = long_poll_seconds
+        # The transports read the timeout through a weak reference: a strong one (a bound method) would make a cycle,
+        # engine -> transport -> engine, that keeps the native sync database, and so the replica's files and locks,
+        # alive after close() until the garbage collector runs.
+        timeout = functools.partial(_request_timeout_of, weakref.ref(self), request_timeout)
         # The operations' requests; abort() fails them.
-        self.transport = SyncTransport(http.base_url, http.token, http.client_name, self._request_timeout)
+        self.transport = SyncTransport(http.base_url, http.token, http.client_name, timeout)
         # Partial sync's page reads, kept apart because they must never fail (see _fetch_pages): abort() spares them.
-        self.page_transport = SyncTransport(http.base_url, http.token, http.client_name, self._request_timeout)
+        self.page_transport = SyncTransport(http.base_url, http.token, http.client_name, timeout)
         # True while a page read is being performed; close() does not wait for one that the remote never answers.
         self.fetching_pages = False
         # Held for the native calls that touch the engine's IO queue, never across a network wait.
@@ -115,9 +122,6 @@ class SyncEngine:
         """The blocking connection's `extra_io`, called when a statement waits for IO: perform the page reads that
         partial sync asks for (none otherwise). Never waits for an operation's request in flight."""
         self._fetch_pages()
-
-    def _request_timeout(self) -> float:
-        return self.request_timeout
 
     def _run(self, start: Callable[[], Any], description: str, extra_wait: float = 0.0) -> Any:
         # Resume the operation until it finishes, performing the requests it asks for in between. Its requests are
@@ -212,6 +216,9 @@ class SyncEngine:
         try:
             _send(self.transport, http, extra_wait, item.status, on_chunk)
         except TransportError as error:
+            # Its frames (the transport's, and this one's `on_chunk`) refer back to this engine: a cycle that would
+            # keep the native sync database, and the replica's files, alive after close() until a garbage collection.
+            traceback.clear_frames(error.__traceback__)
             self._request_failure = error
             item.poison(str(error))
         else:
@@ -229,6 +236,7 @@ class SyncEngine:
             try:
                 _send(self.page_transport, http, 0.0, status.append, chunks.append)
             except TransportError as error:
+                traceback.clear_frames(error.__traceback__)  # as in _request
                 logger.debug("partial sync: a page read failed (%s); retrying in %.2g s", error, delay)
                 time.sleep(delay)
                 delay = min(2 * delay, PAGE_RETRY_MAX_SECONDS)
@@ -238,6 +246,13 @@ class SyncEngine:
                 item.push_buffer(chunk)
             item.done()
             return
+
+
+def _request_timeout_of(engine: "weakref.ref[SyncEngine]", initial: float) -> float:
+    # The engine's request timeout now (its initial one once the engine is gone, which only a request of a transport
+    # kept elsewhere could ask for).
+    alive = engine()
+    return alive.request_timeout if alive is not None else initial
 
 
 def _send(

@@ -1,4 +1,4 @@
-"""A real `tursodb --sync-server` on 127.0.0.1 for tests, examples and benchmarks, with remote SQL for assertions."""
+"""A real `tursodb --sync-server` on 127.0.0.1 for tests, benchmarks and scripts, with remote SQL for assertions."""
 
 import base64
 import json
@@ -45,12 +45,17 @@ def _decode(cell: dict[str, str]) -> Value:
 
 
 class SyncServer:
-    """One `tursodb --sync-server` process on loopback; `stop()` and `start()` keep the port and the data file."""
+    """One `tursodb --sync-server` process on loopback; `stop()` and `start()` keep the port and the data file.
 
-    def __init__(self, data_file: Optional[Path] = None) -> None:
+    `port` defaults to a free one; `data_file` to `:memory:` (the remote database is then lost on `stop()`).
+    """
+
+    def __init__(self, data_file: Optional[Path] = None, port: Optional[int] = None) -> None:
         if not TURSODB.is_file():
             raise RuntimeError(f"{TURSODB} is missing; run `make setup`")
-        self.port = free_port()
+        if port is not None and not 0 < port < 65536:
+            raise ValueError(f"port must be between 1 and 65535, not {port}")
+        self.port = port if port is not None else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # ":memory:" loses the remote database on stop; a file keeps it across restarts.
         self.data_file = str(data_file) if data_file is not None else ":memory:"

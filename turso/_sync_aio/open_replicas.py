@@ -1,0 +1,99 @@
+"""One open connection per replica file per process.
+
+Two connections of one process on one replica file share its write-ahead log without knowing of each other: after
+some tens of commits the process aborts in the native engine ("frame_watermark must be >= than current WAL backfill
+amount"), and a pull on one while the other is in a transaction fails with "database is busy". So `connect_sync`
+claims the replica's real path (symlinks and relative paths resolved) before the driver opens it, and a second open
+of a claimed path raises `turso.ProgrammingError` at once. In-memory replicas are each their own and never claimed.
+
+A connection releases its claim when its SQL worker has closed the replica, and at the latest when `close()` returns
+(even if a stuck sync request still ends in the background). An open that finds the path held by a connection that is
+already closing waits up to `CLOSING_WAIT_SECONDS` for it: SQLAlchemy's pool, for one, opens the next connection while
+the invalidated one may still be closing.
+"""
+
+import os
+import threading
+import time
+from typing import Optional
+
+from ..lib import ProgrammingError
+
+# The path that the driver opens as an in-memory database: never a shared file.
+MEMORY_PATH = ":memory:"
+
+# How long an open waits for a connection that holds its path and is closing to release it.
+CLOSING_WAIT_SECONDS = 5.0
+
+# Guards _HOLDERS; notified on every release.
+_RELEASED = threading.Condition()
+# The claim holding each real path now.
+_HOLDERS: dict[str, "ReplicaPathClaim"] = {}
+
+
+class ReplicaPathClaim:
+    """A connection's claim on its replica file: `acquire()` before the driver opens it, `begin_closing()` when the
+    connection starts to close, `release()` once it no longer uses the file (safe to call more than once)."""
+
+    __slots__ = ("path", "real_path", "closing")
+
+    # The path as the caller gave it, for messages.
+    path: str
+    # The real path this claim holds, or None while it holds nothing.
+    real_path: Optional[str]
+    # Set when the holding connection has started to close: an open of the same path then waits for the release.
+    closing: bool
+
+    def __init__(self, path: str) -> None:
+        """A claim on `path`, not held yet."""
+        self.path = path
+        self.real_path = None
+        self.closing = False
+
+    def acquire(self) -> None:
+        """On the worker that opens the replica: hold its real path, or raise `turso.ProgrammingError` if another
+        connection of this process holds it (after waiting up to CLOSING_WAIT_SECONDS if that one is closing)."""
+        if self.path == MEMORY_PATH:
+            return
+        real_path = os.path.realpath(self.path)
+        deadline = time.monotonic() + CLOSING_WAIT_SECONDS
+        with _RELEASED:
+            while True:
+                holder = _HOLDERS.get(real_path)
+                if holder is None or holder is self:
+                    break
+                remaining = deadline - time.monotonic()
+                if not holder.closing or remaining <= 0:
+                    raise ProgrammingError(_already_open_message(self.path, real_path, holder))
+                _RELEASED.wait(remaining)
+            _HOLDERS[real_path] = self
+            self.real_path = real_path
+            self.closing = False
+
+    def begin_closing(self) -> None:
+        """The holding connection has started to close: an open of this path may wait for its release."""
+        self.closing = True
+
+    def release(self) -> None:
+        """Let the path be opened again (nothing happens if this claim holds nothing)."""
+        with _RELEASED:
+            real_path = self.real_path
+            if real_path is None:
+                return
+            self.real_path = None
+            if _HOLDERS.get(real_path) is self:
+                del _HOLDERS[real_path]
+                _RELEASED.notify_all()
+
+
+def _already_open_message(path: str, real_path: str, holder: ReplicaPathClaim) -> str:
+    same_file = "" if real_path == path else f" (the file {real_path!r})"
+    still_closing = (
+        f" (the connection that has it was still closing after {CLOSING_WAIT_SECONDS:g} s)" if holder.closing else ""
+    )
+    return (
+        f"sync replica {path!r}{same_file} is already open in this process{still_closing}. A second connection to one "
+        "replica file is not supported (the native engine aborts the process or fails with 'database is busy'): "
+        "share the open connection (one ConnectionSync per replica file, used by every task), or close it before "
+        "opening the replica again"
+    )
