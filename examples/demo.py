@@ -46,7 +46,7 @@ async def run(url: str, token: str | None, workdir: Path) -> None:
     started = time.perf_counter()
     async with turso.aio.sync.connect(str(workdir / "alice.db"), url, auth_token=token) as alice:
         await alice.execute(
-            # Text keys made on each replica cannot collide; rowid keys would (see README, "Keys that cannot collide").
+            # Text keys made on each replica cannot collide; rowid keys would (docs/api.md, "Keys that cannot collide").
             "CREATE TABLE IF NOT EXISTS turso_sync_aio_notes(id TEXT PRIMARY KEY, author TEXT, body TEXT, written REAL)"
         )
         await alice.commit()

@@ -1,26 +1,15 @@
-"""Background sync for asyncio sync replicas: push, then pull, every `interval` seconds, with backoff while offline.
-
-Start it from an open connection; it runs as one asyncio task on the connection's event loop (no thread of its own)
-until it is stopped, the connection is closed, or the loop shuts down:
+"""Background sync for asyncio sync replicas: a round (push, then pull) every `interval` seconds, backing off while
+they fail, and checkpointing once the write-ahead log grows past `checkpoint_wal_bytes`.
 
     async with turso.aio.sync.connect("app.db", url, auth_token=token) as conn:
         async with conn.sync_in_background(interval=5.0) as background:
-            ...                                  # a round at once, then one every 5 s
-            background.status.consecutive_failures
+            ...                              # a round at once, then one every 5 s
+            background.status.healthy        # what a health check answers
             changed = await background.sync_now()
 
-A round is the target's `sync()`: push (when there is something to push), then pull. After a successful round, if
-the replica's write-ahead log has grown past `checkpoint_wal_bytes` (16 MiB by default), the round checkpoints it, so
-that a replica left running for months keeps a bounded WAL. After a round the next one waits
-`Backoff.delay(failures)`:
-`min(interval * 2**failures, max_backoff)`, never less than `interval`, times a random factor in [0.8, 1.2] so that
-a fleet of replicas does not retry in step. Failures are logged to this module's logger: one WARNING when a streak
-of failed rounds begins (with the error), one INFO when a round succeeds again, and DEBUG for each retry in between;
-likewise one WARNING when checkpoints start failing. Nothing reaches the event loop's exception handler.
-
-Health: `status.healthy` is True while it runs and its last successful round (or, before the first, its start) is
-at most `2 * interval + target.request_timeout` seconds old: a round that fails, or hangs on a silent remote, turns
-it False within that time, whatever the round is doing.
+It is one asyncio task on the connection's event loop, no thread. Failures go to `status` and to this module's logger
+(one WARNING per streak, one INFO when it ends, DEBUG in between), never to the loop's exception handler. The waits
+are `Backoff`'s; docs/background-sync.md has the rest.
 """
 
 import asyncio
@@ -39,14 +28,10 @@ from .lib import ProgrammingError
 # Where background sync says that rounds fail (one WARNING per streak) and work again (one INFO); DEBUG per retry.
 logger = logging.getLogger(__name__)
 
-# How long stop() (and leaving `async with`) waits for a round in progress by default before it stops waiting. The
-# round's push or pull in progress is not lost when stop() stops waiting: it still ends on the connection's sync
-# lane. Short, so that a service's shutdown (stop(), then the connection's close(), which waits at most
-# LANE_CLOSE_SECONDS, 0.5 s, for the lane) takes under a second whatever the remote does; close() uses it too.
+# How long stop() waits for a round in progress by default: short, so that stop() and then the connection's close()
+# take under a second whatever the remote does (the round's operation is not lost; it ends on the sync lane).
 STOP_TIMEOUT_SECONDS = 0.25
-# The default of `checkpoint_wal_bytes`: a round checkpoints the replica once its WAL holds more than this (16 MiB).
-# A checkpoint of that much takes about 15 ms on the SQL worker; the WAL of a busy replica would otherwise grow
-# without bound (98 MB after 6,600 notes in one service).
+# The default of `checkpoint_wal_bytes`: a successful round checkpoints once the WAL holds more than this (16 MiB).
 CHECKPOINT_WAL_BYTES = 16 * 1024 * 1024
 # The random factor of every wait is drawn uniformly from [1 - JITTER, 1 + JITTER].
 JITTER = 0.2
@@ -62,11 +47,8 @@ class WalStats(Protocol):
 
 
 class SyncTarget(Protocol):
-    """What a background sync drives: a replica that can sync (`turso.lib_sync_aio.ConnectionSync` is one).
-
-    `sync()` is a round; `stats()` and `checkpoint()` keep the WAL bounded (`checkpoint_wal_bytes`), and
-    `request_timeout` sizes the window of `status.healthy`. Awaited on the event loop that started the background sync.
-    """
+    """What a background sync drives (`turso.lib_sync_aio.ConnectionSync` is one): `sync()` is a round, `stats()` and
+    `checkpoint()` bound the WAL, `request_timeout` sizes the health window."""
 
     async def sync(self) -> bool:
         """Push the replica's local changes, then pull the remote's; True if remote changes were applied."""
@@ -88,12 +70,8 @@ class SyncTarget(Protocol):
 
 @dataclass(frozen=True)
 class Backoff:
-    """The wait before the next round, as one small policy: read it here, test it here.
-
-    `delay(failures)` is `min(interval * 2**failures, max_backoff)`, never less than `interval` (failures never make
-    rounds more frequent, also when `max_backoff < interval`), times a factor drawn uniformly from
-    [1 - jitter, 1 + jitter]. After a successful round `failures` is 0, so the wait is `interval`, jittered.
-    """
+    """The wait before the next round, the one home of the policy: `min(interval * 2**failures, max_backoff)`, never
+    below `interval`, times a factor drawn from [1 - jitter, 1 + jitter] so that a fleet does not retry in step."""
 
     interval: float  # seconds between rounds while they succeed
     max_backoff: float  # the longest base wait after failed rounds (before jitter)
@@ -114,10 +92,7 @@ class Backoff:
 
 @dataclass(frozen=True)
 class BackgroundSyncStatus:
-    """A snapshot of a background sync's health, from `BackgroundSync.status`; it does not change afterwards.
-
-    For a health check read `healthy`: it turns False when rounds fail, and also when one hangs on a silent remote.
-    """
+    """A snapshot of a background sync's health, from `BackgroundSync.status`; for a health check read `healthy`."""
 
     # Rounds (push, then pull) that succeeded since the background sync started.
     rounds: int
@@ -141,21 +116,10 @@ class BackgroundSyncStatus:
 
 
 class BackgroundSync:
-    """Keeps a replica in sync: a round (push, then pull) at once, then one every `interval` seconds, backing off
-    while rounds fail. Usually made by `ConnectionSync.sync_in_background(interval)`.
-
-    It runs as one asyncio task on the running event loop and starts when made. Leaving `async with` stops it, as do
-    `await stop()` and closing the connection. Rounds that fail are counted in `status` and logged (see the module
-    docstring); their errors are never raised into the task, only into `sync_now()` callers.
-
-    Parameters:
-    - target: what to sync (push, then pull); held until the background sync stops.
-    - interval: seconds between rounds while they succeed; a finite number > 0.
-    - max_backoff: the longest wait (before ±20% jitter) between rounds while they fail; a finite number > 0. Waits
-      never drop below `interval`.
-    - checkpoint_wal_bytes: after a successful round, checkpoint when `target.stats().main_wal_size` exceeds this
-      many bytes (an int >= 0; 16 MiB by default); None never checkpoints.
-    """
+    """Keeps `target` in sync: a round at once, then one every `interval` seconds, backing off (`Backoff`) up to
+    `max_backoff` while rounds fail, and checkpointing after a round once the WAL exceeds `checkpoint_wal_bytes` (None:
+    never). Usually made by `ConnectionSync.sync_in_background`; `stop()`, leaving `async with` or closing the
+    connection stops it."""
 
     def __init__(
         self,
@@ -227,12 +191,8 @@ class BackgroundSync:
         )
 
     async def sync_now(self) -> bool:
-        """Run a round now, or join the one in progress; returns what its pull returned (True if changes came in), once
-        the round has ended (its checkpoint too, if one was due; a failed checkpoint is only logged).
-
-        Raises that round's error (the background sync goes on, backing off), and `turso.ProgrammingError` once the
-        background sync is stopped. Cancelling this await does not cancel the round.
-        """
+        """Run a round now, or join the one in progress, and return what its pull returned; raises that round's error,
+        or `turso.ProgrammingError` once stopped. Cancelling the await does not cancel the round."""
         if not self._is_running():
             raise ProgrammingError("Background sync is stopped; start a new one with conn.sync_in_background()")
         if asyncio.get_running_loop() is not self._loop:
@@ -244,14 +204,8 @@ class BackgroundSync:
         return await asyncio.shield(round_future)
 
     async def stop(self, *, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
-        """Stop it: no round starts after this. Safe to call more than once, also from several tasks.
-
-        A round in progress may finish first, for at most `timeout` seconds (0.25 by default, so that stop() and then
-        the connection's close() take under a second whatever the remote does); after that stop() stops waiting for it
-        (with a WARNING), and the round's push or pull still ends on the connection's sync lane, neither lost nor
-        doubled (an operation that had not started yet is dropped; the next round, or the next open of the replica,
-        sends what it would have). Returns once the background task has ended.
-        """
+        """Stop it: no round starts after this; a round in progress gets `timeout` seconds, then stop() warns and stops
+        waiting (its operation still ends on the sync lane, nothing lost). Safe to call more than once."""
         self._stop_requested = True
         self._wake()
         task = self._task
@@ -401,12 +355,13 @@ class BackgroundSync:
         # One WARNING when a streak of failures begins; its retries only at DEBUG.
         if self._failures == 1:
             logger.warning(
-                "Background sync failed: %s: %s; retrying in %.2f s, then backing off up to %.3g s (±20%%) "
+                "Background sync failed: %s: %s; retrying in %.2f s, then backing off up to %.3g s (±%d%%) "
                 "until a round succeeds",
                 type(error).__name__,
                 error,
                 delay,
                 self._backoff.max_backoff,
+                round(self._backoff.jitter * 100),
             )
         else:
             logger.debug(

@@ -18,7 +18,7 @@ _RemoteEncryptionCipher: TypeAlias = Any
 
 # How long applying pulled changes or a checkpoint waits for an open transaction on the connection to end.
 TRANSACTION_WAIT_SECONDS: float
-# How long close() waits for a sync operation in flight before it leaves a silent remote's request behind.
+# How long close() waits for the sync operations called before it, before it fails the request in flight.
 LANE_CLOSE_SECONDS: float
 # The default of ConnectionSync.request_timeout, in seconds.
 REQUEST_TIMEOUT_SECONDS: float

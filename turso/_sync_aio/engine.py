@@ -1,24 +1,16 @@
 """The sync engine of one open replica, driven by our own loop: its HTTP through our transport, its files through the
-driver's functions.
+driver's functions. This is the one place that uses the driver's private names (the blocking connection's `_sync` and
+`_http_ctx`, `turso.lib_sync`'s `_process_full_read_item` and `_process_full_write_item`, `turso.lib`'s
+`_map_turso_exception`), called as they are; tests/test_driver_contract.py fails if the pinned driver renames them.
 
-The driver's `pull()` does the network wait and the apply as one blocking call, and its HTTP (urllib) has no timeout
-and keeps no connection open. So this module is the one place that uses the driver's private names: the blocking
-connection's `_sync` (the native sync database) and `_http_ctx` (remote URL, token, client name), and
-`turso.lib_sync`'s `_process_full_read_item`, `_process_full_write_item` and `_map_turso_exception` (via `.lib`),
-called as they are. tests/test_driver_contract.py fails with a clear message if the pinned driver renames them.
-
-An engine operation (wait for changes, apply them, push, checkpoint, stats) is resumed until it finishes; whenever it
-needs IO, the thread driving it takes the IO items from the engine's queue and performs them. `io_lock` is held only
-for the native calls (resume, take, step callbacks), never across a network wait, so another thread's statement
-(partial sync's page fetches, through `service_for_statement`) never waits for a request in flight.
+An operation is resumed until it finishes; whenever it needs IO, its thread takes the IO items from the engine's queue
+and performs them. The lock is held only for native calls, never across a network wait (docs/design.md).
 """
 
-import functools
 import logging
 import threading
 import time
 import traceback
-import weakref
 from typing import Any, Callable, Optional, cast
 
 from .._turso import (  # the native extension has no type information
@@ -60,14 +52,13 @@ class SyncEngine:
         """Take over `blocking`'s engine: its HTTP goes through our transports, its statements' IO through us."""
         self.database: Any = blocking._sync  # pyright: ignore[reportPrivateUsage, reportUnknownMemberType]
         http = blocking._http_ctx  # pyright: ignore[reportPrivateUsage]
-        # Seconds a request may wait to connect or for the next byte of its answer; set by the connection.
-        self.request_timeout = request_timeout
+        # Seconds a request may wait to connect or for the next byte of its answer (the `request_timeout` property).
+        # The transports read it through this holder, which refers to nothing: a bound method of the engine would make
+        # a cycle that keeps the native database, and the replica's files, alive after close() until a collection.
+        self._request_timeout = _Setting(request_timeout)
         # Added to a pull's wait for the first byte of its answer: the remote may hold it that long (long poll).
         self.long_poll_seconds = long_poll_seconds
-        # The transports read the timeout through a weak reference: a strong one (a bound method) would make a cycle,
-        # engine -> transport -> engine, that keeps the native sync database, and so the replica's files and locks,
-        # alive after close() until the garbage collector runs.
-        timeout = functools.partial(_request_timeout_of, weakref.ref(self), request_timeout)
+        timeout = self._request_timeout
         # The operations' requests; abort() fails them.
         self.transport = SyncTransport(http.base_url, http.token, http.client_name, timeout)
         # Partial sync's page reads, kept apart because they must never fail (see _fetch_pages): abort() spares them.
@@ -82,6 +73,15 @@ class SyncEngine:
         # The transport's error during the operation in flight, which the operation's own error then reports.
         self._request_failure: Optional[TransportError] = None
         blocking.extra_io = self.fetch_pages_for_statement
+
+    @property
+    def request_timeout(self) -> float:
+        """Seconds a request may wait to connect, or for the next byte of its answer; read at every request."""
+        return self._request_timeout.value
+
+    @request_timeout.setter
+    def request_timeout(self, seconds: float) -> None:
+        self._request_timeout.value = seconds
 
     def wait_changes(self) -> Any:
         """On the lane: pull's network part; the remote's changes since the last pull (not applied yet)."""
@@ -248,11 +248,16 @@ class SyncEngine:
             return
 
 
-def _request_timeout_of(engine: "weakref.ref[SyncEngine]", initial: float) -> float:
-    # The engine's request timeout now (its initial one once the engine is gone, which only a request of a transport
-    # kept elsewhere could ask for).
-    alive = engine()
-    return alive.request_timeout if alive is not None else initial
+class _Setting:
+    """A value that is read at every use, and may be changed in between."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __call__(self) -> float:
+        return self.value
 
 
 def _send(
