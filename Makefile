@@ -27,7 +27,7 @@ SQLALCHEMY_VENVS := $(SQLALCHEMY_VERSIONS:%=.venv-sqlalchemy-%)
 # What test-sqlalchemy-versions checks in each of them: the dialect, its tests and the typing snippet.
 SQLALCHEMY_FILES := turso/sqlalchemy_sync_aio.py tests/test_sqlalchemy.py tests/typing/check_sqlalchemy.py
 
-.PHONY: setup test typecheck lint unit test-sqlalchemy-versions test-wheel test-pyturso wheel demo demo-sqlalchemy server \
+.PHONY: setup test checks-ready typecheck lint unit test-sqlalchemy-versions test-wheel test-pyturso wheel demo demo-sqlalchemy server \
 	bench bench-smoke clean
 
 setup: $(VENV)/.installed .driver/.linked $(TURSODB) $(PYRIGHT)
@@ -75,29 +75,40 @@ $(TURSODB) $(PYRIGHT): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $(TURSODB) $(PYRIGHT)
 
-test: setup lint typecheck unit test-sqlalchemy-versions test-wheel test-pyturso
+# `make test`: the lint and the type gates, then every other check at once (scripts/run_checks.py: they mostly wait on
+# servers and timeouts, so side by side they take the time of the longest): the suite on each Python in
+# PYTHON_VERSIONS, the SQLAlchemy releases, the installed wheel and pyturso's own tests. What they need is made first.
+CHECKS = $(PYTHON_VERSIONS:%=unit-%) test-sqlalchemy-versions test-wheel test-pyturso
+test: setup lint typecheck checks-ready
+	$(PY) scripts/run_checks.py $(CHECKS)
+
+checks-ready: setup $(call venv_ready,$(PYTHON_VERSIONS)) $(SQLALCHEMY_VENVS:%=%/.installed) wheel \
+	build/pyturso-tests/.extracted
 
 # pyturso's own lint: its pinned ruff with its configuration (ruff.toml), over all of our Python.
 lint: setup
 	$(RUFF) check .
 
-# Each gate at every version in TYPECHECK_PYTHON_VERSIONS, run by that version's interpreter and packages.
-typecheck: $(TYPECHECK_PYTHON_VERSIONS:%=typecheck-%)
+# Each gate at every version in TYPECHECK_PYTHON_VERSIONS, run by that version's interpreter and packages, at once
+# (each version has its own mypy cache).
+typecheck: setup $(TYPECHECK_PYTHON_VERSIONS:%=.venvs/%/.linked)
+	$(PY) scripts/run_checks.py $(TYPECHECK_PYTHON_VERSIONS:%=typecheck-%)
 
 typecheck-%: setup .venvs/%/.linked
-	.venvs/$*/bin/python -m mypy --python-version $* turso/lib_sync_aio.py turso/sqlalchemy_sync_aio.py turso/background_sync_aio.py \
-		turso/_sync_aio
-	.venvs/$*/bin/python -m mypy --python-version $* tests testkit examples benchmarks scripts
+	.venvs/$*/bin/python -m mypy --cache-dir .mypy_cache/$* --python-version $* turso/lib_sync_aio.py \
+		turso/sqlalchemy_sync_aio.py turso/background_sync_aio.py turso/_sync_aio
+	.venvs/$*/bin/python -m mypy --cache-dir .mypy_cache/$* --python-version $* tests testkit examples benchmarks scripts
 	$(PYRIGHT) --pythonpath .venvs/$*/bin/python --pythonversion $*
 	.venvs/$*/bin/python -m mypy.stubtest turso.lib_sync_aio --allowlist stubtest-allowlist.txt
 
-# The whole suite on every version in PYTHON_VERSIONS, in turn; one Python only: `make unit PYTHON_VERSIONS=3.13`.
+# The whole suite on every version in PYTHON_VERSIONS, at once; one Python only: `make unit-3.13` (or `make unit
+# PYTHON_VERSIONS=3.13`). Each run has its own pytest temporary folder, build/pytest/X.Y.
 unit: setup $(call venv_ready,$(PYTHON_VERSIONS))
-	@failed=""; for version in $(PYTHON_VERSIONS); do \
-		echo "== test suite on CPython $$version"; \
-		.venvs/$$version/bin/python -m pytest || failed="$$failed $$version"; \
-	done; \
-	test -z "$$failed" || { echo "make: the test suite failed on CPython$$failed" >&2; exit 1; }
+	$(PY) scripts/run_checks.py $(PYTHON_VERSIONS:%=unit-%)
+
+unit-%: setup .venvs/%/.linked
+	@mkdir -p build/pytest
+	.venvs/$*/bin/python -m pytest -p no:cacheprovider --basetemp=build/pytest/$*
 
 # pyturso's released wheels (one per platform it publishes), rebuilt with our committed turso/ files and the local
 # version 0.8.3+syncaio.1, into dist/. The released wheels are downloaded and digest-checked at build time.
@@ -152,11 +163,11 @@ server: setup
 # The SQLAlchemy tests and the typing snippet (mypy --strict, pyright strict) against each release in
 # SQLALCHEMY_VERSIONS; `make unit` and `make typecheck` cover the pinned one.
 test-sqlalchemy-versions: setup $(SQLALCHEMY_VENVS:%=%/.installed)
-	@set -e; for venv in $(SQLALCHEMY_VENVS); do \
+	@mkdir -p build/pytest; set -e; for venv in $(SQLALCHEMY_VENVS); do \
 		echo "== $$venv: $$($$venv/bin/python -c 'import sqlalchemy; print("SQLAlchemy", sqlalchemy.__version__)')"; \
 		$$venv/bin/python -m mypy --cache-dir $$venv/.mypy_cache $(SQLALCHEMY_FILES); \
 		$(PYRIGHT) -p $$venv/pyrightconfig.json; \
-		$$venv/bin/python -m pytest -p no:cacheprovider tests/test_sqlalchemy.py; \
+		$$venv/bin/python -m pytest -p no:cacheprovider --basetemp=build/pytest/$$venv tests/test_sqlalchemy.py; \
 	done
 
 # The full benchmark (a few minutes): table on stdout, benchmarks/results/results.json and chart.png.

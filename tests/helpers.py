@@ -2,6 +2,7 @@
 on a replica or the remote. Fixtures stay in conftest.py; the sync server and the proxy are in testkit/."""
 
 import asyncio
+import gc
 import os
 import threading
 import time
@@ -77,6 +78,20 @@ def wait_until_blocking(condition: Callable[[], bool], timeout: float = WORKER_E
             return False
         time.sleep(0.01)
     return True
+
+
+def collect_until_stopped(baseline: set[threading.Thread], timeout: float = WORKER_EXIT_SECONDS) -> bool:
+    """Collect garbage until no turso thread beyond `baseline` is left (False if some is left after `timeout`): an
+    unclosed connection whose operation was still running on its lane when its loop went away is only collectable
+    once that operation has ended."""
+
+    def collected_and_stopped() -> bool:
+        gc.collect()
+        return not (turso_threads() - baseline)
+
+    stopped = wait_until_blocking(collected_and_stopped, timeout)
+    gc.collect()
+    return stopped
 
 
 async def bounded(awaitable: Awaitable[_T], timeout: float = AWAIT_SECONDS) -> _T:

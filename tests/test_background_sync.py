@@ -29,6 +29,7 @@ from tests.helpers import (
     AWAIT_SECONDS,
     LoopContext,
     bounded,
+    collect_until_stopped,
     open_replica,
     record_loop_errors,
     turso_threads,
@@ -525,7 +526,7 @@ def test_asyncio_run_ending_with_background_sync_running_stops_it_without_a_repo
             assert not background.status.running and background.status.rounds >= 1
             # Unowned, the connection is only released now: it warns that it was never closed, as any does.
             del background
-            gc.collect()
+            assert collect_until_stopped(baseline), "the worker outlived its event loop"
         unexpected = [str(w.message) for w in caught if not issubclass(w.category, ResourceWarning)]
         assert unexpected == []
         if owner == "nobody":
@@ -577,10 +578,9 @@ def test_event_loop_closed_without_shutdown_leaves_no_thread_and_nothing_but_asy
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         del background
-        gc.collect()
-    # The unclosed connection warns, as any does, and its worker exits.
+        # Its threads exit, and the unclosed connection, collected, warns as any does.
+        assert collect_until_stopped(baseline), "the worker outlived its event loop"
     assert [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
-    assert wait_until_blocking(lambda: not (turso_threads() - baseline)), "the worker outlived its event loop"
     # The only report is asyncio's own, for the task that a closed loop can no longer run.
     messages = [str(context.get("message")) for context in loop_errors]
     assert all(message == "Task was destroyed but it is pending!" for message in messages), messages

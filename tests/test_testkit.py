@@ -296,7 +296,7 @@ def test_the_proxy_process_takes_the_same_verbs(
         execute(http_to(proxy.url), "INSERT INTO t VALUES ('a')")
         proxy.stall()
         inserting = pool.submit(execute, http_to(proxy.url), "INSERT INTO t VALUES ('b')")
-        assert wait_until_blocking(lambda: proxy.counters()["held"] == 1)
+        assert wait_until_blocking(lambda: proxy.counters()["held"] == 1, SOCKET_SECONDS)
         assert remote_keys(sync_server) == ["a"]
         proxy.release()
         inserting.result(SOCKET_SECONDS)

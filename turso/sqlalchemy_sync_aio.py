@@ -32,6 +32,7 @@ point. Otherwise (a checkout, or this file vendored) register the dialect once b
     registry.register("sqlite.aioturso_sync", "turso.sqlalchemy_sync_aio", "AioTursoSyncDialect")
 """
 
+import asyncio
 import functools
 import math
 import os
@@ -210,6 +211,13 @@ class AioTursoSyncDialect(AioTursoDialect):
             # The deadline must be set before the replica opens, since opening may bootstrap it from the remote.
             cparams["async_creator_fn"] = functools.partial(_connect_with_request_timeout, self._request_timeout)
         return super().connect(*cargs, **cparams)
+
+    def do_terminate(self, dbapi_connection: DBAPIConnection) -> None:
+        """Close a connection the pool gave up on (invalidated after a cancelled statement, say) before it opens the
+        next one, shielded from that cancellation (called by SQLAlchemy; its aiosqlite base would leave it open)."""
+        replica = getattr(dbapi_connection, "driver_connection", None)
+        if isinstance(replica, ConnectionSync) and in_greenlet():
+            await_only(asyncio.shield(replica.close()))
 
     @classmethod
     def engine_created(cls, engine: Engine) -> None:
