@@ -1,36 +1,11 @@
 """SQLAlchemy asyncio dialect for Turso sync replicas: `sqlite+aioturso_sync://`, on `turso.lib_sync_aio`.
 
-pyturso ships SQLAlchemy dialects for local files (`sqlite+turso://`, `sqlite+aioturso://`) and for blocking sync
-replicas (`sqlite+turso_sync://`). This module adds the missing one, sync replicas under asyncio, so that an
-`AsyncEngine` / `AsyncSession` application works on a local replica that pulls from and pushes to Turso:
-
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from turso.sqlalchemy_sync_aio import get_sync_connection
-
     engine = create_async_engine("sqlite+aioturso_sync:///app.db?remote_url=libsql://db-org.turso.io&auth_token=...")
-    async with engine.connect() as conn:
-        replica = await get_sync_connection(conn)   # turso.lib_sync_aio.ConnectionSync
-        await replica.pull()
+    replica = await replica_of(engine)   # the engine's ConnectionSync, for pull, push, checkpoint and stats
 
-The URL takes the query parameters of pyturso's `sqlite+turso_sync://` (parsed by its `TursoSyncDialect`), and
-`connect_args` takes every parameter of `turso.lib_sync_aio.connect_sync` (say, an `auth_token` callable). Two
-query parameters are this dialect's own: `request_timeout=SECONDS` sets the replica's `request_timeout` (every sync
-request's deadline, the bootstrap's included), and `sync_interval=SECONDS` (libsql's name) keeps the replica in
-background sync (`ConnectionSync.sync_in_background`) while the engine's pool has it open;
-`background_sync_of(engine)` gives its status and `sync_now()`. With it, `checkpoint_wal_bytes=BYTES` (or `none`)
-sets when its rounds checkpoint the WAL.
-
-One connection per replica: a second connection to one replica file fails in the sync engine ("database is locked"
-when both write, "Database is busy" when one pulls during the other's transaction), so the engine's pool
-(`ReplicaPool`) holds exactly one connection and concurrent sessions wait their turn for it. Pool settings that
-could open a second connection are refused when the engine is created.
-
-With pyturso installed from a wheel that carries this module, the URL works through the `sqlalchemy.dialects` entry
-point. Otherwise (a checkout, or this file vendored) register the dialect once before creating the engine:
-
-    from sqlalchemy.dialects import registry
-    registry.register("sqlite.aioturso_sync", "turso.sqlalchemy_sync_aio", "AioTursoSyncDialect")
-"""
+The URL takes the query parameters of pyturso's `sqlite+turso_sync://`, and this dialect's own `request_timeout`,
+`sync_interval` and `checkpoint_wal_bytes`; `connect_args` takes every parameter of `connect_sync`. The pool holds one
+connection per replica. docs/sqlalchemy.md has the rest, and how to register the dialect in a checkout."""
 
 import asyncio
 import functools
@@ -82,13 +57,8 @@ _POOL_ADVICE = (
 
 
 class ReplicaPool(pool.AsyncAdaptedQueuePool):
-    """The default pool of `sqlite+aioturso_sync://` engines: one connection to the replica, shared in turn.
-
-    An `AsyncAdaptedQueuePool` with `pool_size=1, max_overflow=0`: a session that needs the connection while another
-    holds it waits (up to `pool_timeout`, 30 s by default) until it is returned. Any other size is refused, because a
-    second connection to one replica fails in the sync engine. The other QueuePool options (`pool_timeout`,
-    `pool_recycle`, `pool_pre_ping`, ...) work as usual.
-    """
+    """The default pool of `sqlite+aioturso_sync://` engines: one connection to the replica, which sessions take in
+    turn (waiting up to `pool_timeout`); any other size is refused, since a replica allows one connection."""
 
     def __init__(self, creator: Any, pool_size: int = 1, max_overflow: int = 0, **kw: Any) -> None:
         """Made by `create_async_engine`; `pool_size` must stay 1 and `max_overflow` 0."""
@@ -107,12 +77,8 @@ _ONE_CONNECTION_POOLS = (ReplicaPool, pool.StaticPool, pool.AssertionPool)
 
 
 class AsyncAdaptTursoSyncDbapi(AsyncAdapt_turso_dbapi):
-    """The DB-API module SQLAlchemy sees for `sqlite+aioturso_sync://`: pyturso's asyncio adapter on our sync driver.
-
-    pyturso's adapter connects with `turso.aio.connect`; here it gets `turso.aio.sync`, whose `connect` is
-    `turso.lib_sync_aio.connect_sync`, so every pooled connection is a `ConnectionSync`. It also sets what newer
-    SQLAlchemy releases read from an adapter and pyturso's does not provide. Made by the dialect; not for direct use.
-    """
+    """The DB-API module SQLAlchemy sees for `sqlite+aioturso_sync://`: pyturso's asyncio adapter on `turso.aio.sync`,
+    with what newer SQLAlchemy releases read of an adapter. Made by the dialect; not for direct use."""
 
     def __init__(self) -> None:
         # pyturso's adapter has no annotations (mypy's untyped_calls_exclude does not cover super() calls).
@@ -126,20 +92,8 @@ class AsyncAdaptTursoSyncDbapi(AsyncAdapt_turso_dbapi):
 
 
 class AioTursoSyncDialect(AioTursoDialect):
-    """SQLAlchemy asyncio dialect `sqlite+aioturso_sync://`: a Turso sync replica through `create_async_engine`.
-
-    URL: `sqlite+aioturso_sync:///PATH?remote_url=URL&auth_token=TOKEN`, where PATH is the local replica file
-    (relative, or absolute with four slashes) and the query parameters are those of pyturso's `sqlite+turso_sync://`:
-    `remote_url` (or `sync_url`), `auth_token`, `client_name`, `long_poll_timeout_ms`, `bootstrap_if_empty`,
-    `isolation_level`, `experimental_features`; and this dialect's `request_timeout` (seconds, the replica's deadline
-    for every sync request) and `sync_interval` (seconds), which keeps the replica in background sync, with
-    `checkpoint_wal_bytes` (when its rounds checkpoint the WAL: a whole number of bytes, 16 MiB by default, or
-    `none`). Unknown parameters are warned about and ignored. `connect_args` may carry any parameter of
-    `turso.lib_sync_aio.connect_sync` (a callable `auth_token`, encryption settings, ...).
-
-    The pool is `ReplicaPool` (one connection per replica). Reach pull/push/checkpoint/stats with
-    `await replica_of(engine)` (without taking the pool's connection) or `await get_sync_connection(conn_or_session)`.
-    """
+    """SQLAlchemy asyncio dialect `sqlite+aioturso_sync:///PATH?remote_url=URL&...`: a Turso sync replica through
+    `create_async_engine`. Reach its replica with `replica_of(engine)` or `get_sync_connection(conn_or_session)`."""
 
     driver = DRIVER_NAME
     supports_statement_cache = True
@@ -166,14 +120,8 @@ class AioTursoSyncDialect(AioTursoDialect):
         return ReplicaPool
 
     def create_connect_args(self, url: URL) -> ConnectArgsType:
-        """Turn the URL into `connect_sync(path, remote_url, **options)` arguments, with pyturso's sync URL parsing.
-
-        Called by `create_async_engine`, so a bad URL fails there: `sqlalchemy.exc.ArgumentError` for a URL without a
-        replica path, a `sync_interval` or `request_timeout` that is not a number of seconds > 0 or a
-        `checkpoint_wal_bytes` that is not a whole number >= 0 or `none` (or comes without `sync_interval`),
-        ValueError for a host, port, username or password in the URL, and a UserWarning (from pyturso) for an unknown
-        query parameter, which is ignored.
-        """
+        """Turn the URL into `connect_sync` arguments with pyturso's sync URL parsing (called by `create_async_engine`):
+        `ArgumentError` for a bad path or parameter of ours, a UserWarning for an unknown one."""
         if url.database in (None, "", ":memory:"):
             raise exc.ArgumentError(
                 f"sqlite+{DRIVER_NAME}:// needs the path of the local replica file, as in "
@@ -194,11 +142,8 @@ class AioTursoSyncDialect(AioTursoDialect):
             ) from None
 
     def connect(self, *cargs: Any, **cparams: Any) -> DBAPIConnection:
-        """Open the replica with `connect_sync` (called by the pool); a new replica without a remote is refused first.
-
-        `remote_url` may be left out only to reopen an existing replica (the replica remembers its remote); without
-        this check, the sync engine would fail with "remote_url is not available".
-        """
+        """Open the replica with `connect_sync` (called by the pool), with the URL's `request_timeout` set before the
+        bootstrap; a replica that does not exist yet and has no remote is refused."""
         path = cargs[0] if cargs else cparams.get("path")
         remote_url = cargs[1] if len(cargs) > 1 else cparams.get("remote_url")
         if remote_url is None and isinstance(path, str) and not os.path.exists(path):
@@ -236,13 +181,8 @@ class AioTursoSyncDialect(AioTursoDialect):
 
 
 class _EngineReplica:
-    """The open replica of one engine: the driver connection of its pool's one connection, and whether it was disposed.
-
-    Pool and engine events keep it current: the pool opening its connection records the replica (and starts its
-    background sync, with `sync_interval`), closing it (dispose, invalidation, recycling) forgets it (closing the
-    replica stops its background sync first), and `engine.dispose()` marks the engine disposed until the pool opens
-    the replica again. Kept per dialect, which an engine and its `execution_options()` copies share.
-    """
+    """The open replica of one engine, kept current by pool and engine events: the pool's one connection's
+    replica, its background sync (with `sync_interval`), and whether `dispose()` closed it."""
 
     def __init__(self, sync_interval: Optional[float], checkpoint_wal_bytes: Optional[int]) -> None:
         self.sync_interval = sync_interval
@@ -360,19 +300,8 @@ _SYNC_URL_PARSER = TursoSyncDialect()
 
 
 async def get_sync_connection(connection: Union[AsyncConnection, AsyncSession]) -> ConnectionSync:
-    """The replica behind a `sqlite+aioturso_sync://` connection or session, for pull, push, checkpoint and stats.
-
-        async with engine.connect() as conn:
-            replica = await get_sync_connection(conn)
-            await replica.pull()
-
-    With an `AsyncSession`, this is the connection the session uses (the session takes one from the pool if it has
-    none yet). Pulled changes do not refresh ORM objects the session already holds: call `session.expire_all()`
-    after a pull, or use a new session. `push()` sends what is committed, so commit first.
-
-    Raises TypeError for anything that is not an AsyncConnection or AsyncSession, or one whose engine is not
-    `sqlite+aioturso_sync://`.
-    """
+    """The replica (`ConnectionSync`) behind a `sqlite+aioturso_sync://` connection or session; with a
+    session, the connection it uses. TypeError for anything else. Expire ORM objects after a pull that returned True."""
     # Checked as `object`: callers without a type checker may pass anything.
     candidate = cast(object, connection)
     if isinstance(candidate, AsyncSession):
@@ -395,23 +324,8 @@ async def get_sync_connection(connection: Union[AsyncConnection, AsyncSession]) 
 
 
 async def replica_of(engine: AsyncEngine) -> ConnectionSync:
-    """The replica of a `sqlite+aioturso_sync://` engine, reached without taking the pool's connection: for sync calls.
-
-        replica = await replica_of(engine)
-        await replica.push()    # sessions keep using the engine meanwhile
-        await replica.pull()
-
-    It is the driver connection of the pool's one connection, the one every session uses in turn. Holding it checks
-    nothing out, so sessions keep running while a pull or push waits on the network (that part runs off the
-    connection's SQL worker; pulled changes are applied between the sessions' transactions). If the engine has not
-    opened its replica yet, this opens it (bootstrapping a new replica from the remote) and hands it back to the pool.
-
-    Raises TypeError for anything but an AsyncEngine of `sqlite+aioturso_sync://`, and
-    `sqlalchemy.exc.InvalidRequestError` after `engine.dispose()` (which closes the replica) until a session opens the
-    replica again, so that a sync task outliving the engine's shutdown fails instead of reopening the replica. A replica
-    returned before `dispose()` is closed by it (unless a session held it then), and then raises
-    `turso.ProgrammingError`.
-    """
+    """The replica of a `sqlite+aioturso_sync://` engine, without taking the pool's connection: sessions keep
+    running during its pulls and pushes. Opens it if needed; `InvalidRequestError` after `engine.dispose()`."""
     followed = await _opened(engine, "replica_of")
     replica = followed.replica
     if replica is None:
@@ -422,21 +336,8 @@ async def replica_of(engine: AsyncEngine) -> ConnectionSync:
 
 
 async def background_sync_of(engine: AsyncEngine) -> Optional[BackgroundSync]:
-    """The background sync of a `sqlite+aioturso_sync://...?sync_interval=SECONDS` engine; None without sync_interval.
-
-        background = await background_sync_of(engine)
-        if background is not None:
-            background.status             # BackgroundSyncStatus: rounds, consecutive_failures, last_error, ...
-            await background.sync_now()   # a round now (push, then pull); True if changes came in
-
-    The engine starts it when its pool opens the replica, and `engine.dispose()` stops it (closing the replica stops
-    its background sync first). If the engine has not opened its replica yet, this opens it, so the first round starts
-    at once. Do not `stop()` it yourself: the engine would not start another until it reopens the replica. Its rounds
-    run on the replica beside the sessions, without taking the pool's connection.
-
-    Raises as `replica_of` does: TypeError for another engine, `sqlalchemy.exc.InvalidRequestError` after
-    `engine.dispose()`.
-    """
+    """The background sync of an engine with `?sync_interval=`, or None without it; opens the replica if
+    needed. The engine starts and stops it: do not `stop()` it yourself."""
     followed = await _opened(engine, "background_sync_of")
     return followed.background
 

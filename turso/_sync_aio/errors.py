@@ -1,11 +1,7 @@
-"""The errors a call of ours raises: always a `turso.Error` (DB-API 2.0) for anything the database or the sync engine
-reports.
+"""The errors a call of ours raises: always a `turso.Error` for anything the database or the sync engine reports.
 
-The driver maps most of its native extension's exceptions to the DB-API classes (`turso.lib._map_turso_exception`),
-but not all: a write on a full disk raises the native `turso.IoError("pwritev: StorageFull")`, whose only base is
-`Exception`, and `Readonly` and `BusySnapshot` escape the same way. The native classes are not all importable (the
-extension exports some, not `IoError` or `BusySnapshot`), so they are recognised by their module, "turso", which no
-class of the Python package uses (theirs is "turso.lib" and so on).
+The driver leaves some native exceptions unmapped (`IoError` on a full disk, `Readonly`, `BusySnapshot`); they are
+recognised by their module, "turso", since not all of them can be imported.
 """
 
 from typing import Optional

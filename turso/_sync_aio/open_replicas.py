@@ -1,15 +1,5 @@
-"""One open connection per replica file per process.
-
-Two connections of one process on one replica file share its write-ahead log without knowing of each other: after
-some tens of commits the process aborts in the native engine ("frame_watermark must be >= than current WAL backfill
-amount"), and a pull on one while the other is in a transaction fails with "database is busy". So `connect_sync`
-claims the replica's real path (symlinks and relative paths resolved) before the driver opens it, and a second open
-of a claimed path raises `turso.ProgrammingError` at once. In-memory replicas are each their own and never claimed.
-
-A connection releases its claim when its SQL worker has closed the replica, and at the latest when `close()` returns
-(even if a stuck sync request still ends in the background). An open that finds the path held by a connection that is
-already closing waits up to `CLOSING_WAIT_SECONDS` for it: SQLAlchemy's pool, for one, opens the next connection while
-the invalidated one may still be closing.
+"""One open connection per replica file per process: `connect_sync` claims the replica's real path before the driver
+opens it, and a second open of a claimed path raises `turso.ProgrammingError` (docs/design.md says why).
 """
 
 import os

@@ -1,19 +1,7 @@
-"""What a pull that failed while applying leaves behind, and whether the connection can go on (measured on a full
-tmpfs against `tursodb --sync-server`, with the blocking driver alone and with ours; see docs/troubleshooting.md).
+"""What a pull that failed while applying leaves behind, and whether the connection can go on.
 
-Applying pulled changes writes the remote's pages into the write-ahead log, replays the local changes not pushed yet,
-then records what was applied: the sync high-water mark (a table in the replica) and the sync metadata (PATH-info).
-Out of space, it fails at one of these steps:
-
-- Before its commit ("I/O error (pwrite): no storage space", "failed to finalize raw WAL session after remote apply"):
-  nothing was applied, and the next pull applies the changes once space is freed. But a replica with no local change
-  recorded yet may be left wedged by the second one: every read fails with "database is locked", every write with
-  "no such table: turso_cdc", and the next pull with "Database schema changed", until the native database is dropped
-  and the replica opened again. `is_wedged` tells; the connection then reopens its replica (see ConnectionSync).
-- After its commit ("failed to persist sync high-water mark after raw remote apply", "fs write error" writing
-  PATH-info): everything was applied and is visible, only not recorded. That is the state a crash at that point
-  leaves, which the engine is built to resume from: the next pull fetches the same changes and applies them again
-  (measured: every remote row once, every local row kept, pushed once). So such a pull reports success.
+Out of space, an apply fails before its commit (nothing applied; the connection may be wedged) or after it (all
+applied, only not recorded: reported as success). docs/design.md ("A pull that runs out of space") has the measurements.
 """
 
 from typing import Optional

@@ -1,22 +1,8 @@
-"""A replica's files: the checks of `connect_sync`'s arguments and of the files before the driver sees them.
+"""A replica's files: the checks of `connect_sync`'s arguments, and of the files before the driver sees them.
 
-A replica is its database file PATH and the files the sync engine keeps beside it: PATH-wal (the write-ahead log),
-PATH-info (the sync metadata: remote, revision, client id), PATH-changes and PATH-wal-revert. Some damage to them makes
-the driver misbehave badly rather than fail, so `check_replica_files` refuses it first, with `turso.DatabaseError`:
-
-- A database file shorter than its header says, whose missing pages the write-ahead log does not hold either (a copy
-  cut short, a file system that lost its tail). The driver spins on a core for good when a page or more is missing
-  (holding the interpreter lock, so no asyncio timeout fires), or reports "database is locked".
-- An empty database file while PATH-info exists, or an empty PATH-info beside a database: the driver bootstraps a new,
-  empty database over it, and the changes not pushed yet are gone for good.
-
-The header fields are SQLite's, which turso writes: the page size at offset 16 (big-endian u16, 1 meaning 65536) and
-the database size in pages at offset 28 (u32). SQLite trusts that size only when the change counter (offset 24) equals
-offset 92; turso writes 1 and 3047000 there, yet keeps the size exact (measured after writes with and without
-checkpoints, after bootstrap, pulls and partial sync, whose file is sparse but full length), and reads by it. A file
-may be shorter than its header while the write-ahead log holds the pages beyond its end (a checkpoint that stopped
-after writing page 1), so those pages are looked up in the log before anything is refused. Other damage (bytes that are
-not a database, garbage or cut metadata, a deleted database file) the driver reports clearly itself.
+A replica is its database file PATH and what the sync engine keeps beside it (PATH-wal, PATH-info, PATH-changes,
+PATH-wal-revert). `check_replica_files` refuses damage that makes the driver spin or bootstrap over local changes;
+docs/design.md ("Damaged files") says which, and how the header is read.
 """
 
 import glob

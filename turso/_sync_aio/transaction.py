@@ -1,22 +1,7 @@
-"""`async with conn.transaction():` on a connection that several tasks share, and the turns they take.
+"""`async with conn.transaction():` on a connection that several tasks share, and the turns the blocks take.
 
-A connection runs one transaction at a time, so tasks that share it (the requests of a web service) would share one
-transaction: one task's rollback would undo another's commit. `transaction()` blocks take turns instead. The rules,
-for one connection (`TransactionTurns` keeps them, `Transaction` is the block):
-
-- A block belongs to the context that entered it: the task, and the tasks it starts inside the block
-  (`asyncio.create_task`, `gather`, `wait_for` copy the context). That context's statements run inside the block.
-- While a block is open, a statement from any other context (execute, commit, cursor work, execute_fetchall, ...)
-  waits until the block has ended, and so does another task's `transaction()`. Waiters go on in the order they
-  came: when a block ends, the statements that waited for it are queued in that order, up to the first waiting
-  `transaction()`, which then opens its block; the rest wait for that one. A block that another task begins in the
-  meantime waits until those statements are queued, so none of them runs inside it.
-- A block entered inside a block of the same context is a SAVEPOINT, released at its end (rolled back to on an
-  exception); while it is open, statements of the enclosing block's other tasks wait for it in the same way.
-- With no block open, nothing waits: a statement costs one flag check more than without this module.
-
-Each block's BEGIN, COMMIT and ROLLBACK are jobs on the connection's SQL worker, in the same queue as every other
-statement, so whatever a waiter queues after a block has ended runs after that block's COMMIT or ROLLBACK.
+`TransactionTurns` keeps the rules for one connection, `Transaction` is a block; docs/service.md ("The order,
+exactly") states the rules. With no block open, a statement costs one flag check more.
 """
 
 import asyncio
