@@ -24,6 +24,7 @@ round (push, then pull, with nothing to sync) on one replica while no other repl
 import argparse
 import asyncio
 import json
+import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -33,7 +34,7 @@ from typing import Optional
 import psutil
 
 import turso.lib_sync_aio
-from benchmarks.common import median, percentile
+from benchmarks.common import p99
 from benchmarks.responsiveness import Heartbeat
 from testkit.sync_server import SyncServer
 from turso.background_sync_aio import BackgroundSync
@@ -71,6 +72,8 @@ LATENESS_P99_LIMIT_MS = 5.0
 THREADS_PER_REPLICA_LIMIT = 2.0
 # Quantiles kept for the chart's distribution curves (results.json would hold 30,000 heartbeat samples otherwise).
 QUANTILES = [index / 100 for index in range(100)] + [0.995, 0.999, 0.9995, 1.0]
+# Every fraction of QUANTILES is a multiple of 1 / QUANTILE_STEPS.
+QUANTILE_STEPS = 2000
 
 
 @dataclass
@@ -192,7 +195,12 @@ async def _check(replicas: list[turso.lib_sync_aio.ConnectionSync], syncs: list[
 
 
 def _quantiles(values: list[float]) -> list[tuple[float, float]]:
-    return [(fraction, round(percentile(values, fraction) * 1e3, 3)) for fraction in QUANTILES] if values else []
+    """(fraction, value in ms) at each of QUANTILES, from statistics.quantiles' QUANTILE_STEPS-quantiles (plus the
+    least and the largest value for fractions 0 and 1)."""
+    if len(values) < 2:
+        return [(fraction, round(value * 1e3, 3)) for fraction in QUANTILES for value in values]
+    points = [min(values), *statistics.quantiles(values, n=QUANTILE_STEPS, method="inclusive"), max(values)]
+    return [(fraction, round(points[round(fraction * QUANTILE_STEPS)] * 1e3, 3)) for fraction in QUANTILES]
 
 
 async def _server_latency(replica: turso.lib_sync_aio.ConnectionSync, rounds: int) -> float:
@@ -202,7 +210,7 @@ async def _server_latency(replica: turso.lib_sync_aio.ConnectionSync, rounds: in
         await replica.push()
         await replica.pull()
         durations.append(time.perf_counter() - start)
-    return median(durations)
+    return statistics.median(durations)
 
 
 async def measure_background(
@@ -272,10 +280,10 @@ async def measure_background(
         duration_s=round(wall, 2),
         write_every_s=settings.write_every,
         heartbeats=len(syncing),
-        lateness_p50_ms=round(median(syncing) * 1e3, 3),
-        lateness_p99_ms=round(percentile(syncing, 0.99) * 1e3, 3),
+        lateness_p50_ms=round(statistics.median(syncing) * 1e3, 3),
+        lateness_p99_ms=round(p99(syncing) * 1e3, 3),
         lateness_max_ms=round(max(syncing) * 1e3, 3),
-        idle_lateness_p99_ms=round(percentile(idle, 0.99) * 1e3, 3),
+        idle_lateness_p99_ms=round(p99(idle) * 1e3, 3),
         idle_lateness_max_ms=round(max(idle) * 1e3, 3),
         lateness_quantiles_ms=_quantiles(syncing),
         cpu_s_per_replica_hour=round(cpu_seconds / count * hour, 2),
@@ -292,12 +300,12 @@ async def measure_background(
         rows_written=len(rows.written),
         arrivals=len(rows.propagation),
         missing_arrivals=rows.missing(),
-        propagation_p50_ms=round(median(rows.propagation) * 1e3, 1) if rows.propagation else 0.0,
-        propagation_p99_ms=round(percentile(rows.propagation, 0.99) * 1e3, 1) if rows.propagation else 0.0,
+        propagation_p50_ms=round(statistics.median(rows.propagation) * 1e3, 1) if rows.propagation else 0.0,
+        propagation_p99_ms=round(p99(rows.propagation) * 1e3, 1) if rows.propagation else 0.0,
         propagation_max_ms=round(max(rows.propagation) * 1e3, 1) if rows.propagation else 0.0,
         propagation_quantiles_ms=_quantiles(rows.propagation),
         wal_bytes_max=max(wal_sizes),
-        wal_bytes_median=median([float(size) for size in wal_sizes]),
+        wal_bytes_median=statistics.median([float(size) for size in wal_sizes]),
         wal_bytes_total=sum(wal_sizes),
         checkpoint_wal_bytes=syncs[0].checkpoint_wal_bytes if syncs else None,
     )

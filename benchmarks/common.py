@@ -1,16 +1,17 @@
-"""What the benchmarks share: run settings, the implementations under test, the remote database, statistics."""
+"""What the benchmarks share: run settings, the implementations under test, the remote database, the interleaving."""
 
 import hashlib
 import importlib.metadata
 import importlib.util
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Awaitable, Callable, Protocol, TypeVar, cast
+from typing import Awaitable, Callable, Protocol, Sequence, TypeVar, cast
 
 import turso.lib_aio
 import turso.lib_sync
@@ -211,21 +212,12 @@ def remote_size(server: SyncServer) -> int:
     return pages * page_size
 
 
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    if len(ordered) % 2:
-        return ordered[middle]
-    return (ordered[middle - 1] + ordered[middle]) / 2
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """The value below which `fraction` of `values` lie (linear interpolation between the closest ranks)."""
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * fraction
-    lower = int(position)
-    upper = min(lower + 1, len(ordered) - 1)
-    return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
+def p99(values: Sequence[float]) -> float:
+    """The 99th percentile of `values`: the 99th of statistics.quantiles' 100-quantiles, "inclusive" method (linear
+    interpolation between the closest ranks, as numpy's default); a single value is its own percentile."""
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[98]
 
 
 def rotated(items: list[_T], turn: int) -> list[_T]:
@@ -267,8 +259,8 @@ class PerCallResult:
             placement=placement,
             calls=len(every_call),
             min_us=round(min(every_call), 2),
-            median_us=round(median(every_call), 2),
-            round_medians_us=[round(median(durations) * 1e6, 2) for durations in per_round],
+            median_us=round(statistics.median(every_call), 2),
+            round_medians_us=[round(statistics.median(durations) * 1e6, 2) for durations in per_round],
         )
 
 

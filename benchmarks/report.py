@@ -1,12 +1,13 @@
 """The benchmark's outputs: targets checked, Markdown tables on stdout, results.json and chart.png."""
 
 import json
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmarks.background import LATENESS_P99_LIMIT_MS, THREADS_PER_REPLICA_LIMIT, BackgroundResult
-from benchmarks.common import BLOCKING, DESCRIPTIONS, JS, MB, OURS, PYTURSO, THREADS, Machine, Settings, median
+from benchmarks.common import BLOCKING, DESCRIPTIONS, JS, MB, OURS, PYTURSO, THREADS, Machine, Settings
 from benchmarks.concurrency import ConcurrencyResult, Speedup
 from benchmarks.footprint import FootprintRow
 from benchmarks.local_sql_while_syncing import (
@@ -303,9 +304,9 @@ def tables(results: Results) -> str:
         for name in (OURS, PYTURSO, BLOCKING):
             lateness = lateness_of(results.responsiveness, name, phase)
             rows.append(
-                [phase, LABELS[name], f"{lateness.max_ms:.2f}", f"{median(lateness.round_max_ms):.2f}",
-                 f"{lateness.p99_ms:.2f}", f"{lateness.median_ms:.2f}", f"{median(lateness.durations_s) * 1000:.0f}",
-                 str(lateness.samples)]
+                [phase, LABELS[name], f"{lateness.max_ms:.2f}", f"{statistics.median(lateness.round_max_ms):.2f}",
+                 f"{lateness.p99_ms:.2f}", f"{lateness.median_ms:.2f}",
+                 f"{statistics.median(lateness.durations_s) * 1000:.0f}", str(lateness.samples)]
             )
     idle = lateness_of(results.responsiveness, "none", IDLE)
     rows.append(["idle", LABELS["none"], f"{idle.max_ms:.2f}", f"{idle.max_ms:.2f}", f"{idle.p99_ms:.2f}",
