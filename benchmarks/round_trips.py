@@ -77,8 +77,8 @@ class RoundTripResult:
 class _Calls:
     """What the calls of one (route, implementation, operation) measured so far."""
 
-    durations: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list[float])
+    cpu: list[float] = field(default_factory=list[float])
     front_end_connections: int = 0
     transport_connections: Optional[int] = None
     all_done: bool = True
@@ -152,32 +152,46 @@ async def measure_round_trips(
         try:
             for name, connect in ASYNC_CONNECTS.items():
                 for link, tls in ((FAR, certificates), (LOOPBACK, None)):
-                    remote = remotes[link, name] = _Remote(
-                        stack, workdir / f"{name}-{link.split(',')[0].replace(' ', '-')}", settings, tls
-                    )
-                    replicas[link, name] = await connect(str(remote.folder / "replica.db"), remote.url)
+                    folder = workdir / f"{name}-{'far' if link == FAR else 'loopback'}"
+                    remote = remotes[link, name] = _Remote(stack, folder, settings, tls)
+                    replicas[link, name] = await connect(str(folder / "replica.db"), remote.url)
             # The first calls pay for lazy set-up (ours also opens the connection it then keeps).
             for key, replica in replicas.items():
                 await _call(replica, remotes[key], PULL, _Calls())
                 await _call(replica, remotes[key], PUSH, _Calls())
             for turn in range(settings.round_trip_rounds):
                 for route in ROUTES:
-                    link = LOOPBACK if route == LOOPBACK else FAR
-                    for name in IMPLEMENTATIONS:
-                        remotes[link, name].set_round_trip(settings.wan_round_trip if route == FAR else 0.0)
-                    for operation in OPERATIONS:
-                        for _ in range(settings.loopback_calls if route == LOOPBACK else 1):
-                            for name in rotated(IMPLEMENTATIONS, turn):
-                                await _call(replicas[link, name], remotes[link, name], operation,
-                                            measured[route, name, operation])
+                    await _one_route(settings, route, turn, remotes, replicas, measured)
         finally:
             for replica in replicas.values():
                 await replica.close()
         for (route, name, operation), calls in measured.items():
             if operation == PUSH:
-                link = LOOPBACK if route == LOOPBACK else FAR
-                calls.all_done = remotes[link, name].pushed_rows_once()
+                calls.all_done = remotes[_link(route), name].pushed_rows_once()
     return [_summary(route, name, operation, calls) for (route, name, operation), calls in measured.items()]
+
+
+def _link(route: str) -> str:
+    """The replicas and remotes a route uses: NEAR is FAR's chain with no added delay."""
+    return LOOPBACK if route == LOOPBACK else FAR
+
+
+async def _one_route(
+    settings: Settings,
+    route: str,
+    turn: int,
+    remotes: dict[tuple[str, str], _Remote],
+    replicas: dict[tuple[str, str], AsyncReplica],
+    measured: dict[tuple[str, str, str], _Calls],
+) -> None:
+    """One round's calls on one route: each operation in turn, the implementations taking turns call by call."""
+    link = _link(route)
+    for name in IMPLEMENTATIONS:
+        remotes[link, name].set_round_trip(settings.wan_round_trip if route == FAR else 0.0)
+    for operation in OPERATIONS:
+        for _ in range(settings.loopback_calls if route == LOOPBACK else 1):
+            for name in rotated(IMPLEMENTATIONS, turn):
+                await _call(replicas[link, name], remotes[link, name], operation, measured[route, name, operation])
 
 
 def _summary(route: str, name: str, operation: str, calls: _Calls) -> RoundTripResult:
