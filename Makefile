@@ -28,7 +28,7 @@ SQLALCHEMY_VENVS := $(SQLALCHEMY_VERSIONS:%=.venv-sqlalchemy-%)
 SQLALCHEMY_FILES := turso/sqlalchemy_sync_aio.py tests/test_sqlalchemy.py tests/typing/check_sqlalchemy.py
 
 .PHONY: setup test typecheck lint unit test-sqlalchemy-versions test-wheel test-pyturso wheel demo demo-sqlalchemy server \
-	bench bench-smoke clean
+	bench bench-smoke bench-before clean
 
 setup: $(VENV)/.installed .driver/.linked $(TURSODB) $(PYRIGHT)
 
@@ -159,13 +159,18 @@ test-sqlalchemy-versions: setup $(SQLALCHEMY_VENVS:%=%/.installed)
 		$$venv/bin/python -m pytest -p no:cacheprovider tests/test_sqlalchemy.py; \
 	done
 
-# The full benchmark (a few minutes): table on stdout, benchmarks/results/results.json and chart.png.
+# The full benchmark (about ten minutes): tables on stdout; benchmarks/results/results.json, RESULTS.md and the charts.
 bench: setup
 	$(PY) -m benchmarks
 
 # A tiny run that only proves the benchmark still works (CI runs it; no timing is judged).
 bench-smoke: setup
 	$(PY) -m benchmarks --smoke
+
+# The background benchmark on the module before our transport (a worktree at that commit in build/), recorded in
+# benchmarks/results/before.json, which `make bench` shows beside its own figures (benchmarks/before.py).
+bench-before: setup
+	$(PY) -m benchmarks.before
 
 clean:
 	rm -rf $(VENV) .venvs $(SQLALCHEMY_VENVS) .driver node_modules .mypy_cache .pytest_cache .ruff_cache build dist
