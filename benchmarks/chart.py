@@ -51,6 +51,10 @@ def _plain_number(value: float, position: Optional[int]) -> str:
     return f"{value:g}"
 
 
+def _no_label(value: float, position: Optional[int]) -> str:
+    return ""
+
+
 def _speedup(axes: Axes, results: Results) -> None:
     counts: list[int] = list(results.settings["replica_counts"])
     speedups = {(speedup.replicas, speedup.implementation): speedup.speedup for speedup in results.speedups}
@@ -458,6 +462,10 @@ def _background_before_after(axes: Axes, results: Results) -> None:
     axes.grid(True, axis="y", alpha=0.3)
 
 
+# The recovery axis's ticks (seconds, log scale).
+RECOVERY_TICKS = [0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]
+
+
 def _half_open(axes: Axes, results: Results) -> None:
     labels: list[str] = []
     for index, result in enumerate(results.half_open):
@@ -475,12 +483,13 @@ def _half_open(axes: Axes, results: Results) -> None:
     axes.set_xticks(range(len(labels)), labels, fontsize=8)
     axes.set_xlim(-0.6, len(labels) - 0.4)
     axes.set_yscale("log")
-    axes.yaxis.set_major_formatter(FuncFormatter(_plain_number))
-    axes.yaxis.set_minor_formatter(FuncFormatter(_plain_number))
-    axes.tick_params(axis="y", which="minor", labelsize=7)
     every = [value for result in results.half_open for value in result.recovery_s if value is not None]
     if every:
-        axes.set_ylim(min(every) / 2, max(every) * 2)
+        low, high = min(every) / 2, max(every) * 2
+        axes.set_ylim(low, high)
+        axes.set_yticks([tick for tick in RECOVERY_TICKS if low <= tick <= high])
+    axes.yaxis.set_major_formatter(FuncFormatter(_plain_number))
+    axes.yaxis.set_minor_formatter(FuncFormatter(_no_label))
     axes.set_ylabel("from the link's return to the first successful round (s, log scale)")
     if results.half_open:
         first = results.half_open[0]
