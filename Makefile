@@ -159,7 +159,7 @@ test-sqlalchemy-versions: setup $(SQLALCHEMY_VENVS:%=%/.installed)
 		$$venv/bin/python -m pytest -p no:cacheprovider tests/test_sqlalchemy.py; \
 	done
 
-# The full benchmark (about ten minutes): tables on stdout; benchmarks/results/results.json, RESULTS.md and the charts.
+# The full benchmark (about six minutes): tables on stdout; benchmarks/results/results.json, RESULTS.md and the charts.
 bench: setup
 	$(PY) -m benchmarks
 

@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark against local sync servers; write the tables, results.json, the charts and the
 results page (benchmarks/results/RESULTS.md).
 
-    python -m benchmarks            # the full run (about ten minutes); every target met or missed
+    python -m benchmarks            # the full run (about six minutes); every target met or missed
     python -m benchmarks --smoke    # a tiny run (under a minute) into benchmarks/results/smoke/; checks no target
     python -m benchmarks --workdir /dev/shm   # replicas and remotes in another folder (default: the temp folder)
 
