@@ -167,8 +167,9 @@ bench: setup
 bench-smoke: setup
 	$(PY) -m benchmarks --smoke
 
-# The background benchmark on the module before our transport (a worktree at that commit in build/), recorded in
-# benchmarks/results/before.json, which `make bench` shows beside its own figures (benchmarks/before.py).
+# A worktree of the module before our transport (build/before-039f19c, set up by its own make setup), and a record of
+# the background benchmark on it in benchmarks/results/before.json. With the worktree there, `make bench` runs that
+# benchmark on it route by route beside ours; without it (CI), it shows the record (benchmarks/before.py).
 bench-before: setup
 	$(PY) -m benchmarks.before
 

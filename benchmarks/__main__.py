@@ -8,8 +8,9 @@ results page (benchmarks/results/RESULTS.md).
 The replicas' folder matters: the driver syncs the database file to disk in native code that holds the interpreter
 lock, so the event loop's longest stalls during a bootstrap or a large pull follow the disk's fsync time.
 
-The background benchmark's figures for the module before our transport come from benchmarks/results/before.json,
-written by `make bench-before` (benchmarks/before.py), and are shown with that run's own date and commit.
+The background benchmark also runs on the module before our transport when `make bench-before` has set up its
+worktree (benchmarks/before.py): route by route, taking turns with ours. Without the worktree (CI), the figures of
+benchmarks/results/before.json are shown instead, with that run's own date and commit.
 
 Both exit 0 when the benchmark ran, whatever the verdicts; a failure to run exits non-zero.
 """
@@ -24,17 +25,20 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.background import BackgroundRecord, measure_both
+from benchmarks import before
+from benchmarks.background import ROUTE_ARGUMENTS, ROUTES, TLS, BackgroundRecord, BackgroundResult, measure_background
 from benchmarks.chart import write_chart, write_local_sql_chart, write_sync_chart
 from benchmarks.common import (
     FULL,
     RESULTS_DIR,
     SMOKE,
     Settings,
+    TestCertificates,
     describe_module,
     filesystem_of,
     load_average,
     machine,
+    rotated,
     trust_test_ca,
 )
 from benchmarks.concurrency import measure_concurrency
@@ -69,10 +73,44 @@ def _progress(step: int, message: str, start: float) -> None:
     print(f"{step}/{STEPS} {message} ... ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
 
 
-def _before() -> Optional[BackgroundRecord]:
+def _recorded_before() -> Optional[BackgroundRecord]:
     if not BEFORE_RECORD.is_file():
         return None
     return BackgroundRecord.from_json(json.loads(BEFORE_RECORD.read_text(encoding="utf-8")))
+
+
+async def _background(
+    settings: Settings, workdir: Path, certificates: TestCertificates
+) -> tuple[list[BackgroundResult], Optional[BackgroundRecord], bool]:
+    """Ours on each route; with the before module's worktree set up, its run of each route right beside ours (the
+    order alternating). Returns ours, the before module's record, and whether that record is from this run."""
+    interleaved = before.is_ready()
+    if interleaved:
+        before.copy_code()
+    ours: list[BackgroundResult] = []
+    records: list[BackgroundRecord] = []
+    names = {route: name for name, route in ROUTE_ARGUMENTS.items()}
+    for turn, route in enumerate(ROUTES):
+        for side in rotated(["ours", "before"], turn):
+            folder = workdir / f"{side}-{names[route]}"
+            folder.mkdir()
+            if side == "ours":
+                tls = certificates if route == TLS else None
+                ours.append(await measure_background(settings.smoke, folder, certificates=tls))
+            elif interleaved:
+                records.append(before.measure(folder / "record.json", (names[route],), settings.smoke))
+    if not records:
+        return ours, _recorded_before(), False
+    merged = BackgroundRecord(
+        module=records[0].module,
+        machine=records[0].machine,
+        started=records[0].started,
+        load_average_start=records[0].load_average_start,
+        load_average_end=records[-1].load_average_end,
+        results=sorted((result for record in records for result in record.results),
+                       key=lambda result: ROUTES.index(result.route)),
+    )
+    return ours, merged, True
 
 
 async def _run(settings: Settings, workdir: Path) -> Results:
@@ -102,8 +140,10 @@ async def _run(settings: Settings, workdir: Path) -> Results:
     local_sql, local_sql_notes = await measure_local_sql(settings, folders["local_sql"])
     _progress(7, "pull and push over a far link with TLS and on loopback", start)
     round_trips = await measure_round_trips(settings, folders["round_trips"], certificates)
-    _progress(8, "background sync of many replicas, plain loopback and TLS", start)
-    background = await measure_both(settings.smoke, folders["background"], certificates)
+    _progress(8, "background sync of many replicas, plain loopback and TLS, ours and before", start)
+    background, background_before, before_interleaved = await _background(
+        settings, folders["background"], certificates
+    )
     _progress(9, "a half-open link during background sync", start)
     half_open = await measure_half_open(settings, folders["half_open"])
     _progress(10, "writing the results", start)
@@ -134,7 +174,8 @@ async def _run(settings: Settings, workdir: Path) -> Results:
             key: round(value, 3) for key, value in round_trips_per_call(round_trips, settings.wan_round_trip).items()
         },
         background=background,
-        background_before=_before(),
+        background_before=background_before,
+        background_before_interleaved=before_interleaved,
         half_open=half_open,
         targets=check_targets(settings.smoke, overhead, queries, responsiveness, speedups, local_sql, local_sql_notes)
         + round_trip_targets(settings.smoke, round_trips, ratios)

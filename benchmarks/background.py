@@ -95,9 +95,11 @@ QUANTILES = [index / 100 for index in range(100)] + [0.995, 0.999, 0.9995, 1.0]
 QUANTILE_STEPS = 2000
 
 
-# The routes to the remote.
+# The routes to the remote, and their names on the command line.
 PLAIN = "plain loopback"
 TLS = "TLS front end"
+ROUTES = (PLAIN, TLS)
+ROUTE_ARGUMENTS = {"plain": PLAIN, "tls": TLS}
 
 
 @dataclass
@@ -399,30 +401,35 @@ async def measure_background(
     )
 
 
-async def measure_both(smoke: bool, workdir: Path, certificates: TestCertificates) -> list[BackgroundResult]:
-    """The benchmark on both routes, plain loopback first, each in a folder of its own under `workdir`."""
+async def measure_routes(
+    smoke: bool, workdir: Path, certificates: TestCertificates, routes: tuple[str, ...] = ROUTES
+) -> list[BackgroundResult]:
+    """The benchmark on each of `routes` in turn (PLAIN, TLS), each in a folder of its own under `workdir`."""
     results: list[BackgroundResult] = []
-    for route, tls in ((PLAIN, None), (TLS, certificates)):
+    for route in routes:
         folder = workdir / route.replace(" ", "-")
         folder.mkdir()
-        results.append(await measure_background(smoke, folder, certificates=tls))
+        results.append(await measure_background(smoke, folder, certificates=certificates if route == TLS else None))
     return results
 
 
 def main() -> None:
-    """`python -m benchmarks.background [--smoke] [--output FILE]`: both routes; the record as JSON, to FILE or
-    standard output."""
+    """`python -m benchmarks.background [--smoke] [--route plain|tls]... [--output FILE]`: the routes asked for (both
+    by default), in turn; the record as JSON, to FILE or standard output."""
     parser = argparse.ArgumentParser(description="Background sync of many replicas on one event loop.")
     parser.add_argument("--smoke", action="store_true", help="5 replicas at interval 0.5 s for 3 s, not 100 for 30 s")
+    parser.add_argument("--route", action="append", choices=sorted(ROUTE_ARGUMENTS), help="a route (default: both)")
     parser.add_argument("--output", type=Path, default=None, help="write the record here (default: standard output)")
     arguments = parser.parse_args()
     smoke: bool = arguments.smoke
     output: Optional[Path] = arguments.output
+    chosen: Optional[list[str]] = arguments.route
+    routes = ROUTES if chosen is None else tuple(ROUTE_ARGUMENTS[name] for name in chosen)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     load_start = load_average()
     with tempfile.TemporaryDirectory(prefix="turso-sync-aio-background-") as workdir:
         certificates = trust_test_ca(Path(workdir))
-        results = asyncio.run(measure_both(smoke, Path(workdir), certificates))
+        results = asyncio.run(measure_routes(smoke, Path(workdir), certificates, routes))
     record = BackgroundRecord(describe_module(), machine(), started, load_start, load_average(), results)
     if output is None:
         json.dump(asdict(record), sys.stdout, indent=1)

@@ -152,9 +152,11 @@ class Results:
     round_trip_ratios: dict[str, float]
     round_trips_per_call: dict[str, float]
     # Many replicas in background sync on one event loop (benchmarks/background.py), on each route; and the record
-    # of the same benchmark run on the module before our transport (benchmarks/results/before.json), if there is one.
+    # of the same benchmark on the module before our transport: taking turns with ours in this run (interleaved),
+    # or else from benchmarks/results/before.json, if there is one.
     background: list[BackgroundResult]
     background_before: Optional[BackgroundRecord]
+    background_before_interleaved: bool
     # A half-open link during background sync (benchmarks/half_open.py), per request_timeout.
     half_open: list[HalfOpenResult]
     targets: list[TargetCheck]
@@ -685,9 +687,13 @@ def background_table(results: Results) -> list[str]:
         "",
     ]
     if before is not None:
+        when = (
+            "in this run, in a child process from a worktree at that commit, each route right beside ours"
+            if results.background_before_interleaved else f"in another run, {before.started}"
+        )
         out += [
-            f'"Before" is another run, of the same benchmark on the module before our transport: {before.started}, '
-            f"{before.module.describe()} (commit {before.module.commit}), load average "
+            f'"Before": the same benchmark code on the module before our transport, {when}; '
+            f"{before.module.describe()} (commit {before.module.commit}); load average "
             f"{_load(before.load_average_start)} at its start and {_load(before.load_average_end)} at its end; "
             f"{before.machine.describe()}.",
             "",
