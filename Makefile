@@ -28,7 +28,7 @@ SQLALCHEMY_VENVS := $(SQLALCHEMY_VERSIONS:%=.venv-sqlalchemy-%)
 SQLALCHEMY_FILES := turso/sqlalchemy_sync_aio.py tests/test_sqlalchemy.py tests/typing/check_sqlalchemy.py
 
 .PHONY: setup test checks-ready typecheck lint unit test-sqlalchemy-versions test-wheel test-pyturso wheel demo demo-sqlalchemy server \
-	bench bench-smoke clean
+	bench bench-smoke bench-before clean
 
 setup: $(VENV)/.installed .driver/.linked $(TURSODB) $(PYRIGHT)
 
@@ -170,13 +170,19 @@ test-sqlalchemy-versions: setup $(SQLALCHEMY_VENVS:%=%/.installed)
 		$$venv/bin/python -m pytest -p no:cacheprovider --basetemp=build/pytest/$$venv tests/test_sqlalchemy.py; \
 	done
 
-# The full benchmark (a few minutes): table on stdout, benchmarks/results/results.json and chart.png.
+# The full benchmark (about six minutes): tables on stdout; benchmarks/results/results.json, RESULTS.md and the charts.
 bench: setup
 	$(PY) -m benchmarks
 
 # A tiny run that only proves the benchmark still works (CI runs it; no timing is judged).
 bench-smoke: setup
 	$(PY) -m benchmarks --smoke
+
+# A worktree of the module before our transport (build/before-039f19c, set up by its own make setup), and a record of
+# the background benchmark on it in benchmarks/results/before.json. With the worktree there, `make bench` runs that
+# benchmark on it route by route beside ours; without it (CI), it shows the record (benchmarks/before.py).
+bench-before: setup
+	$(PY) -m benchmarks.before
 
 clean:
 	rm -rf $(VENV) .venvs $(SQLALCHEMY_VENVS) .driver node_modules .mypy_cache .pytest_cache .ruff_cache build dist

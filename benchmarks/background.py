@@ -1,13 +1,16 @@
 """Background sync at scale: many replicas on one event loop, each in `sync_in_background(interval)`, for a while.
 
 N replicas of one remote (the local `tursodb --sync-server`), all opened by one event loop, each with
-`conn.sync_in_background(interval=1.0)`: a round (push, then pull) every second per replica, jittered. After a
-warm-up (the first rounds, which all start at once), for `duration` seconds:
+`conn.sync_in_background(interval=1.0)`: a round (push, then pull) every second per replica, jittered. Two routes:
+plain loopback HTTP to tursodb, and TLS through a keep-alive front end before it (`FrontEndProcess`, in a process of
+its own, with a certificate from a test CA this process trusts through SSL_CERT_FILE), as a cloud remote is reached.
+After a warm-up (the first rounds, which all start at once), for `duration` seconds:
 
 - **loop lateness**: a heartbeat task sleeps 1 ms at a time and records how late each wake-up is;
 - **CPU**: the process's CPU time (every thread: the loop, the replicas' SQL workers and sync lanes), per replica and
   per hour of running; also net of the heartbeat's own cost, measured alone before the replicas sync;
 - **threads**: the process's OS threads while they sync, minus those before any replica was open, per replica;
+- **connections** (TLS route): the client connections the front end accepted, and the requests it forwarded;
 - **WAL**: each replica's `stats().main_wal_size` at the end of the window (background sync checkpoints a WAL past
   `checkpoint_wal_bytes`, 16 MiB by default, after a round), the largest and the median, and their sum;
 - **propagation**: a writer commits a row on one replica every `write_every` seconds (a different replica each
@@ -19,22 +22,39 @@ warm-up (the first rounds, which all start at once), for `duration` seconds:
 The target for propagation is 2 x interval + the server's own latency: a row waits up to one interval for its replica's
 next push, then up to one interval for each other replica's next pull. The server's latency is the median time of one
 round (push, then pull, with nothing to sync) on one replica while no other replica syncs.
+
+`python -m benchmarks.background` runs both routes and writes a record of the run (the module measured, the machine,
+the results) as JSON; `make bench-before` uses it to measure the module before our transport (benchmarks/before.py).
 """
 
 import argparse
 import asyncio
+import contextlib
+import datetime
 import json
+import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, cast
 
 import psutil
 
 import turso.lib_sync_aio
-from benchmarks.common import median, percentile
+from benchmarks.common import (
+    Machine,
+    ModuleRecord,
+    TestCertificates,
+    describe_module,
+    load_average,
+    machine,
+    p99,
+    trust_test_ca,
+)
 from benchmarks.responsiveness import Heartbeat
+from testkit.front_end import FrontEndProcess
 from testkit.sync_server import SyncServer
 from turso.background_sync_aio import BackgroundSync
 
@@ -71,6 +91,15 @@ LATENESS_P99_LIMIT_MS = 5.0
 THREADS_PER_REPLICA_LIMIT = 2.0
 # Quantiles kept for the chart's distribution curves (results.json would hold 30,000 heartbeat samples otherwise).
 QUANTILES = [index / 100 for index in range(100)] + [0.995, 0.999, 0.9995, 1.0]
+# Every fraction of QUANTILES is a multiple of 1 / QUANTILE_STEPS.
+QUANTILE_STEPS = 2000
+
+
+# The routes to the remote, and their names on the command line.
+PLAIN = "plain loopback"
+TLS = "TLS front end"
+ROUTES = (PLAIN, TLS)
+ROUTE_ARGUMENTS = {"plain": PLAIN, "tls": TLS}
 
 
 @dataclass
@@ -121,6 +150,47 @@ class BackgroundResult:
     wal_bytes_median: float = 0.0
     wal_bytes_total: int = 0
     checkpoint_wal_bytes: Optional[int] = None
+    # PLAIN or TLS; on TLS, the client connections the front end accepted and the requests it forwarded during the
+    # measured window.
+    route: str = PLAIN
+    front_end_connections: Optional[int] = None
+    front_end_requests: Optional[int] = None
+
+
+@dataclass
+class BackgroundRecord:
+    """One standalone run of this benchmark (`python -m benchmarks.background`): what was measured, where, and when."""
+
+    module: ModuleRecord
+    machine: Machine
+    started: str
+    # The load average (1, 5, 15 minutes) when the run started and when it ended.
+    load_average_start: tuple[float, float, float]
+    load_average_end: tuple[float, float, float]
+    results: list[BackgroundResult]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "BackgroundRecord":
+        """The record that `write()` wrote, read back."""
+        return cls(
+            module=ModuleRecord(**data["module"]),
+            machine=Machine(**data["machine"]),
+            started=data["started"],
+            load_average_start=cast(tuple[float, float, float], tuple(data["load_average_start"])),
+            load_average_end=cast(tuple[float, float, float], tuple(data["load_average_end"])),
+            results=[_result_from_json(result) for result in data["results"]],
+        )
+
+    def write(self, path: Path) -> None:
+        """Write the record to `path` as JSON."""
+        path.write_text(json.dumps(asdict(self), indent=1) + "\n", encoding="utf-8")
+
+
+def _result_from_json(data: dict[str, Any]) -> BackgroundResult:
+    result = BackgroundResult(**data)
+    result.lateness_quantiles_ms = [(fraction, ms) for fraction, ms in data["lateness_quantiles_ms"]]
+    result.propagation_quantiles_ms = [(fraction, ms) for fraction, ms in data["propagation_quantiles_ms"]]
+    return result
 
 
 class _Rows:
@@ -192,7 +262,12 @@ async def _check(replicas: list[turso.lib_sync_aio.ConnectionSync], syncs: list[
 
 
 def _quantiles(values: list[float]) -> list[tuple[float, float]]:
-    return [(fraction, round(percentile(values, fraction) * 1e3, 3)) for fraction in QUANTILES] if values else []
+    """(fraction, value in ms) at each of QUANTILES, from statistics.quantiles' QUANTILE_STEPS-quantiles (plus the
+    least and the largest value for fractions 0 and 1)."""
+    if len(values) < 2:
+        return [(fraction, round(value * 1e3, 3)) for fraction in QUANTILES for value in values]
+    points = [min(values), *statistics.quantiles(values, n=QUANTILE_STEPS, method="inclusive"), max(values)]
+    return [(fraction, round(points[round(fraction * QUANTILE_STEPS)] * 1e3, 3)) for fraction in QUANTILES]
 
 
 async def _server_latency(replica: turso.lib_sync_aio.ConnectionSync, rounds: int) -> float:
@@ -202,26 +277,41 @@ async def _server_latency(replica: turso.lib_sync_aio.ConnectionSync, rounds: in
         await replica.push()
         await replica.pull()
         durations.append(time.perf_counter() - start)
-    return median(durations)
+    return statistics.median(durations)
+
+
+def _front_end_counters(front_end: Optional[FrontEndProcess]) -> dict[str, int]:
+    return {"connections": 0, "requests": 0} if front_end is None else front_end.counters()
 
 
 async def measure_background(
-    smoke: bool, workdir: Path, settings: Optional[BackgroundSettings] = None
+    smoke: bool,
+    workdir: Path,
+    settings: Optional[BackgroundSettings] = None,
+    certificates: Optional[TestCertificates] = None,
 ) -> BackgroundResult:
     """N replicas in background sync on this event loop: lateness, CPU, threads and propagation (module docstring).
 
-    `settings` replaces BACKGROUND_FULL or BACKGROUND_SMOKE (for experiments: other sizes, intervals).
+    With `certificates` (the test CA must be trusted already: `trust_test_ca`), the replicas reach the remote through
+    a TLS front end. `settings` replaces BACKGROUND_FULL or BACKGROUND_SMOKE (for experiments: other sizes,
+    intervals).
     """
     if settings is None:
         settings = BACKGROUND_SMOKE if smoke else BACKGROUND_FULL
     process = psutil.Process()
     threads_before = process.num_threads()
-    with SyncServer(workdir / "remote.db") as server:
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(SyncServer(workdir / "remote.db"))
+        front_end: Optional[FrontEndProcess] = None
+        url = server.url
+        if certificates is not None:
+            front_end = stack.enter_context(FrontEndProcess(server.port, str(certificates.server_pem)))
+            url = front_end.url
         server.execute("CREATE TABLE marks(id TEXT PRIMARY KEY, origin INTEGER NOT NULL)")
         folder = workdir / "replicas"
         folder.mkdir()
         replicas = list(await asyncio.gather(*(
-            turso.lib_sync_aio.connect_sync(str(folder / f"replica-{index}.db"), server.url)
+            turso.lib_sync_aio.connect_sync(str(folder / f"replica-{index}.db"), url)
             for index in range(settings.replicas)
         )))
         syncs: list[BackgroundSync] = []
@@ -241,6 +331,7 @@ async def measure_background(
 
             rows = _Rows(settings.replicas)
             rounds_start = sum(sync.status.rounds for sync in syncs)
+            counters_start = _front_end_counters(front_end)
             cpu_start, wall_start = time.process_time(), time.perf_counter()
             until = wall_start + settings.duration
             writer = asyncio.create_task(_write(replicas, rows, settings, until))
@@ -252,6 +343,7 @@ async def measure_background(
             await writer
             cpu_seconds = time.process_time() - cpu_start
             wall = time.perf_counter() - wall_start
+            counters_end = _front_end_counters(front_end)
             rounds = sum(sync.status.rounds for sync in syncs) - rounds_start
             syncing = [lateness for end, lateness in heartbeat.beats if wall_start < end <= wall_start + wall]
             wal_sizes = [stats.main_wal_size for stats in await asyncio.gather(*(r.stats() for r in replicas))]
@@ -272,10 +364,10 @@ async def measure_background(
         duration_s=round(wall, 2),
         write_every_s=settings.write_every,
         heartbeats=len(syncing),
-        lateness_p50_ms=round(median(syncing) * 1e3, 3),
-        lateness_p99_ms=round(percentile(syncing, 0.99) * 1e3, 3),
+        lateness_p50_ms=round(statistics.median(syncing) * 1e3, 3),
+        lateness_p99_ms=round(p99(syncing) * 1e3, 3),
         lateness_max_ms=round(max(syncing) * 1e3, 3),
-        idle_lateness_p99_ms=round(percentile(idle, 0.99) * 1e3, 3),
+        idle_lateness_p99_ms=round(p99(idle) * 1e3, 3),
         idle_lateness_max_ms=round(max(idle) * 1e3, 3),
         lateness_quantiles_ms=_quantiles(syncing),
         cpu_s_per_replica_hour=round(cpu_seconds / count * hour, 2),
@@ -292,25 +384,58 @@ async def measure_background(
         rows_written=len(rows.written),
         arrivals=len(rows.propagation),
         missing_arrivals=rows.missing(),
-        propagation_p50_ms=round(median(rows.propagation) * 1e3, 1) if rows.propagation else 0.0,
-        propagation_p99_ms=round(percentile(rows.propagation, 0.99) * 1e3, 1) if rows.propagation else 0.0,
+        propagation_p50_ms=round(statistics.median(rows.propagation) * 1e3, 1) if rows.propagation else 0.0,
+        propagation_p99_ms=round(p99(rows.propagation) * 1e3, 1) if rows.propagation else 0.0,
         propagation_max_ms=round(max(rows.propagation) * 1e3, 1) if rows.propagation else 0.0,
         propagation_quantiles_ms=_quantiles(rows.propagation),
         wal_bytes_max=max(wal_sizes),
-        wal_bytes_median=median([float(size) for size in wal_sizes]),
+        wal_bytes_median=statistics.median([float(size) for size in wal_sizes]),
         wal_bytes_total=sum(wal_sizes),
-        checkpoint_wal_bytes=syncs[0].checkpoint_wal_bytes if syncs else None,
+        # getattr: the module before our transport (benchmarks/before.py) has no checkpoint_wal_bytes yet.
+        checkpoint_wal_bytes=cast(Optional[int], getattr(syncs[0], "checkpoint_wal_bytes", None)) if syncs else None,
+        route=PLAIN if front_end is None else TLS,
+        front_end_connections=(
+            None if front_end is None else counters_end["connections"] - counters_start["connections"]
+        ),
+        front_end_requests=None if front_end is None else counters_end["requests"] - counters_start["requests"],
     )
 
 
+async def measure_routes(
+    smoke: bool, workdir: Path, certificates: TestCertificates, routes: tuple[str, ...] = ROUTES
+) -> list[BackgroundResult]:
+    """The benchmark on each of `routes` in turn (PLAIN, TLS), each in a folder of its own under `workdir`."""
+    results: list[BackgroundResult] = []
+    for route in routes:
+        folder = workdir / route.replace(" ", "-")
+        folder.mkdir()
+        results.append(await measure_background(smoke, folder, certificates=certificates if route == TLS else None))
+    return results
+
+
 def main() -> None:
-    """`python -m benchmarks.background [--smoke]`: this benchmark alone, its result as JSON on stdout."""
+    """`python -m benchmarks.background [--smoke] [--route plain|tls]... [--output FILE]`: the routes asked for (both
+    by default), in turn; the record as JSON, to FILE or standard output."""
     parser = argparse.ArgumentParser(description="Background sync of many replicas on one event loop.")
     parser.add_argument("--smoke", action="store_true", help="5 replicas at interval 0.5 s for 3 s, not 100 for 30 s")
-    smoke: bool = parser.parse_args().smoke
+    parser.add_argument("--route", action="append", choices=sorted(ROUTE_ARGUMENTS), help="a route (default: both)")
+    parser.add_argument("--output", type=Path, default=None, help="write the record here (default: standard output)")
+    arguments = parser.parse_args()
+    smoke: bool = arguments.smoke
+    output: Optional[Path] = arguments.output
+    chosen: Optional[list[str]] = arguments.route
+    routes = ROUTES if chosen is None else tuple(ROUTE_ARGUMENTS[name] for name in chosen)
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    load_start = load_average()
     with tempfile.TemporaryDirectory(prefix="turso-sync-aio-background-") as workdir:
-        result = asyncio.run(measure_background(smoke, Path(workdir)))
-    print(json.dumps(asdict(result), indent=1))
+        certificates = trust_test_ca(Path(workdir))
+        results = asyncio.run(measure_routes(smoke, Path(workdir), certificates, routes))
+    record = BackgroundRecord(describe_module(), machine(), started, load_start, load_average(), results)
+    if output is None:
+        json.dump(asdict(record), sys.stdout, indent=1)
+        print()
+    else:
+        record.write(output)
 
 
 if __name__ == "__main__":

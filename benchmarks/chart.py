@@ -1,11 +1,13 @@
-"""chart.png: the run at a glance (speedup, wall time, per-call overhead, loop lateness, footprint); local_sql.png:
-local SQL while syncing.
+"""chart.png: the run at a glance (speedup, wall time, per-call overhead, loop lateness, footprint, background sync);
+local_sql.png: local SQL while syncing; sync.png: pull and push over a far link with TLS and on loopback, background
+sync before and after our transport, and the half-open link.
 
 matplotlib's type stubs leave `**kwargs` untyped on nearly every plotting method, which pyright's strict mode reports
 as a partially unknown member type on each call; that one rule is off in this file. Everything else stays strict.
 """
 # pyright: reportUnknownMemberType=false
 
+import statistics
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from benchmarks.background import LATENESS_P99_LIMIT_MS, THREADS_PER_REPLICA_LIMIT
+from benchmarks.background import LATENESS_P99_LIMIT_MS, PLAIN, THREADS_PER_REPLICA_LIMIT, TLS, BackgroundResult
 from benchmarks.common import BLOCKING, JS, MB, OURS, PYTURSO, THREADS
 from benchmarks.local_sql_while_syncing import KINDS, READ, SCENARIO_LABELS, SCENARIOS, STALL_TIMEOUT_SECONDS
 from benchmarks.overhead import NOT_PINNED, OTHER_CORE, SAME_CORE
@@ -30,8 +32,10 @@ from benchmarks.report import (
     BOOTSTRAP_LATENESS_LIMIT_MS,
     COLORS,
     EXECUTE_FETCHALL_LIMIT,
+    FAR_RATIO_LIMIT,
     LABELS,
     LOCAL_SQL_P99_LIMIT_MS,
+    LOOPBACK_RATIO_LIMIT,
     OVERHEAD_RATIO_LIMIT,
     SPEEDUP_TARGETS,
     Results,
@@ -40,10 +44,15 @@ from benchmarks.report import (
     local_sql_of,
 )
 from benchmarks.responsiveness import BOOTSTRAP, IDLE, PULL, LatenessResult
+from benchmarks.round_trips import FAR, LOOPBACK, NEAR, OPERATIONS, ROUTES, round_trip_of
 
 
 def _plain_number(value: float, position: Optional[int]) -> str:
     return f"{value:g}"
+
+
+def _no_label(value: float, position: Optional[int]) -> str:
+    return ""
 
 
 def _speedup(axes: Axes, results: Results) -> None:
@@ -195,13 +204,25 @@ def _footprint(axes: Axes, results: Results) -> None:
     axes.grid(True, axis="y", alpha=0.3)
 
 
+# Each background route's colour; a run before our transport is drawn dashed in the same colour.
+ROUTE_COLORS = {PLAIN: COLORS[OURS], TLS: "#9467bd"}
+
+
+def _background_runs(results: Results) -> list[tuple[str, str, BackgroundResult]]:
+    """(label, line style, result) of every background run to draw: this run's routes, then the before record's."""
+    runs = [(result.route, "-", result) for result in results.background]
+    before = results.background_before
+    if before is not None:
+        runs += [(f"{result.route}, before ({before.module.commit[:7]})", "--", result) for result in before.results]
+    return runs
+
+
 def _background_lateness(axes: Axes, results: Results) -> None:
-    result = results.background
-    values = [max(ms, 0.01) for _, ms in result.lateness_quantiles_ms]
-    fractions = [fraction for fraction, _ in result.lateness_quantiles_ms]
-    axes.step(values, fractions, where="post", color=COLORS[OURS],
-              label=f"{result.replicas} replicas syncing (p99 {result.lateness_p99_ms:.2f} ms, "
-                    f"max {result.lateness_max_ms:.1f} ms)")
+    for label, style, result in _background_runs(results):
+        values = [max(ms, 0.01) for _, ms in result.lateness_quantiles_ms]
+        fractions = [fraction for fraction, _ in result.lateness_quantiles_ms]
+        axes.step(values, fractions, where="post", color=ROUTE_COLORS.get(result.route, "gray"), linestyle=style,
+                  label=f"{label}: p99 {result.lateness_p99_ms:.2f} ms, max {result.lateness_max_ms:.1f} ms")
     axes.axvline(LATENESS_P99_LIMIT_MS, color="red", linestyle="--", linewidth=1,
                  label=f"target: p99 < {LATENESS_P99_LIMIT_MS:.0f} ms")
     axes.axhline(0.99, color="gray", linestyle=":", linewidth=1)
@@ -209,46 +230,53 @@ def _background_lateness(axes: Axes, results: Results) -> None:
     axes.xaxis.set_major_formatter(FuncFormatter(_plain_number))
     axes.set_xlabel("heartbeat lateness (ms, log scale)")
     axes.set_ylabel("fraction of 1 ms heartbeats")
-    axes.set_title(f"Background sync: event-loop lateness, {result.replicas} replicas at interval "
-                   f"{result.interval_s:g} s, {result.duration_s:.0f} s", fontsize=10)
-    axes.legend(fontsize=8, loc="lower right")
+    first = results.background[0]
+    axes.set_title(f"Background sync: event-loop lateness, {first.replicas} replicas at interval "
+                   f"{first.interval_s:g} s, {first.duration_s:.0f} s", fontsize=10)
+    axes.legend(fontsize=7, loc="lower right")
     axes.grid(True, which="both", alpha=0.3)
 
 
 def _background_propagation(axes: Axes, results: Results) -> None:
-    result = results.background
-    values = [ms / 1000 for _, ms in result.propagation_quantiles_ms]
-    fractions = [fraction for fraction, _ in result.propagation_quantiles_ms]
-    axes.step(values, fractions, where="post", color=COLORS[OURS],
-              label=f"p50 {result.propagation_p50_ms / 1000:.2f} s, p99 {result.propagation_p99_ms / 1000:.2f} s "
-                    f"({result.arrivals} arrivals, {result.missing_arrivals} missing)")
-    axes.axvline(result.propagation_limit_ms / 1000, color="red", linestyle="--", linewidth=1,
-                 label=f"target: p99 < 2 x interval + server latency ({result.propagation_limit_ms / 1000:.2f} s)")
+    for label, style, result in _background_runs(results):
+        values = [ms / 1000 for _, ms in result.propagation_quantiles_ms]
+        fractions = [fraction for fraction, _ in result.propagation_quantiles_ms]
+        axes.step(values, fractions, where="post", color=ROUTE_COLORS.get(result.route, "gray"), linestyle=style,
+                  label=f"{label}: p50 {result.propagation_p50_ms / 1000:.2f} s, p99 "
+                        f"{result.propagation_p99_ms / 1000:.2f} s ({result.missing_arrivals} missing)")
+    first = results.background[0]
+    axes.axvline(first.propagation_limit_ms / 1000, color="red", linestyle="--", linewidth=1,
+                 label=f"target: p99 < 2 x interval + server latency ({first.propagation_limit_ms / 1000:.2f} s)")
     axes.axhline(0.99, color="gray", linestyle=":", linewidth=1)
     axes.set_xlabel("time for a row written on one replica to reach another (s)")
     axes.set_ylabel("fraction of arrivals")
     axes.set_title("Background sync: propagation between replicas", fontsize=10)
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=7, loc="lower right")
     axes.grid(True, alpha=0.3)
 
 
 def _background_cost(axes: Axes, results: Results) -> None:
-    result = results.background
-    labels = ["CPU s per replica-hour", "CPU s per replica-hour,\nnet of the heartbeat", "threads per replica"]
-    values = [result.cpu_s_per_replica_hour, result.cpu_s_per_replica_hour_net, result.threads_per_replica]
-    bars = axes.bar(labels[:2], values[:2], color=COLORS[OURS], width=0.5)
-    axes.bar_label(bars, [f"{value:,.1f} s" for value in values[:2]], fontsize=8)
+    runs = _background_runs(results)
+    positions = list(range(len(runs)))
+    cpu = [result.cpu_s_per_replica_hour for _, _, result in runs]
+    bars = axes.bar([position - 0.2 for position in positions], cpu, width=0.4, color=COLORS[OURS],
+                    label="CPU s per replica-hour (left)")
+    axes.bar_label(bars, [f"{value:,.1f} s" for value in cpu], fontsize=7)
     axes.set_ylabel("process CPU seconds per replica per hour")
     threads_axes = axes.twinx()
-    thread_bar = threads_axes.bar(labels[2:], values[2:], color=COLORS["none"], width=0.5)
-    threads_axes.bar_label(thread_bar, [f"{result.threads_per_replica:.2f}"], fontsize=8)
+    threads = [result.threads_per_replica for _, _, result in runs]
+    thread_bars = threads_axes.bar([position + 0.2 for position in positions], threads, width=0.4,
+                                   color=COLORS["none"], label="threads per replica (right)")
+    threads_axes.bar_label(thread_bars, [f"{value:.2f}" for value in threads], fontsize=7)
     threads_axes.axhline(THREADS_PER_REPLICA_LIMIT, color="red", linestyle="--", linewidth=1,
                          label=f"target: <= {THREADS_PER_REPLICA_LIMIT:.0f} threads per replica")
     threads_axes.set_ylim(0, THREADS_PER_REPLICA_LIMIT * 1.5)
     threads_axes.set_ylabel("OS threads per replica")
-    threads_axes.legend(fontsize=8, loc="upper left")
-    axes.set_title(f"Background sync: cost per replica ({result.cpu_cores:.2f} cores for {result.replicas} "
-                   f"replicas, {result.rounds_per_replica_s:.2f} rounds/s each)", fontsize=10)
+    threads_axes.legend(fontsize=7, loc="upper right")
+    axes.legend(fontsize=7, loc="upper left")
+    axes.set_ylim(0, max(cpu) * 1.3)
+    axes.set_xticks(positions, [label.replace(", ", ",\n") for label, _, _ in runs], fontsize=7)
+    axes.set_title("Background sync: cost per replica", fontsize=10)
     axes.grid(True, axis="y", alpha=0.3)
 
 
@@ -278,7 +306,7 @@ def write_chart(results: Results, path: Path) -> None:
                     fontsize=14)
     where = (
         f"{results.machine.describe()}    files in {results.workdir}\n"
-        f"turso/lib_sync_aio.py {results.ours}    {results.started}"
+        f"{results.module.describe()}    {results.started}"
     )
     figure.text(0.5, -0.005, f"{where}\n{verdicts}",
                 ha="center", va="top", fontsize=9)
@@ -343,6 +371,150 @@ def write_local_sql_chart(results: Results, path: Path) -> None:
     cells = [f"{check.short}: {check.measured} {check.verdict}" for check in results.targets
              if check.short.startswith("local SQL") or check.short == "stalled remote"]
     verdicts = "\n".join("    ".join(cells[start:start + 2]) for start in range(0, len(cells), 2))
-    figure.text(0.5, -0.01, f"{results.machine.describe()}\nturso/lib_sync_aio.py {results.ours}    "
+    figure.text(0.5, -0.01, f"{results.machine.describe()}\n{results.module.describe()}    "
                 f"{results.started}\n{verdicts}", ha="center", va="top", fontsize=8)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def _pull_and_push(axes: Axes, results: Results, route: str, limit: float) -> None:
+    names = (OURS, PYTURSO)
+    width = 0.8 / len(names)
+    for index, name in enumerate(names):
+        found = [round_trip_of(results.round_trips, route, name, operation) for operation in OPERATIONS]
+        positions = [group + (index - (len(names) - 1) / 2) * width for group in range(len(OPERATIONS))]
+        bars = axes.bar(positions, [result.median_ms for result in found], width=width, color=COLORS[name],
+                        label=LABELS[name])
+        axes.bar_label(bars, [f"{result.median_ms:,.1f} ms" for result in found], fontsize=8, padding=2)
+    ticks: list[str] = []
+    for operation in OPERATIONS:
+        ratio = results.round_trip_ratios[f"{route}, {operation}"]
+        ticks.append(f"{operation}() of one row\nours / pyturso {ratio:.3f}x (target ≤ {limit:.2f}x)")
+    axes.set_xticks(range(len(OPERATIONS)), ticks, fontsize=8)
+    axes.set_ylabel("median per call (ms)")
+    axes.margins(y=0.15)
+    if route == FAR:
+        title = (f"Far link with TLS: {results.settings['wan_round_trip'] * 1000:.0f} ms round trip, keep-alive "
+                 "front end, tursodb")
+    else:
+        title = "Plain loopback: HTTP straight to tursodb (it closes every connection)"
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=8, loc="upper left")
+    axes.grid(True, axis="y", alpha=0.3)
+
+
+def _round_trips_and_connections(axes: Axes, results: Results) -> None:
+    names = (OURS, PYTURSO)
+    width = 0.8 / len(names)
+    for index, name in enumerate(names):
+        values = [results.round_trips_per_call[f"{name}, {operation}"] for operation in OPERATIONS]
+        connections = [round_trip_of(results.round_trips, FAR, name, operation).front_end_connections_per_100
+                       for operation in OPERATIONS]
+        positions = [group + (index - (len(names) - 1) / 2) * width for group in range(len(OPERATIONS))]
+        bars = axes.bar(positions, values, width=width, color=COLORS[name], label=LABELS[name])
+        axes.bar_label(bars, [f"{value:.2f} round trips\n{count or 0:g} connections\nper 100 calls"
+                              for value, count in zip(values, connections)], fontsize=7, padding=2)
+    axes.set_xticks(range(len(OPERATIONS)), [f"{operation}() of one row" for operation in OPERATIONS], fontsize=8)
+    axes.set_ylabel("round trips waited for in turn (far minus undelayed, / RTT)")
+    axes.margins(y=0.3)
+    axes.set_title("Far link with TLS: round trips per call, and TCP connections the front end accepted", fontsize=10)
+    axes.legend(fontsize=8, loc="upper left")
+    axes.grid(True, axis="y", alpha=0.3)
+
+
+# The routes' names where a tick has little room.
+SHORT_ROUTES = {FAR: "far, TLS", NEAR: "undelayed", LOOPBACK: "loopback"}
+
+
+def _cpu_per_call(axes: Axes, results: Results) -> None:
+    names = (OURS, PYTURSO)
+    groups = [(route, operation) for route in ROUTES for operation in OPERATIONS]
+    width = 0.8 / len(names)
+    for index, name in enumerate(names):
+        values = [round_trip_of(results.round_trips, route, name, operation).cpu_ms for route, operation in groups]
+        positions = [group + (index - (len(names) - 1) / 2) * width for group in range(len(groups))]
+        bars = axes.bar(positions, values, width=width, color=COLORS[name], label=LABELS[name])
+        axes.bar_label(bars, [f"{value:.1f}" for value in values], fontsize=7, padding=2)
+    axes.set_xticks(range(len(groups)), [f"{operation}()\n{SHORT_ROUTES[route]}" for route, operation in groups],
+                    fontsize=8)
+    axes.set_ylabel("this process's CPU per call (ms, median)")
+    axes.margins(y=0.15)
+    axes.set_title("CPU per pull and push (every thread of the client process)", fontsize=10)
+    axes.legend(fontsize=8, loc="upper left")
+    axes.grid(True, axis="y", alpha=0.3)
+
+
+def _background_before_after(axes: Axes, results: Results) -> None:
+    runs = _background_runs(results)
+    values = [result.lateness_p99_ms for _, _, result in runs]
+    bars = axes.bar(range(len(runs)), values, color=[ROUTE_COLORS.get(result.route, "gray") for _, _, result in runs],
+                    hatch=["//" if style == "--" else "" for _, style, _ in runs])
+    axes.bar_label(bars, [f"p99 {value:.2f} ms\n{result.cpu_s_per_replica_hour:,.1f} CPU s per\nreplica-hour"
+                          for value, (_, _, result) in zip(values, runs)], fontsize=7, padding=2)
+    axes.axhline(LATENESS_P99_LIMIT_MS, color="red", linestyle="--", linewidth=1,
+                 label=f"target: p99 < {LATENESS_P99_LIMIT_MS:.0f} ms")
+    axes.set_xticks(range(len(runs)), [label.replace(", ", ",\n") for label, _, _ in runs], fontsize=7)
+    axes.set_ylabel("loop lateness p99 (ms)")
+    axes.margins(y=0.3)
+    first = results.background[0]
+    axes.set_title(f"Background sync, {first.replicas} replicas: lateness p99 (hatched: before our transport)",
+                   fontsize=10)
+    axes.legend(fontsize=8, loc="upper left")
+    axes.grid(True, axis="y", alpha=0.3)
+
+
+# The recovery axis's ticks (seconds, log scale).
+RECOVERY_TICKS = [0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]
+
+
+def _half_open(axes: Axes, results: Results) -> None:
+    labels: list[str] = []
+    for index, result in enumerate(results.half_open):
+        recovered = [value for value in result.recovery_s if value is not None]
+        axes.plot([index] * len(recovered), recovered, "o", color=COLORS[OURS], markersize=6, alpha=0.7)
+        if recovered:
+            middle = statistics.median(recovered)
+            axes.plot([index - 0.2, index + 0.2], [middle, middle], color="black", linewidth=2)
+            axes.annotate(f"median {middle:.2f} s", (index + 0.22, middle), textcoords="offset points", xytext=(4, -3),
+                          fontsize=8)
+        missing = len(result.recovery_s) - len(recovered)
+        labels.append(f"request_timeout {result.request_timeout_s:g} s" + (" (default)" if result.default_timeout
+                                                                           else "")
+                      + (f"\n{missing} did not recover" if missing else ""))
+    axes.set_xticks(range(len(labels)), labels, fontsize=8)
+    axes.set_xlim(-0.6, len(labels) - 0.4)
+    axes.set_yscale("log")
+    every = [value for result in results.half_open for value in result.recovery_s if value is not None]
+    if every:
+        low, high = min(every) / 2, max(every) * 2
+        axes.set_ylim(low, high)
+        axes.set_yticks([tick for tick in RECOVERY_TICKS if low <= tick <= high])
+    axes.yaxis.set_major_formatter(FuncFormatter(_plain_number))
+    axes.yaxis.set_minor_formatter(FuncFormatter(_no_label))
+    axes.set_ylabel("from the link's return to the first successful round (s, log scale)")
+    if results.half_open:
+        first = results.half_open[0]
+        axes.set_title(f"Half-open link for {first.black_hole_s:g} s, background sync every {first.interval_s:g} s: "
+                       "recovery", fontsize=10)
+    axes.grid(True, axis="y", alpha=0.3)
+
+
+def write_sync_chart(results: Results, path: Path) -> None:
+    """Six panels: pull and push over the far link and on loopback, round trips and connections, CPU per call,
+    background sync now and before, and recovery from a half-open link."""
+    figure = Figure(figsize=(18, 11), layout="constrained")
+    grid = figure.add_gridspec(2, 3)
+    _pull_and_push(figure.add_subplot(grid[0, 0]), results, FAR, FAR_RATIO_LIMIT)
+    _pull_and_push(figure.add_subplot(grid[0, 1]), results, LOOPBACK, LOOPBACK_RATIO_LIMIT)
+    _round_trips_and_connections(figure.add_subplot(grid[0, 2]), results)
+    _cpu_per_call(figure.add_subplot(grid[1, 0]), results)
+    _background_before_after(figure.add_subplot(grid[1, 1]), results)
+    _half_open(figure.add_subplot(grid[1, 2]), results)
+    figure.suptitle("turso-sync-aio: the sync transport" + (" (smoke run: targets not checked)" if results.smoke
+                                                            else ""), fontsize=14)
+    pulls_and_pushes = {f"{operation} ({route})" for operation in OPERATIONS for route in (FAR, LOOPBACK)}
+    cells = [f"{check.short}: {check.measured} {check.verdict}" for check in results.targets
+             if check.short in pulls_and_pushes or check.short.startswith(("half-open", "background lateness"))]
+    verdicts = "\n".join("    ".join(cells[start:start + 2]) for start in range(0, len(cells), 2))
+    figure.text(0.5, -0.01, f"{results.machine.describe()}\n{results.module.describe()}    {results.started}\n"
+                f"{verdicts}", ha="center", va="top", fontsize=8)
     figure.savefig(path, dpi=100, bbox_inches="tight")

@@ -1,21 +1,23 @@
-"""What the benchmarks share: run settings, the implementations under test, the remote database, statistics."""
+"""What the benchmarks share: run settings, the implementations under test, the remote database, the interleaving."""
 
 import hashlib
 import importlib.metadata
 import importlib.util
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Awaitable, Callable, Protocol, TypeVar, cast
+from typing import Any, Awaitable, Callable, Mapping, Optional, Protocol, Sequence, TypeVar, Union, cast
 
 import turso.lib_aio
 import turso.lib_sync
 import turso.lib_sync_aio
 from testkit.sync_server import TURSODB, SyncServer
+from testkit.tls import LoopbackCertificates
 
 _T = TypeVar("_T")
 
@@ -77,6 +79,17 @@ class Settings:
     local_sql_rounds: int
     local_sql_window: float
     local_sql_bound: float
+    # Pull and push of one row through a far link with TLS and on plain loopback (benchmarks/round_trips.py): rounds,
+    # the far link's round-trip time, and the calls per round and implementation on loopback (one on the far link).
+    round_trip_rounds: int
+    wan_round_trip: float
+    loopback_calls: int
+    # A half-open link during background sync (benchmarks/half_open.py): the request_timeout values measured (None
+    # leaves the default), replicas per value, the background interval, and how long the link swallows everything.
+    half_open_timeouts: tuple[Optional[float], ...]
+    half_open_replicas: int
+    half_open_interval: float
+    half_open_seconds: float
 
 
 MB = 1024 * 1024
@@ -102,6 +115,13 @@ FULL = Settings(
     local_sql_rounds=3,
     local_sql_window=2.0,
     local_sql_bound=3.0,
+    round_trip_rounds=25,
+    wan_round_trip=0.050,
+    loopback_calls=6,
+    half_open_timeouts=(1.0, None),
+    half_open_replicas=3,
+    half_open_interval=0.2,
+    half_open_seconds=3.0,
 )
 
 SMOKE = Settings(
@@ -125,11 +145,22 @@ SMOKE = Settings(
     local_sql_rounds=1,
     local_sql_window=0.2,
     local_sql_bound=0.5,
+    round_trip_rounds=1,
+    wan_round_trip=0.050,
+    loopback_calls=1,
+    half_open_timeouts=(0.5, 1.0),
+    half_open_replicas=1,
+    half_open_interval=0.2,
+    half_open_seconds=0.5,
 )
 
 
 class AsyncReplica(Protocol):
     """The part of an asyncio sync connection the benchmarks use (ours and pyturso's module both have it)."""
+
+    async def execute(self, sql: str, parameters: Union[Sequence[Any], Mapping[str, Any]] = ...) -> object: ...
+
+    async def commit(self) -> None: ...
 
     async def pull(self) -> bool: ...
 
@@ -211,21 +242,12 @@ def remote_size(server: SyncServer) -> int:
     return pages * page_size
 
 
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    if len(ordered) % 2:
-        return ordered[middle]
-    return (ordered[middle - 1] + ordered[middle]) / 2
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """The value below which `fraction` of `values` lie (linear interpolation between the closest ranks)."""
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * fraction
-    lower = int(position)
-    upper = min(lower + 1, len(ordered) - 1)
-    return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
+def p99(values: Sequence[float]) -> float:
+    """The 99th percentile of `values`: the 99th of statistics.quantiles' 100-quantiles, "inclusive" method (linear
+    interpolation between the closest ranks, as numpy's default); a single value is its own percentile."""
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[98]
 
 
 def rotated(items: list[_T], turn: int) -> list[_T]:
@@ -267,8 +289,8 @@ class PerCallResult:
             placement=placement,
             calls=len(every_call),
             min_us=round(min(every_call), 2),
-            median_us=round(median(every_call), 2),
-            round_medians_us=[round(median(durations) * 1e6, 2) for durations in per_round],
+            median_us=round(statistics.median(every_call), 2),
+            round_medians_us=[round(statistics.median(durations) * 1e6, 2) for durations in per_round],
         )
 
 
@@ -335,22 +357,94 @@ def filesystem_of(path: Path) -> str:
     return kind
 
 
-def describe_ours() -> str:
-    """Which turso/lib_sync_aio.py was measured: its checksum and the commit it is at (or "modified")."""
-    source = CHECKOUT / "turso" / "lib_sync_aio.py"
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+# The files of the module measured, relative to the checkout that holds the imported turso package.
+MODULE_FILES = ("turso/lib_sync_aio.py", "turso/background_sync_aio.py", "turso/sqlalchemy_sync_aio.py")
+MODULE_PACKAGE = "turso/_sync_aio"
+
+
+@dataclass(frozen=True)
+class ModuleRecord:
+    """Which module a run measured: a digest of its files and the commit of the checkout they came from."""
+
+    # The checkout that holds the imported `turso` package.
+    checkout: str
+    # sha256 of every module file (MODULE_FILES and MODULE_PACKAGE's .py files) by path, and one over all of them
+    # (each path and its digest, in path order).
+    sha256: str
+    files: dict[str, str]
+    # `git rev-parse HEAD` of that checkout, and whether a module file differs from it (then the figures are not
+    # those of any commit).
+    commit: str
+    modified: bool
+
+    def describe(self) -> str:
+        """One line for tables and charts: the digest, the commit, and whether the files were as committed."""
+        state = "with uncommitted changes" if self.modified else "as committed"
+        return f"module sha256 {self.sha256[:12]} ({len(self.files)} files) at commit {self.commit[:10]}, {state}"
+
+
+def _git(checkout: Path, *arguments: str) -> str:
+    return subprocess.run(
+        ["git", *arguments], cwd=checkout, capture_output=True, text=True, timeout=10, check=True
+    ).stdout.strip()
+
+
+def describe_module() -> ModuleRecord:
+    """The module this process imported (wherever `turso.lib_sync_aio` comes from): digests of its files, and the
+    commit of their checkout."""
+    checkout = Path(turso.lib_sync_aio.__file__).resolve().parent.parent
+    paths = [*MODULE_FILES, *sorted(
+        path.relative_to(checkout).as_posix() for path in (checkout / MODULE_PACKAGE).rglob("*.py")
+    )]
+    files = {path: hashlib.sha256((checkout / path).read_bytes()).hexdigest() for path in paths}
+    overall = hashlib.sha256("".join(f"{path} {digest}\n" for path, digest in sorted(files.items())).encode())
     try:
-        commit = subprocess.run(
-            ["git", "log", "-1", "--format=%h", "--", "turso/lib_sync_aio.py"],
-            cwd=CHECKOUT, capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "--", "turso/lib_sync_aio.py"],
-            cwd=CHECKOUT, capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
+        commit = _git(checkout, "rev-parse", "HEAD")
+        modified = bool(_git(checkout, "status", "--porcelain", "--", *MODULE_FILES, MODULE_PACKAGE))
     except (OSError, subprocess.SubprocessError):
-        return f"sha256 {digest}"
-    return f"sha256 {digest}, last commit {commit}" + (" + uncommitted changes" if changed else "")
+        commit, modified = "unknown (not a git checkout)", True
+    return ModuleRecord(str(checkout), overall.hexdigest(), files, commit, modified)
+
+
+def load_average() -> tuple[float, float, float]:
+    """The machine's load average over 1, 5 and 15 minutes (what else was running shapes every figure)."""
+    one, five, fifteen = os.getloadavg()
+    return (round(one, 2), round(five, 2), round(fifteen, 2))
+
+
+@dataclass(frozen=True)
+class TestCertificates:
+    """The files of a throwaway CA (trusted through SSL_CERT_FILE) and of a loopback server certificate it signed."""
+
+    ca_file: Path
+    # The server's key and certificate chain in one PEM file, for `FrontEndProcess(port, str(server_pem))`.
+    server_pem: Path
+
+
+def trust_test_ca(folder: Path) -> TestCertificates:
+    """Make a test CA and a server certificate for 127.0.0.1 in `folder`, and make this process trust that CA only
+    (SSL_CERT_FILE). Call it before any TLS context is made: ours caches one per SSL_CERT_FILE, urllib makes one per
+    request, and both read the variable then."""
+    certificates = LoopbackCertificates()
+    found = TestCertificates(
+        certificates.write_ca(folder / "test-ca.pem"), certificates.write_server_pem(folder / "server.pem")
+    )
+    os.environ["SSL_CERT_FILE"] = str(found.ca_file)
+    return found
+
+
+def transport_connections_opened(replica: AsyncReplica) -> Optional[int]:
+    """TCP connections our replica's sync transport has opened so far, or None for pyturso's module (or if our
+    module no longer has the attribute).
+
+    The one place the benchmarks reach a private name of ours: `ConnectionSync._engine.transport.connections_opened`
+    (the engine's operations' transport; partial sync's page reads have another, unused here).
+    """
+    if not isinstance(replica, turso.lib_sync_aio.ConnectionSync):
+        return None
+    engine: object = getattr(replica, "_engine", None)
+    opened: object = getattr(getattr(engine, "transport", None), "connections_opened", None)
+    return opened if isinstance(opened, int) else None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ interpreter lock, so it bounds how many pulls one process can overlap.
 """
 
 import asyncio
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -25,7 +26,6 @@ from benchmarks.common import (
     AsyncReplica,
     Settings,
     connect_blocking,
-    median,
     rotated,
 )
 from testkit.proxy import ProxyProcess
@@ -128,8 +128,8 @@ async def measure_concurrency(settings: Settings, workdir: Path) -> tuple[list[C
             implementation=name,
             wall_s=[round(value, 4) for value in walls[count, name]],
             min_s=round(min(walls[count, name]), 4),
-            median_s=round(median(walls[count, name]), 4),
-            cpu_ms_per_pull=round(median(cpu_per_pull[count, name]) * 1000, 2),
+            median_s=round(statistics.median(walls[count, name]), 4),
+            cpu_ms_per_pull=round(statistics.median(cpu_per_pull[count, name]) * 1000, 2),
             all_pulled_new=all_new[count, name],
         )
         for count in settings.replica_counts
@@ -139,7 +139,7 @@ async def measure_concurrency(settings: Settings, workdir: Path) -> tuple[list[C
         Speedup(
             replicas=count,
             implementation=name,
-            speedup=round(median(walls[count, BLOCKING]) / median(walls[count, name]), 2),
+            speedup=round(statistics.median(walls[count, BLOCKING]) / statistics.median(walls[count, name]), 2),
         )
         for count in settings.replica_counts
         for name in (OURS, PYTURSO, THREADS)

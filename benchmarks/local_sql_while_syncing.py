@@ -27,12 +27,13 @@ import asyncio
 import contextlib
 import json
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Optional, Protocol, Sequence, Union, cast
 
-from benchmarks.common import ASYNC_CONNECTS, CHECKOUT, JS, MB, OURS, PYTURSO, Settings, median, percentile, rotated
+from benchmarks.common import ASYNC_CONNECTS, CHECKOUT, JS, MB, OURS, PYTURSO, Settings, p99, rotated
 from testkit.proxy import ProxyProcess
 from testkit.sync_server import SyncServer
 
@@ -474,8 +475,8 @@ def _summaries(name: str, samples: dict[str, _Samples], bound: float) -> list[Lo
                     scenario=scenario,
                     kind=kind,
                     count=len(latencies),
-                    p50_ms=round(median(latencies), 3) if latencies else 0.0,
-                    p99_ms=round(percentile(latencies, 0.99), 3) if latencies else 0.0,
+                    p50_ms=round(statistics.median(latencies), 3) if latencies else 0.0,
+                    p99_ms=round(p99(latencies), 3) if latencies else 0.0,
                     max_ms=round(max(latencies), 3) if latencies else 0.0,
                     errors=len(errors),
                     error_messages=sorted(set(errors))[:5],

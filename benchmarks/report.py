@@ -1,14 +1,39 @@
-"""The benchmark's outputs: targets checked, Markdown tables on stdout, results.json and chart.png."""
+"""The benchmark's outputs: every target checked, the tables (on stdout and in the results page), results.json.
+
+`write_page` writes benchmarks/results/RESULTS.md from one run's `Results` alone: the run's module, machine and load,
+the verdict on every target in the same words ("met" or "missed"), the tables, and the charts. Nothing in it is
+written by hand; the method is in benchmarks/README.md.
+"""
 
 import json
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from benchmarks.background import LATENESS_P99_LIMIT_MS, THREADS_PER_REPLICA_LIMIT, BackgroundResult
-from benchmarks.common import BLOCKING, DESCRIPTIONS, JS, MB, OURS, PYTURSO, THREADS, Machine, Settings, median
+from benchmarks.background import (
+    LATENESS_P99_LIMIT_MS,
+    PLAIN,
+    THREADS_PER_REPLICA_LIMIT,
+    TLS,
+    BackgroundRecord,
+    BackgroundResult,
+)
+from benchmarks.common import (
+    BLOCKING,
+    DESCRIPTIONS,
+    JS,
+    MB,
+    OURS,
+    PYTURSO,
+    THREADS,
+    Machine,
+    ModuleRecord,
+    Settings,
+)
 from benchmarks.concurrency import ConcurrencyResult, Speedup
 from benchmarks.footprint import FootprintRow
+from benchmarks.half_open import HalfOpenResult
 from benchmarks.local_sql_while_syncing import (
     KINDS,
     SCENARIO_LABELS,
@@ -32,6 +57,7 @@ from benchmarks.queries import (
     query_ratios,
 )
 from benchmarks.responsiveness import BOOTSTRAP, IDLE, PULL, LatenessResult
+from benchmarks.round_trips import FAR, LOOPBACK, NEAR, OPERATIONS, ROUTES, RoundTripResult, round_trip_of
 
 # The targets: our median per call at most this many times pyturso's module's (stats and the local queries; pull and
 # push, whose 10-20 ms are the HTTP round trip, at most the looser limit); execute_fetchall at most this fraction of
@@ -45,6 +71,14 @@ SPEEDUP_TARGETS = {8: 5.0, 32: 15.0}
 # Local SQL while syncing (ours): p99 of reads and of writes at most this (ms) in every scenario; the max below the
 # JS binding's; no error and nothing blocked.
 LOCAL_SQL_P99_LIMIT_MS = 5.0
+# Pull and push of one row (issue 17): ours at most this many times pyturso's module's median over the far link with
+# TLS (one round trip per request plus the server's time), and on plain loopback.
+FAR_RATIO_LIMIT = 0.45
+LOOPBACK_RATIO_LIMIT = 1.02
+# The words of every verdict.
+MET = "met"
+MISSED = "missed"
+NOT_CHECKED = "not checked (smoke run)"
 
 COLORS = {
     OURS: "#1f77b4",
@@ -70,7 +104,7 @@ LABELS = {
 
 @dataclass
 class TargetCheck:
-    """One target, what this run measured, and the verdict ("PASS", "FAIL", or "not checked" in a smoke run)."""
+    """One target, what this run measured, and the verdict: MET, MISSED, or NOT_CHECKED in a smoke run."""
 
     short: str
     target: str
@@ -78,18 +112,26 @@ class TargetCheck:
     verdict: str
 
 
+def verdict(smoke: bool, passed: bool) -> str:
+    """The words for a target's verdict in this run."""
+    return NOT_CHECKED if smoke else (MET if passed else MISSED)
+
+
 @dataclass
 class Results:
     """Everything one run measured (written to results.json)."""
 
     machine: Machine
-    # The turso/lib_sync_aio.py measured (checksum and commit).
-    ours: str
+    # The module measured: its files' digests and the commit they are at.
+    module: ModuleRecord
     # Where the replicas and the remotes' files were, and on what filesystem.
     workdir: str
     smoke: bool
     started: str
     duration_s: float
+    # The machine's load average (1, 5, 15 minutes) when the run started and when it ended.
+    load_average_start: tuple[float, float, float]
+    load_average_end: tuple[float, float, float]
     settings: dict[str, Any]
     overhead: list[OverheadResult]
     # Our median time per call divided by pyturso's module's, per operation.
@@ -103,8 +145,20 @@ class Results:
     footprint: list[FootprintRow]
     local_sql: list[LocalSqlResult]
     local_sql_notes: list[SyncNotes]
-    # Many replicas in background sync on one event loop (benchmarks/background.py).
-    background: BackgroundResult
+    # Pull and push of one row over a far link with TLS and on plain loopback (benchmarks/round_trips.py): every
+    # (route, implementation, operation); ours over pyturso's module per "route, operation"; round trips per call
+    # per "implementation, operation".
+    round_trips: list[RoundTripResult]
+    round_trip_ratios: dict[str, float]
+    round_trips_per_call: dict[str, float]
+    # Many replicas in background sync on one event loop (benchmarks/background.py), on each route; and the record
+    # of the same benchmark on the module before our transport: taking turns with ours in this run (interleaved),
+    # or else from benchmarks/results/before.json, if there is one.
+    background: list[BackgroundResult]
+    background_before: Optional[BackgroundRecord]
+    background_before_interleaved: bool
+    # A half-open link during background sync (benchmarks/half_open.py), per request_timeout.
+    half_open: list[HalfOpenResult]
     targets: list[TargetCheck]
 
 
@@ -160,10 +214,7 @@ def check_targets(
                      f"{speedup.speedup:.2f}x", speedup.speedup >= target)
                 )
     checks += local_sql_checks(local_sql, local_sql_notes)
-    return [
-        TargetCheck(short, target, measured, "not checked" if smoke else ("PASS" if passed else "FAIL"))
-        for short, target, measured, passed in checks
-    ]
+    return [TargetCheck(short, target, measured, verdict(smoke, passed)) for short, target, measured, passed in checks]
 
 
 def local_sql_of(results: list[LocalSqlResult], implementation: str, scenario: str, kind: str) -> LocalSqlResult:
@@ -256,23 +307,33 @@ def format_us(value: float) -> str:
     return f"{value / 1000:,.2f} ms" if value >= 1000 else f"{value:,.1f} µs"
 
 
-def tables(results: Results) -> str:
-    """The run as Markdown tables (printed on stdout, and ready for the README)."""
-    out: list[str] = []
-    out.append(f"Machine: {results.machine.describe()}")
-    out.append(f"Ours: turso/lib_sync_aio.py, {results.ours}")
-    out.append(
-        f"Run: {results.started}, {results.duration_s:.0f} s" + (" (smoke)" if results.smoke else "")
-        + f"; files in {results.workdir}"
-    )
-    out.append("")
+def run_lines(results: Results) -> list[str]:
+    """Which run this is: when, how long, on what machine and load, which module, where its files were."""
+    module = results.module
+    return [
+        f"- Run: {results.started}, {results.duration_s:.0f} s" + (" (smoke run: no target checked)" if results.smoke
+                                                                  else ""),
+        f"- Load average (1, 5, 15 min): {_load(results.load_average_start)} at the start, "
+        f"{_load(results.load_average_end)} at the end",
+        f"- Machine: {results.machine.describe()}",
+        f"- Module: {module.describe()} (commit {module.commit}; files: {', '.join(module.files)})",
+        f"- Files of replicas and remotes in: {results.workdir}",
+    ]
+
+
+def _load(average: tuple[float, float, float]) -> str:
+    return " / ".join(f"{value:.2f}" for value in average)
+
+
+def overhead_table(results: Results) -> list[str]:
+    """Per-call overhead of stats(), pull() and push() with nothing to sync, per placement."""
     overhead = {(result.implementation, result.operation, result.placement): result for result in results.overhead}
     rounds = results.settings["overhead_rounds"]
-    out.append(
-        f"Per-call overhead: min / median over every call of {rounds} interleaved rounds; the worker thread pinned to "
-        "the event loop's core or to another core"
-    )
-    out.append("")
+    out = [
+        f"Min / median over every call of {rounds} interleaved rounds; the worker thread pinned to the event loop's "
+        "core or to another core, or neither thread pinned.",
+        "",
+    ]
     rows: list[list[str]] = []
     labels = {"stats": "stats()", "pull": "pull(), nothing new", "push": "push(), nothing to push"}
     for operation, label in labels.items():
@@ -285,45 +346,49 @@ def tables(results: Results) -> str:
                 row.append("" if found is None else f"{format_us(found.min_us)} / {format_us(found.median_us)}")
             row.append(f"{results.overhead_ours_over_pyturso[f'{operation}, {placement}']:.3f}x")
             rows.append(row)
-    out += _table(
+    return out + _table(
         ["operation", "worker on", "ours", "pyturso module", "blocking, direct", "ours / pyturso (medians)"], rows
     )
-    out.append("")
-    out += query_table(results)
-    out.append("")
+
+
+def responsiveness_table(results: Results) -> list[str]:
+    """Heartbeat lateness during a large bootstrap and a large pull."""
     bootstrap_bytes = max(lateness_of(results.responsiveness, OURS, BOOTSTRAP).remote_bytes) / MB
     pull_bytes = max(lateness_of(results.responsiveness, OURS, PULL).received_bytes) / MB
-    out.append(
-        f"Event-loop lateness of a 1 ms heartbeat ({results.settings['responsiveness_rounds']} rounds; bootstrap of a "
-        f"{bootstrap_bytes:.1f} MiB remote, pull of {pull_bytes:.1f} MiB of new rows)"
-    )
-    out.append("")
-    rows = []
+    out = [
+        f"Lateness of a 1 ms heartbeat ({results.settings['responsiveness_rounds']} rounds; bootstrap of a "
+        f"{bootstrap_bytes:.1f} MiB remote, pull of {pull_bytes:.1f} MiB of new rows).",
+        "",
+    ]
+    rows: list[list[str]] = []
     for phase in (BOOTSTRAP, PULL):
         for name in (OURS, PYTURSO, BLOCKING):
             lateness = lateness_of(results.responsiveness, name, phase)
             rows.append(
-                [phase, LABELS[name], f"{lateness.max_ms:.2f}", f"{median(lateness.round_max_ms):.2f}",
-                 f"{lateness.p99_ms:.2f}", f"{lateness.median_ms:.2f}", f"{median(lateness.durations_s) * 1000:.0f}",
-                 str(lateness.samples)]
+                [phase, LABELS[name], f"{lateness.max_ms:.2f}", f"{statistics.median(lateness.round_max_ms):.2f}",
+                 f"{lateness.p99_ms:.2f}", f"{lateness.median_ms:.2f}",
+                 f"{statistics.median(lateness.durations_s) * 1000:.0f}", str(lateness.samples)]
             )
     idle = lateness_of(results.responsiveness, "none", IDLE)
     rows.append(["idle", LABELS["none"], f"{idle.max_ms:.2f}", f"{idle.max_ms:.2f}", f"{idle.p99_ms:.2f}",
                  f"{idle.median_ms:.2f}", f"{idle.durations_s[0] * 1000:.0f}", str(idle.samples)])
-    out += _table(
+    return out + _table(
         ["phase", "implementation", "max ms", "median round max ms", "p99 ms", "median ms", "duration ms", "beats"],
         rows,
     )
-    out.append("")
+
+
+def concurrency_table(results: Results) -> list[str]:
+    """N replicas pulling at once through the delaying proxy, against N blocking pulls in turn."""
     delay_ms = results.settings["proxy_delay"] * 1000
-    out.append(
-        f"Concurrency: N replicas pulling one new row each through a proxy adding {delay_ms:.0f} ms per request "
-        f"(wall time, median of {results.settings['concurrency_rounds']} rounds)"
-    )
-    out.append("")
+    out = [
+        f"N replicas pulling one new row each through a proxy adding {delay_ms:.0f} ms per request (wall time, median "
+        f"of {results.settings['concurrency_rounds']} rounds).",
+        "",
+    ]
     walls = {(result.replicas, result.implementation): result for result in results.concurrency}
     speedups = {(speedup.replicas, speedup.implementation): speedup.speedup for speedup in results.speedups}
-    rows = []
+    rows: list[list[str]] = []
     for count in results.settings["replica_counts"]:
         rows.append(
             [str(count)]
@@ -337,25 +402,89 @@ def tables(results: Results) -> str:
         rows,
     )
     if not all(result.all_pulled_new for result in results.concurrency):
-        out.append("WARNING: some pulls found nothing new")
-    out.append("")
-    out.append("Cost per open replica (our module; a fresh process; RSS compared with no replica open)")
-    out.append("")
+        out += ["", "Some pulls found nothing new."]
+    return out
+
+
+def footprint_table(results: Results) -> list[str]:
+    """OS threads and resident memory per open replica."""
     rows = [
         [str(row.replicas), str(row.threads), f"+{row.threads_added}", f"{row.rss_mib:.1f}",
          f"+{row.rss_added_mib:.1f}", f"{row.rss_per_replica_mib:.2f}"]
         for row in results.footprint
     ]
-    out += _table(["open replicas", "threads", "added", "RSS MiB", "added MiB", "MiB per replica"], rows)
-    out.append("")
-    out += local_sql_table(results)
-    out.append("")
-    out += background_table(results.background)
-    out.append("")
-    out.append("Targets" + (" (smoke run: not checked)" if results.smoke else ""))
-    out.append("")
-    out += _table(["target", "measured", "verdict"], [[c.target, c.measured, c.verdict] for c in results.targets])
+    return [
+        "Our module, in a fresh process; RSS compared with no replica open.",
+        "",
+        *_table(["open replicas", "threads", "added", "RSS MiB", "added MiB", "MiB per replica"], rows),
+    ]
+
+
+def targets_table(results: Results) -> list[str]:
+    """Every target of the run, what was measured, and the verdict, in the same words for all."""
+    met = sum(1 for check in results.targets if check.verdict == MET)
+    missed = sum(1 for check in results.targets if check.verdict == MISSED)
+    summary = (f"{len(results.targets)} targets, none checked (smoke run)." if results.smoke
+               else f"{len(results.targets)} targets: {met} met, {missed} missed.")
+    return [
+        summary,
+        "",
+        *_table(["target", "measured", "verdict"], [[c.target, c.measured, c.verdict] for c in results.targets]),
+    ]
+
+
+def sections(results: Results) -> list[tuple[str, list[str]]]:
+    """The run as (heading, Markdown lines) sections, in the order of the page and of stdout."""
+    return [
+        ("Targets", targets_table(results)),
+        ("Pull and push over a far link with TLS, and on plain loopback", round_trip_table(results)),
+        ("Background sync of many replicas", background_table(results)),
+        ("A half-open link during background sync", half_open_table(results)),
+        ("Per-call overhead", overhead_table(results)),
+        ("Local queries", query_table(results)),
+        ("Event-loop responsiveness", responsiveness_table(results)),
+        ("Concurrency", concurrency_table(results)),
+        ("Footprint", footprint_table(results)),
+        ("Local SQL while syncing", local_sql_table(results)),
+    ]
+
+
+def tables(results: Results) -> str:
+    """The run as text for stdout: which run it is, then each section's heading and tables."""
+    out = run_lines(results)
+    for heading, lines in sections(results):
+        out += ["", heading, "", *lines]
     return "\n".join(out)
+
+
+# The charts the page shows, by file name, with their captions.
+CHARTS = {
+    "sync.png": "Pull and push over a far link with TLS and on loopback, background sync on both routes and before "
+                "our transport, and the half-open link",
+    "chart.png": "Concurrency, per-call overhead, event-loop lateness, footprint, local queries, background sync",
+    "local_sql.png": "Local SQL while syncing",
+}
+
+
+def write_page(results: Results, path: Path) -> None:
+    """Write the results page (Markdown) for this run: every figure from `results`, none by hand."""
+    out = [
+        "# Benchmark results",
+        "",
+        "Written by `benchmarks/report.py` from one run of "
+        + ("`python -m benchmarks --smoke`" if results.smoke else "`make bench`")
+        + " (`results.json` beside this page holds every figure of it); not edited by hand. What each benchmark "
+        "measures, and how: [benchmarks/README.md](" + ("../../README.md" if results.smoke else "../README.md")
+        + ").",
+        "",
+        *run_lines(results),
+    ]
+    for heading, lines in sections(results):
+        out += ["", f"## {heading}", "", *lines]
+    out += ["", "## Charts", ""]
+    for name, caption in CHARTS.items():
+        out += [f"{caption}:", "", f"![{caption}]({name})", ""]
+    path.write_text("\n".join(out), encoding="utf-8")
 
 
 def query_table(results: Results) -> list[str]:
@@ -363,8 +492,8 @@ def query_table(results: Results) -> list[str]:
     medians = {(result.implementation, result.operation, result.placement): result.median_us
                for result in results.queries}
     out = [
-        f"Local queries: median per call over every call of {results.settings['query_rounds']} interleaved rounds; "
-        "one core = the loop and the worker thread on one CPU (as under taskset -c 0)",
+        f"Median per call over every call of {results.settings['query_rounds']} interleaved rounds; one core = the "
+        "loop and the worker thread on one CPU (as under taskset -c 0).",
         "",
     ]
     rows: list[list[str]] = []
@@ -437,57 +566,226 @@ def local_sql_table(results: Results) -> list[str]:
     return out
 
 
-def background_targets(smoke: bool, result: BackgroundResult) -> list[TargetCheck]:
-    """The background sync benchmark against its targets (issue 14); a smoke run checks nothing."""
-    count = result.replicas
-    missing = f", {result.missing_arrivals} never arrived" if result.missing_arrivals else ""
-    checks = [
-        ("background lateness p99",
-         f"{count} replicas in background sync: loop lateness p99 < {LATENESS_P99_LIMIT_MS:.0f} ms",
-         f"{result.lateness_p99_ms:.2f} ms", result.lateness_p99_ms < LATENESS_P99_LIMIT_MS),
-        ("threads per replica",
-         f"{count} replicas in background sync: <= {THREADS_PER_REPLICA_LIMIT:.0f} threads per replica",
-         f"{result.threads_per_replica:.2f}", result.threads_per_replica <= THREADS_PER_REPLICA_LIMIT),
-        ("propagation p99",
-         f"{count} replicas: propagation p99 < 2 x interval + server latency ({result.propagation_limit_ms:,.0f} ms)",
-         f"{result.propagation_p99_ms:,.0f} ms{missing}",
-         result.propagation_p99_ms < result.propagation_limit_ms and result.missing_arrivals == 0),
-    ]
+def background_targets(smoke: bool, results: list[BackgroundResult]) -> list[TargetCheck]:
+    """The background sync benchmark against its targets (issues 14 and 17), on each route; a smoke run checks
+    nothing."""
+    checks: list[tuple[str, str, str, bool]] = []
+    for result in results:
+        count, route = result.replicas, result.route
+        missing = f", {result.missing_arrivals} never arrived" if result.missing_arrivals else ""
+        checks += [
+            (f"background lateness p99 ({route})",
+             f"{count} replicas in background sync, {route}: loop lateness p99 < {LATENESS_P99_LIMIT_MS:.0f} ms",
+             f"{result.lateness_p99_ms:.2f} ms", result.lateness_p99_ms < LATENESS_P99_LIMIT_MS),
+            (f"threads per replica ({route})",
+             f"{count} replicas in background sync, {route}: <= {THREADS_PER_REPLICA_LIMIT:.0f} threads per replica",
+             f"{result.threads_per_replica:.2f}", result.threads_per_replica <= THREADS_PER_REPLICA_LIMIT),
+            (f"propagation p99 ({route})",
+             f"{count} replicas, {route}: propagation p99 < 2 x interval + server latency "
+             f"({result.propagation_limit_ms:,.0f} ms)",
+             f"{result.propagation_p99_ms:,.0f} ms{missing}",
+             result.propagation_p99_ms < result.propagation_limit_ms and result.missing_arrivals == 0),
+        ]
+    return [TargetCheck(short, target, measured, verdict(smoke, passed)) for short, target, measured, passed in checks]
+
+
+def round_trip_targets(smoke: bool, results: list[RoundTripResult], ratios: dict[str, float]) -> list[TargetCheck]:
+    """Pull and push of one row (issue 17): ours against pyturso's module over the far link and on loopback; every
+    pull must have fetched its row and every pushed row be on the remote once."""
+    checks: list[TargetCheck] = []
+    for route, limit in ((FAR, FAR_RATIO_LIMIT), (LOOPBACK, LOOPBACK_RATIO_LIMIT)):
+        for operation in OPERATIONS:
+            ours = round_trip_of(results, route, OURS, operation)
+            theirs = round_trip_of(results, route, PYTURSO, operation)
+            ratio = ratios[f"{route}, {operation}"]
+            done = ours.all_done and theirs.all_done
+            checks.append(TargetCheck(
+                f"{operation} ({route})",
+                f"{operation}() of one row, {route}: our median <= {limit:.2f}x pyturso's",
+                f"{ratio:.3f}x ({ours.median_ms:,.1f} against {theirs.median_ms:,.1f} ms)"
+                + ("" if done else "; some pull found nothing or a pushed row is missing or doubled"),
+                verdict(smoke, ratio <= limit and done),
+            ))
+    return checks
+
+
+def half_open_targets(smoke: bool, results: list[HalfOpenResult]) -> list[TargetCheck]:
+    """A half-open link (issue 17): background sync recovers by itself, and nothing is lost or doubled."""
+    checks: list[TargetCheck] = []
+    for result in results:
+        recovered = [value for value in result.recovery_s if value is not None]
+        timeout = f"request_timeout {result.request_timeout_s:g} s" + (" (default)" if result.default_timeout else "")
+        checks.append(TargetCheck(
+            f"half-open link ({timeout})",
+            f"half-open link, {timeout}: every replica's background sync succeeds again by itself once the link is "
+            "back, and every row written meanwhile reaches the remote exactly once",
+            f"{len(recovered)} of {len(result.recovery_s)} recovered, after "
+            + (f"{statistics.median(recovered):.2f} s (median), {max(recovered):.2f} s (max)" if recovered else "-")
+            + f"; rows once: {result.rows_once} of {result.rows_written}",
+            verdict(smoke, len(recovered) == len(result.recovery_s) and result.rows_once == result.rows_written),
+        ))
+    return checks
+
+
+def background_of(results: list[BackgroundResult], route: str) -> Optional[BackgroundResult]:
+    """The result of one route, if measured."""
+    for result in results:
+        if result.route == route:
+            return result
+    return None
+
+
+def _background_cells(result: BackgroundResult) -> list[str]:
+    """One column of the background table: the figures of one route of one run."""
+    per_100 = (
+        "-" if result.front_end_connections is None or not result.front_end_requests
+        else f"{result.front_end_connections * 100 / result.front_end_requests:,.1f} "
+        f"({result.front_end_connections:,} for {result.front_end_requests:,} requests)"
+    )
     return [
-        TargetCheck(short, target, measured, "not checked" if smoke else ("PASS" if passed else "FAIL"))
-        for short, target, measured, passed in checks
+        f"{result.lateness_p50_ms:.2f} / {result.lateness_p99_ms:.2f} / {result.lateness_max_ms:.2f} ms",
+        f"{result.idle_lateness_p99_ms:.2f} / {result.idle_lateness_max_ms:.2f} ms",
+        f"{result.cpu_s_per_replica_hour:,.1f} s ({result.cpu_s_per_replica_hour_net:,.1f} s net)",
+        f"{result.cpu_cores:.2f}",
+        f"{result.threads_per_replica:.2f} ({result.threads_before} before, {result.threads_syncing} syncing)",
+        f"{result.rounds_per_replica_s:.2f}; {result.replicas_with_failures} replicas had a round fail",
+        f"{result.propagation_p50_ms:,.0f} / {result.propagation_p99_ms:,.0f} / {result.propagation_max_ms:,.0f} ms "
+        f"({result.missing_arrivals} of {result.arrivals + result.missing_arrivals} missing)",
+        f"{result.server_latency_ms:.1f} ms",
+        per_100,
+        f"{result.wal_bytes_max / 1024:,.0f} / {result.wal_bytes_median / 1024:,.0f} KiB",
     ]
 
 
-def background_table(result: BackgroundResult) -> list[str]:
-    """The background sync benchmark as a Markdown table."""
+BACKGROUND_MEASURES = [
+    "loop lateness p50 / p99 / max (1 ms heartbeat)",
+    "heartbeat alone: p99 / max",
+    "CPU per replica per hour (net of the heartbeat)",
+    "process CPU, cores",
+    "threads per replica",
+    "rounds per replica per second",
+    "propagation p50 / p99 / max",
+    "server latency (one idle round, one replica)",
+    "client connections per 100 requests (front end)",
+    "WAL per replica at the end: max / median",
+]
+
+
+def background_table(results: Results) -> list[str]:
+    """The background sync benchmark on each route, and on the module before our transport when its record is
+    there (with that run's own date, commit and module digest)."""
+    columns = [(f"{result.route}", result) for result in results.background]
+    before = results.background_before
+    if before is not None:
+        columns += [(f"{result.route}, before", result) for result in before.results]
+    first = results.background[0]
     out = [
-        f"Background sync: {result.replicas} replicas, each in sync_in_background(interval={result.interval_s:g}), "
-        f"on one event loop, measured for {result.duration_s:.0f} s after a warm-up; a row written every "
-        f"{result.write_every_s:g} s on a different replica",
+        f"{first.replicas} replicas, each in sync_in_background(interval={first.interval_s:g}), on one event loop, "
+        f"measured for {first.duration_s:.0f} s after a warm-up; a row written every {first.write_every_s:g} s on a "
+        f"different replica. Routes: {PLAIN} (HTTP to tursodb) and {TLS} (HTTPS to a keep-alive front end before "
+        "tursodb).",
         "",
     ]
-    rows = [
-        ["loop lateness p50 / p99 / max (1 ms heartbeat)",
-         f"{result.lateness_p50_ms:.2f} / {result.lateness_p99_ms:.2f} / {result.lateness_max_ms:.2f} ms",
-         f"heartbeat alone: p99 {result.idle_lateness_p99_ms:.2f}, max {result.idle_lateness_max_ms:.2f} ms"],
-        ["CPU per replica per hour",
-         f"{result.cpu_s_per_replica_hour:,.1f} s ({result.cpu_s_per_replica_hour_net:,.1f} s net of the heartbeat)",
-         f"process: {result.cpu_cores:.2f} cores; heartbeat alone {result.heartbeat_cpu_cores:.3f}"],
-        ["threads per replica", f"{result.threads_per_replica:.2f}",
-         f"{result.threads_before} threads before, {result.threads_syncing} while syncing"],
-        ["rounds per replica per second", f"{result.rounds_per_replica_s:.2f}",
-         f"replicas with a failed round: {result.replicas_with_failures}"],
-        ["propagation p50 / p99 / max",
-         f"{result.propagation_p50_ms:,.0f} / {result.propagation_p99_ms:,.0f} / {result.propagation_max_ms:,.0f} ms",
-         f"{result.arrivals} arrivals of {result.rows_written} rows, {result.missing_arrivals} missing; "
-         f"server latency (one idle round) {result.server_latency_ms:.1f} ms"],
-        ["WAL per replica at the end: max / median",
-         f"{result.wal_bytes_max / 1024:,.0f} / {result.wal_bytes_median / 1024:,.0f} KiB",
-         f"{result.wal_bytes_total / 2**20:,.1f} MiB for all; checkpoint_wal_bytes "
-         f"{'none' if result.checkpoint_wal_bytes is None else f'{result.checkpoint_wal_bytes / 2**20:g} MiB'}"],
+    if before is not None:
+        when = (
+            "in this run, in a child process from a worktree at that commit, each route right beside ours"
+            if results.background_before_interleaved else f"in another run, {before.started}"
+        )
+        out += [
+            f'"Before": the same benchmark code on the module before our transport, {when}; '
+            f"{before.module.describe()} (commit {before.module.commit}); load average "
+            f"{_load(before.load_average_start)} at its start and {_load(before.load_average_end)} at its end; "
+            f"{before.machine.describe()}.",
+            "",
+        ]
+    cells = [_background_cells(result) for _, result in columns]
+    rows = [[measure, *(column[index] for column in cells)] for index, measure in enumerate(BACKGROUND_MEASURES)]
+    return out + _table(["measure", *(name for name, _ in columns)], rows)
+
+
+def round_trip_table(results: Results) -> list[str]:
+    """Pull and push of one row on each route: medians, ratios, CPU, connections; then round trips per call."""
+    settings = results.settings
+    rtt_ms = settings["wan_round_trip"] * 1000
+    out = [
+        f"Pull of one new row and push of one row, each replica on a remote of its own. {FAR}: a proxy playing a "
+        f"link of {rtt_ms:.0f} ms round trip (half of it each way per chunk, a whole one for a new connection) before "
+        f"a keep-alive TLS front end before tursodb. {NEAR}: the same replicas and chain, the proxy set to 0. "
+        f"{LOOPBACK}: tursodb directly, plain HTTP. {settings['round_trip_rounds']} rounds, the implementations "
+        f"taking turns call by call ({settings['loopback_calls']} calls each per round on loopback, 1 on the others). "
+        "Median (min) per call; CPU is this process's (every thread), median per call; connections are the client "
+        "connections the front end accepted and the TCP connections our transport opened, per 100 calls.",
+        "",
     ]
-    return out + _table(["measure", "value", "context"], rows)
+    rows: list[list[str]] = []
+    for route in ROUTES:
+        for operation in OPERATIONS:
+            ours = round_trip_of(results.round_trips, route, OURS, operation)
+            theirs = round_trip_of(results.round_trips, route, PYTURSO, operation)
+            ratio = ours.median_ms / theirs.median_ms
+
+            def count(value: Optional[float]) -> str:
+                return "-" if value is None else f"{value:g}"
+
+            rows.append([
+                route, f"{operation}()",
+                f"{ours.median_ms:,.1f} ({ours.min_ms:,.1f}) ms", f"{theirs.median_ms:,.1f} ({theirs.min_ms:,.1f}) ms",
+                f"{ratio:.3f}x", f"{ours.cpu_ms:.2f} / {theirs.cpu_ms:.2f} ms",
+                f"{count(ours.front_end_connections_per_100)} / {count(theirs.front_end_connections_per_100)}",
+                count(ours.transport_connections_per_100),
+            ])
+    out += _table(
+        ["route", "operation", "ours", "pyturso module", "ours / pyturso", "CPU per call, ours / pyturso",
+         "front-end connections per 100, ours / pyturso", "our transport's connections per 100"],
+        rows,
+    )
+    out += [
+        "",
+        f"Round trips each call waits for in turn: ({FAR} median - {NEAR} median) / {rtt_ms:.0f} ms.",
+        "",
+    ]
+    per_call = results.round_trips_per_call
+    out += _table(
+        ["operation", "ours", "pyturso module"],
+        [[f"{operation}()", f"{per_call[f'{OURS}, {operation}']:.2f}", f"{per_call[f'{PYTURSO}, {operation}']:.2f}"]
+         for operation in OPERATIONS],
+    )
+    return out
+
+
+def half_open_table(results: Results) -> list[str]:
+    """Recovery from a half-open link, per request_timeout."""
+    if not results.half_open:
+        return ["Not measured."]
+    first = results.half_open[0]
+    out = [
+        f"Replicas in sync_in_background(interval={first.interval_s:g}) behind a proxy and a keep-alive front end; "
+        f"the proxy swallows new connections and freezes the open ones for {first.black_hole_s:g} s, then lets new "
+        "connections through again. Recovery: from then until the end of the replica's first successful round "
+        "(status.last_success_unix_time). Unhealthy: from the start of the black hole until status.healthy was "
+        "first seen False.",
+        "",
+    ]
+
+    def seconds(values: list[Optional[float]]) -> str:
+        return ", ".join("never" if value is None else f"{value:.2f}" for value in values)
+
+    rows: list[list[str]] = []
+    for result in results.half_open:
+        recovered = [value for value in result.recovery_s if value is not None]
+        rows.append([
+            f"{result.request_timeout_s:g} s" + (" (default)" if result.default_timeout else ""),
+            seconds(result.recovery_s),
+            f"{statistics.median(recovered):.2f} / {max(recovered):.2f} s" if recovered else "-",
+            ", ".join(str(value) for value in result.failed_rounds),
+            seconds(result.unhealthy_after_s),
+            f"{result.rows_once} of {result.rows_written}",
+        ])
+    return out + _table(
+        ["request_timeout", "recovery per replica, s", "recovery median / max", "failed rounds in a row",
+         "unhealthy after, s", "rows on the remote exactly once"],
+        rows,
+    )
 
 
 def write_json(results: Results, path: Path) -> None:

@@ -9,6 +9,7 @@ reference: called on the loop, it holds the loop for the whole operation.
 
 import asyncio
 import shutil
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,7 @@ from benchmarks.common import (
     Settings,
     connect_blocking,
     fill_remote,
-    median,
-    percentile,
+    p99,
     remote_size,
     rotated,
 )
@@ -235,8 +235,8 @@ async def measure_responsiveness(settings: Settings, workdir: Path) -> list[Late
             durations_s=[round(value, 4) for value in found.durations],
             samples=len(found.lateness),
             max_ms=round(max(found.lateness) * 1e3, 3),
-            p99_ms=round(percentile(found.lateness, 0.99) * 1e3, 3),
-            median_ms=round(median(found.lateness) * 1e3, 3),
+            p99_ms=round(p99(found.lateness) * 1e3, 3),
+            median_ms=round(statistics.median(found.lateness) * 1e3, 3),
             round_max_ms=[round(value * 1e3, 3) for value in found.round_max],
             round_max_at_ms=[round(value * 1e3, 1) for value in found.round_max_at],
             lateness_ms=[round(value * 1e3, 3) for value in found.lateness],

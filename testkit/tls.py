@@ -1,7 +1,8 @@
 """A throwaway certificate authority and a server certificate for 127.0.0.1, ::1 and localhost, for TLS on loopback.
 
 Made with `trustme` (a test dependency, pinned in requirements.txt). `LoopbackCertificates().server_context()` is what a
-test server wraps its sockets with; `write_ca(path)` writes the CA in PEM, for SSL_CERT_FILE.
+test server wraps its sockets with; `write_ca(path)` writes the CA in PEM, for SSL_CERT_FILE; `write_server_pem(path)`
+writes the server's key and certificate chain, for a server in another process (`FrontEndProcess(port, path)`).
 """
 
 import ssl
@@ -41,4 +42,10 @@ class LoopbackCertificates:
     def write_ca(self, path: Path) -> Path:
         """Write the CA certificate in PEM to `path` (for SSL_CERT_FILE) and return `path`."""
         path.write_bytes(self.ca_pem())
+        return path
+
+    def write_server_pem(self, path: Path) -> Path:
+        """Write the server's private key and certificate chain in one PEM file (a certfile that holds its key) to
+        `path` and return `path`."""
+        self._server.private_key_and_cert_chain_pem.write_to_path(str(path))
         return path
