@@ -9,6 +9,7 @@ connection the server closed, and its TLS.
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -41,9 +42,10 @@ def tls_front_end(sync_server: SyncServer, certificates: LoopbackCertificates) -
 
 def transport_connections(conn: ConnectionSync) -> int:
     # What the replica's transport opened so far (a private counter, read here only).
-    engine = conn._engine  # pyright: ignore[reportPrivateUsage]
+    engine: Any = cast(Any, conn)._engine
     assert engine is not None
-    return engine.transport.connections_opened
+    opened: int = engine.transport.connections_opened
+    return opened
 
 
 async def insert(conn: ConnectionSync, *keys: str) -> None:
