@@ -185,7 +185,7 @@ async def probe(clients: int, phase_seconds: float, workdir: Path) -> dict[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="A long probe of the FastAPI example under faults of the remote.")
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--phase-seconds", type=float, default=15.0)
     arguments = parser.parse_args()
