@@ -161,6 +161,38 @@ def test_backoff_doubles_per_failure_up_to_max_backoff_never_below_interval_with
     assert Backoff(interval=10.0, max_backoff=1.0).base_delay(3) == 10.0
 
 
+async def test_the_waits_between_rounds_are_jittered_so_replicas_started_together_do_not_sync_in_step(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    # A round that succeeds records its end (last_success_unix_time) and, in the same step of the loop, when the
+    # next round is due (next_round_unix_time): their difference is the wait the loop's timer was given, measured
+    # without patching anything and without the machine's scheduling in it. With checkpoints off the round's end
+    # awaits nothing more.
+    interval = INTERVAL / 2
+    waits: dict[float, float] = {}
+    async with await open_replica(replica_path, sync_server.url) as conn:
+        async with conn.sync_in_background(interval, checkpoint_wal_bytes=None) as background:
+
+            def record_wait() -> bool:
+                status = background.status
+                if status.last_success_unix_time is not None and status.next_round_unix_time is not None:
+                    waits[status.last_success_unix_time] = status.next_round_unix_time - status.last_success_unix_time
+                return len(waits) >= 6
+
+            assert await wait_until(record_wait, timeout=AWAIT_SECONDS), waits
+            # Each wait timed a real round: the round after it ended past its due time.
+            assert await wait_until(lambda: background.status.rounds >= 7, timeout=AWAIT_SECONDS)
+    ends = sorted(waits)
+    for end, later_end in zip(ends, ends[1:]):
+        assert later_end >= end + waits[end], (end, waits[end], later_end)
+    # Every wait is the interval times a factor in [0.8, 1.2] (a millisecond for the code between the two clocks),
+    # and they are not all the interval: six uniform draws from a 40 ms range all fall within 1 ms of one another
+    # less than once in 10**7 runs.
+    drawn = sorted(waits.values())
+    assert all(interval * 0.8 - 0.001 <= wait <= interval * 1.2 + 0.001 for wait in drawn), drawn
+    assert drawn[-1] - drawn[0] > 0.001, f"every wait was {drawn[0]:.4f} s: background sync waits without jitter"
+
+
 # --- sync() and convergence --------------------------------------------------------------------------------------
 
 

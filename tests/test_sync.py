@@ -188,3 +188,25 @@ async def test_sync_pushes_only_when_there_are_local_changes_then_pulls(
         pushed = await asyncio.wait_for(conn.stats(), TIMEOUT)
         assert pushed.cdc_operations == 0 and pushed.last_push_unix_time is not None
     assert sync_server.execute("SELECT id FROM t ORDER BY id") == [("local",), ("remote",)]
+
+
+async def test_sync_pushes_before_it_pulls_so_the_replica_ends_at_the_remote_revision_that_holds_its_push(
+    sync_server: SyncServer, tmp_path: Path
+) -> None:
+    # A push does not move a replica's revision; the pull after it brings the replica to the remote's revision, which
+    # holds the push. Pulled first, the replica would end one revision behind its own rows.
+    sync_server.execute("CREATE TABLE t(id TEXT PRIMARY KEY)")
+    async with connect_sync(str(tmp_path / "local.db"), sync_server.url) as conn:
+        sync_server.execute("INSERT INTO t VALUES ('remote')")
+        await asyncio.wait_for(conn.execute("INSERT INTO t VALUES ('local')"), TIMEOUT)
+        await asyncio.wait_for(conn.commit(), TIMEOUT)
+        assert await asyncio.wait_for(conn.sync(), TIMEOUT) is True
+        synced = await asyncio.wait_for(conn.stats(), TIMEOUT)
+        assert synced.cdc_operations == 0
+        async with connect_sync(str(tmp_path / "fresh.db"), sync_server.url) as fresh:
+            remote_revision = (await asyncio.wait_for(fresh.stats(), TIMEOUT)).revision
+        assert synced.revision == remote_revision, "sync() pulled before it pushed"
+        # Nothing on the remote is new to the replica, not even its own push.
+        assert await asyncio.wait_for(conn.pull(), TIMEOUT) is False
+        assert await rows(conn, "SELECT id FROM t ORDER BY id") == [("local",), ("remote",)]
+    assert sync_server.execute("SELECT id FROM t ORDER BY id") == [("local",), ("remote",)]
