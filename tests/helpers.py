@@ -6,6 +6,7 @@ import gc
 import os
 import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -121,3 +122,10 @@ async def insert_and_commit(conn: ConnectionSync, table: str, keys: list[str]) -
 def remote_keys(server: SyncServer, table: str = "t") -> list[str]:
     """The keys (column k) of `table` on the remote, in order: what has reached the server, each row once."""
     return [str(row[0]) for row in server.execute(f"SELECT k FROM {table} ORDER BY k")]
+
+
+def warned_once_collected(caught: list[warnings.WarningMessage]) -> bool:
+    """Collect garbage, then say whether `caught` (from `warnings.catch_warnings(record=True)`) holds a ResourceWarning.
+    Poll it with wait_until: an unclosed connection is collected, and warns, only once its threads let go of it."""
+    gc.collect()
+    return any(issubclass(warning.category, ResourceWarning) for warning in caught)

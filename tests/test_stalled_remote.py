@@ -36,6 +36,7 @@ from tests.helpers import (
     turso_threads,
     wait_until,
     wait_until_blocking,
+    warned_once_collected,
 )
 from turso.lib_sync import PartialSyncOpts, PartialSyncPrefixBootstrap
 from turso.lib_sync_aio import ConnectionSync, connect_sync
@@ -223,11 +224,9 @@ async def test_connection_dropped_without_close_warns_and_its_sync_lane_stops_to
             assert proxy.held >= 1
             proxy.release()
             assert await wait_until(lambda: proxy.held == 0)
-            await asyncio.sleep(0.2)
-            gc.collect()
-    assert [warning for warning in caught if issubclass(warning.category, ResourceWarning)], (
-        f"no ResourceWarning for an unclosed connection; got {[str(warning.message) for warning in caught]}"
-    )
+        assert await wait_until(lambda: warned_once_collected(caught)), (
+            f"no ResourceWarning for an unclosed connection; got {[str(warning.message) for warning in caught]}"
+        )
     assert await wait_until(lambda: not new_threads(baseline), THREAD_EXIT_SECONDS), (
         f"threads outlived their collected connection: {sorted(t.name for t in new_threads(baseline))}"
     )
