@@ -119,6 +119,11 @@ async def insert_and_commit(conn: ConnectionSync, table: str, keys: list[str]) -
     return time.monotonic() - started
 
 
+async def local_keys(conn: ConnectionSync, table: str = "t") -> list[str]:
+    """The keys (column k) of `table` in the replica, in order, read with a bound."""
+    return [str(row[0]) for row in await bounded(conn.execute_fetchall(f"SELECT k FROM {table} ORDER BY k"))]
+
+
 def remote_keys(server: SyncServer, table: str = "t") -> list[str]:
     """The keys (column k) of `table` on the remote, in order: what has reached the server, each row once."""
     return [str(row[0]) for row in server.execute(f"SELECT k FROM {table} ORDER BY k")]

@@ -9,8 +9,6 @@ way, and that leaving the lifespan does not wait for the round.
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
-from typing import TypeVar
 
 import pytest
 
@@ -18,11 +16,9 @@ import turso
 import turso.lib_sync_aio
 from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer
-from tests.helpers import AWAIT_SECONDS, wait_until
+from tests.helpers import AWAIT_SECONDS, bounded, wait_until
 from turso.background_sync_aio import CHECKPOINT_WAL_BYTES, STOP_TIMEOUT_SECONDS, BackgroundSync
 from turso.lib_sync_aio import LANE_CLOSE_SECONDS, ConnectionSync, connect_sync
-
-_T = TypeVar("_T")
 
 INTERVAL = 0.2
 # A small request_timeout, so that the health window (2 * INTERVAL + REQUEST_TIMEOUT) is short.
@@ -35,11 +31,6 @@ SHUTDOWN_SECONDS = STOP_TIMEOUT_SECONDS + LANE_CLOSE_SECONDS
 # A small WAL limit for the checkpoint tests: a few rows outgrow it.
 SMALL_WAL_BYTES = 64 * 1024
 BODY = "x" * 2000
-
-
-async def bounded(awaitable: Awaitable[_T], timeout: float = AWAIT_SECONDS) -> _T:
-    """Await with a bound: a hang fails the test instead of blocking the run."""
-    return await asyncio.wait_for(awaitable, timeout)
 
 
 async def replica_behind(proxy: DelayingProxy, replica_path: str, sync_server: SyncServer) -> ConnectionSync:

@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 
 from testkit.sync_server import SyncServer
+from tests.helpers import AWAIT_SECONDS
 from turso._sync_aio.replica_files import WAL_FRAME_HEADER_BYTES, WAL_HEADER_BYTES
 from turso.lib_sync_aio import connect_sync
 
 # How long a child may take to open the replica; a spinning open is killed then, and the test fails.
 CHILD_SECONDS = 30.0
-AWAIT_SECONDS = 10.0
 # The local rows of the seed replica: never pushed, so that a replica bootstrapped over them would lose them.
 LOCAL_ROWS = 10
 # Rows of about 3 KB, so that the seed spans some hundred pages.

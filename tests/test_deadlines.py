@@ -17,7 +17,7 @@ import pytest
 import turso
 from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer
-from tests.helpers import turso_threads, wait_until
+from tests.helpers import AWAIT_SECONDS, local_keys, remote_keys, turso_threads, wait_until
 from turso.lib_sync_aio import LANE_CLOSE_SECONDS, REQUEST_TIMEOUT_SECONDS, ConnectionSync, connect_sync
 
 
@@ -57,8 +57,6 @@ async def test_request_timeout_that_is_not_a_number_raises_type_error(
 # A short request_timeout for the tests, and how late the failure may come after it (a busy machine, the thread hop).
 TIMEOUT_SECONDS = 0.5
 LATE_SECONDS = 1.0
-# Upper bound for any single await; a hang fails the test instead of blocking the run.
-AWAIT_SECONDS = 10.0
 # No key: a row that reached the server twice shows up twice.
 LOG_SCHEMA = "CREATE TABLE log(k TEXT, v INTEGER)"
 
@@ -72,15 +70,6 @@ async def open_with_timeout(path: str, url: str, timeout: float = TIMEOUT_SECOND
 async def insert(conn: ConnectionSync, *keys: str) -> None:
     await asyncio.wait_for(conn.executemany("INSERT INTO log VALUES (?, 0)", [(key,) for key in keys]), AWAIT_SECONDS)
     await asyncio.wait_for(conn.commit(), AWAIT_SECONDS)
-
-
-def remote_keys(server: SyncServer) -> list[str]:
-    return [str(row[0]) for row in server.execute("SELECT k FROM log ORDER BY k")]
-
-
-async def local_keys(conn: ConnectionSync) -> list[str]:
-    rows = await asyncio.wait_for(conn.execute_fetchall("SELECT k FROM log ORDER BY k"), AWAIT_SECONDS)
-    return [str(row[0]) for row in rows]
 
 
 async def fails_after_the_timeout(operation: Awaitable[object]) -> tuple[turso.OperationalError, float]:
@@ -121,9 +110,9 @@ async def test_after_a_timed_out_push_the_next_push_sends_each_row_exactly_once(
         proxy.answer_delay = 0.0
         await insert(conn, "c")
         await asyncio.wait_for(conn.push(), AWAIT_SECONDS)
-        assert remote_keys(sync_server) == ["a", "b", "c"]
+        assert remote_keys(sync_server, "log") == ["a", "b", "c"]
         await asyncio.wait_for(conn.push(), AWAIT_SECONDS)
-        assert remote_keys(sync_server) == ["a", "b", "c"]
+        assert remote_keys(sync_server, "log") == ["a", "b", "c"]
 
 
 async def test_after_a_timed_out_pull_the_next_pull_applies_every_remote_change_once(
@@ -137,7 +126,7 @@ async def test_after_a_timed_out_pull_the_next_pull_applies_every_remote_change_
         proxy.answer_delay = 0.0
         sync_server.execute("INSERT INTO log VALUES ('remote-2', 0)")
         assert await asyncio.wait_for(conn.pull(), AWAIT_SECONDS) is True
-        assert await local_keys(conn) == ["remote-1", "remote-2"]
+        assert await local_keys(conn, "log") == ["remote-1", "remote-2"]
 
 
 async def test_a_slow_answer_that_comes_within_the_timeout_is_not_cut(
@@ -152,7 +141,7 @@ async def test_a_slow_answer_that_comes_within_the_timeout_is_not_cut(
         await asyncio.wait_for(conn.push(), AWAIT_SECONDS)
         sync_server.execute("INSERT INTO log VALUES ('remote', 0)")
         assert await asyncio.wait_for(conn.pull(), AWAIT_SECONDS) is True
-    assert remote_keys(sync_server) == ["a", "remote"]
+    assert remote_keys(sync_server, "log") == ["a", "remote"]
 
 
 async def test_a_longer_request_timeout_set_while_open_is_used_by_the_next_request(
@@ -165,7 +154,7 @@ async def test_a_longer_request_timeout_set_while_open_is_used_by_the_next_reque
         await fails_after_the_timeout(conn.push())
         conn.request_timeout = 4 * TIMEOUT_SECONDS
         await asyncio.wait_for(conn.push(), AWAIT_SECONDS)
-    assert remote_keys(sync_server) == ["a"]
+    assert remote_keys(sync_server, "log") == ["a"]
 
 
 # --- opening a fresh replica bootstraps with the same deadline ------------------------------------------------------
@@ -211,15 +200,15 @@ async def test_a_fresh_replica_bootstrapped_through_the_transport_has_the_remote
     sync_server.execute(LOG_SCHEMA)
     sync_server.execute("INSERT INTO log VALUES ('remote-1', 0), ('remote-2', 0)")
     async with await open_with_timeout(replica_path, sync_server.url, timeout=5.0) as conn:
-        assert await local_keys(conn) == ["remote-1", "remote-2"]
+        assert await local_keys(conn, "log") == ["remote-1", "remote-2"]
         stats = await asyncio.wait_for(conn.stats(), AWAIT_SECONDS)
         assert stats.last_pull_unix_time is not None and stats.revision is not None
         await insert(conn, "local")
         await asyncio.wait_for(conn.push(), AWAIT_SECONDS)
     # Reopened: no second bootstrap over the local data.
     async with await open_with_timeout(replica_path, sync_server.url, timeout=5.0) as conn:
-        assert await local_keys(conn) == ["local", "remote-1", "remote-2"]
-    assert remote_keys(sync_server) == ["local", "remote-1", "remote-2"]
+        assert await local_keys(conn, "log") == ["local", "remote-1", "remote-2"]
+    assert remote_keys(sync_server, "log") == ["local", "remote-1", "remote-2"]
 
 
 # --- close() leaves nothing behind, whatever the remote does -------------------------------------------------------
@@ -247,10 +236,10 @@ async def test_close_during_a_request_the_remote_never_answers_fails_it_and_leav
             await asyncio.wait_for(task, AWAIT_SECONDS)
     proxy.release()
     # Nothing was sent for the closed connection: the row goes out with the next push.
-    assert remote_keys(sync_server) == []
+    assert remote_keys(sync_server, "log") == []
     async with await open_with_timeout(replica_path, sync_server.url, timeout=5.0) as again:
         await asyncio.wait_for(again.push(), AWAIT_SECONDS)
-    assert remote_keys(sync_server) == ["a"]
+    assert remote_keys(sync_server, "log") == ["a"]
 
 
 async def test_close_with_background_sync_in_a_stuck_round_returns_within_a_second_and_leaves_no_thread(
@@ -282,7 +271,7 @@ async def test_background_sync_through_a_stall_fails_rounds_then_recovers_and_se
     async with await open_with_timeout(replica_path, proxy.url) as conn:
         async with conn.sync_in_background(0.1, max_backoff=0.5) as background:
             await insert(conn, "before")
-            await wait_until(lambda: remote_keys(sync_server) == ["before"])
+            await wait_until(lambda: remote_keys(sync_server, "log") == ["before"])
             proxy.stall()
             await insert(conn, "during")
             assert await wait_until(lambda: background.status.consecutive_failures >= 2, 5.0), background.status
@@ -293,5 +282,5 @@ async def test_background_sync_through_a_stall_fails_rounds_then_recovers_and_se
             proxy.release()
             assert await wait_until(lambda: background.status.rounds > rounds_before, 5.0), background.status
             assert background.status.consecutive_failures == 0
-            await wait_until(lambda: remote_keys(sync_server) == ["before", "during"])
-    assert remote_keys(sync_server) == ["before", "during"]
+            await wait_until(lambda: remote_keys(sync_server, "log") == ["before", "during"])
+    assert remote_keys(sync_server, "log") == ["before", "during"]

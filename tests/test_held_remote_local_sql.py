@@ -17,11 +17,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer
-from tests.helpers import wait_until
+from tests.helpers import AWAIT_SECONDS, wait_until
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 from turso.sqlalchemy_sync_aio import background_sync_of
 
-AWAIT_SECONDS = 10.0
 # What the issue allows any single local operation, however the remote behaves.
 LOCAL_SECONDS = 0.5
 # The phases of the loop: the remote answers, then holds every request, then answers again.

@@ -17,14 +17,21 @@ import pytest
 import turso
 from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer
-from tests.helpers import bounded, insert_and_commit, open_replica, record_loop_errors, remote_keys, wait_until
+from tests.helpers import (
+    AWAIT_SECONDS,
+    bounded,
+    insert_and_commit,
+    local_keys,
+    open_replica,
+    record_loop_errors,
+    remote_keys,
+    wait_until,
+)
 from turso.lib_sync import PartialSyncOpts, PartialSyncPrefixBootstrap
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
 T = TypeVar("T")
 
-# Upper bound for any single await; a hang fails the test instead of blocking the run.
-AWAIT_SECONDS = 10.0
 # How long the proxy holds each answer of the remote while a test needs a sync in flight.
 SLOW_SECONDS = 1.0
 # A local statement during a slow sync must finish well within this (it takes about a millisecond; the bound is
@@ -47,10 +54,6 @@ async def timed(awaitable: Awaitable[T]) -> tuple[T, float]:
     started = time.monotonic()
     result = await asyncio.wait_for(awaitable, AWAIT_SECONDS)
     return result, time.monotonic() - started
-
-
-async def local_keys(conn: ConnectionSync, table: str = "t") -> list[str]:
-    return [row[0] for row in await bounded(conn.execute_fetchall(f"SELECT k FROM {table} ORDER BY k"))]
 
 
 async def start_and_wait_for_the_remote(proxy: DelayingProxy, operation: Awaitable[T]) -> "asyncio.Task[T]":

@@ -21,10 +21,9 @@ import pytest
 import turso
 from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer, free_port
+from tests.helpers import AWAIT_SECONDS, open_replica
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
-# Upper bound for any single await in these tests.
-AWAIT_SECONDS = 10.0
 # How long a child process may take to open the replica and read it, or to run its commits.
 CHILD_SECONDS = 60.0
 # The pull under wait_for that a stalled remote times out.
@@ -86,10 +85,6 @@ def read_in_child(path: str, url: str) -> int:
     )
     assert child.returncode == 0, f"another process could not open the replica: {child.stderr.strip()[-600:]}"
     return int(child.stdout.strip())
-
-
-async def open_replica(path: str, url: str) -> ConnectionSync:
-    return await asyncio.wait_for(connect_sync(path, url), AWAIT_SECONDS)
 
 
 async def write_notes(conn: ConnectionSync, count: int) -> None:

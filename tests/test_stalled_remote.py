@@ -27,10 +27,12 @@ import turso
 from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer
 from tests.helpers import (
+    AWAIT_SECONDS,
     HEAVY_COUNT,
     LoopContext,
     insert_and_commit,
     new_threads,
+    open_replica,
     record_loop_errors,
     remote_keys,
     turso_threads,
@@ -41,8 +43,6 @@ from tests.helpers import (
 from turso.lib_sync import PartialSyncOpts, PartialSyncPrefixBootstrap
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
-# Upper bound for any single await; a hang fails the test instead of blocking the run.
-AWAIT_SECONDS = 10.0
 # What the issue promises: a timed-out pull returns after about this long; close() returns within CLOSE_SECONDS.
 PULL_TIMEOUT_SECONDS = 0.5
 CLOSE_SECONDS = 1.0
@@ -61,15 +61,11 @@ def sync_lanes() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name == SYNC_LANE]
 
 
-async def bounded_open(path: str, url: str) -> ConnectionSync:
-    return await asyncio.wait_for(connect_sync(path, url), AWAIT_SECONDS)
-
-
 @contextlib.asynccontextmanager
 async def opened(path: str, url: str, proxy: DelayingProxy) -> AsyncGenerator[ConnectionSync, None]:
     """`async with` for a replica behind a proxy that may stall: on the way out, release the proxy, then close with a
     bound (a failed assertion must not leave close() waiting for a request that the proxy holds forever)."""
-    conn = await bounded_open(path, url)
+    conn = await open_replica(path, url)
     try:
         yield conn
     finally:
@@ -116,7 +112,7 @@ async def test_close_returns_within_a_second_of_its_queued_sql_while_a_request_i
 ) -> None:
     sync_server.execute(LOG_SCHEMA)
     baseline = turso_threads()
-    conn = await bounded_open(replica_path, proxy.url)
+    conn = await open_replica(replica_path, proxy.url)
     errors = record_loop_errors()
     await insert_and_commit(conn, "log", ["a"])
     await time_out_on_the_stalled_remote(conn, proxy, operation)
@@ -159,7 +155,7 @@ async def test_reopening_the_replica_while_the_old_request_is_stuck_works_and_ev
     sync_server.execute("INSERT INTO log VALUES ('remote-1', 0)")
     baseline = turso_threads()
     errors = record_loop_errors()
-    old = await bounded_open(replica_path, proxy.url)
+    old = await open_replica(replica_path, proxy.url)
     await insert_and_commit(old, "log", ["old-1", "old-2"])
     sync_server.execute("INSERT INTO log VALUES ('remote-2', 0)")
     try:
@@ -191,7 +187,7 @@ async def test_reopening_the_replica_while_the_old_request_is_stuck_works_and_ev
     assert remote_keys(sync_server, "log") == expected  # every row exactly once
     assert local == expected
     # A replica opened after everything settled sees the same rows (the old thread changed nothing it relies on).
-    async with await bounded_open(replica_path, sync_server.url) as again:
+    async with await open_replica(replica_path, sync_server.url) as again:
         await asyncio.wait_for(again.pull(), AWAIT_SECONDS)
         rows = await asyncio.wait_for(again.execute_fetchall("SELECT k FROM log ORDER BY k"), AWAIT_SECONDS)
         assert [row[0] for row in rows] == expected
@@ -207,7 +203,7 @@ async def test_connection_dropped_without_close_warns_and_its_sync_lane_stops_to
 ) -> None:
     sync_server.execute(LOG_SCHEMA)
     baseline = turso_threads()
-    conn = await bounded_open(replica_path, proxy.url)
+    conn = await open_replica(replica_path, proxy.url)
     await insert_and_commit(conn, "log", ["a"])
     await asyncio.wait_for(conn.push(), AWAIT_SECONDS)
     await asyncio.wait_for(conn.pull(), AWAIT_SECONDS)
@@ -230,7 +226,7 @@ async def test_connection_dropped_without_close_warns_and_its_sync_lane_stops_to
     assert await wait_until(lambda: not new_threads(baseline), THREAD_EXIT_SECONDS), (
         f"threads outlived their collected connection: {sorted(t.name for t in new_threads(baseline))}"
     )
-    async with await bounded_open(replica_path, sync_server.url) as again:
+    async with await open_replica(replica_path, sync_server.url) as again:
         assert await asyncio.wait_for(again.execute_fetchall("SELECT k FROM log"), AWAIT_SECONDS) == [("a",)]
 
 
@@ -241,7 +237,7 @@ async def test_sync_operations_queued_behind_a_stuck_request_fail_at_close_inste
     sync_server.execute(LOG_SCHEMA)
     baseline = turso_threads()
     errors = record_loop_errors()
-    conn = await bounded_open(replica_path, proxy.url)
+    conn = await open_replica(replica_path, proxy.url)
     await insert_and_commit(conn, "log", ["a"])
     await time_out_on_the_stalled_remote(conn, proxy, operation)
     # Queued on the lane behind the stuck request; each waits its turn (none may spin meanwhile).
@@ -281,7 +277,7 @@ def test_event_loop_closing_mid_pull_stops_the_sync_lane_without_traceback(
     loop = asyncio.new_event_loop()
     loop.set_exception_handler(lambda loop, context: loop_errors.append(context))
     try:
-        conn = loop.run_until_complete(bounded_open(replica_path, proxy.url))
+        conn = loop.run_until_complete(open_replica(replica_path, proxy.url))
         sync_server.execute("INSERT INTO log VALUES ('remote', 0)")
         if remote == "slow":
             proxy.answer_delay = 0.5
