@@ -115,6 +115,19 @@ def wal_frames(path: Path) -> int:
     return max(0, (wal.stat().st_size - WAL_HEADER_BYTES) // (WAL_FRAME_HEADER_BYTES + PAGE_BYTES))
 
 
+def refused_changing_nothing(seed: Path, url: str, damage: Callable[[Path], None]) -> str:
+    """Damage the seed replica, open it in a child: the open fails with DatabaseError naming the file, and every file
+    of the replica is as the damage left it. Returns the error message."""
+    damage(seed)
+    before = fingerprint(seed)
+    outcome = open_in_child(seed, url)
+    assert outcome.get("error") == "DatabaseError", outcome
+    message = str(outcome["message"])
+    assert repr(str(seed)) in message  # which file
+    assert fingerprint(seed) == before  # nothing spun on, bootstrapped over or removed
+    return message
+
+
 def cut_by(byte_count: int) -> Callable[[Path], None]:
     def cut(path: Path) -> None:
         os.truncate(path, path.stat().st_size - byte_count)
@@ -154,15 +167,9 @@ def empty_metadata(path: Path) -> None:
 def test_a_damaged_replica_is_refused_with_database_error_and_nothing_is_changed(
     seed: Path, sync_server: SyncServer, damage: Callable[[Path], None], expected: str
 ) -> None:
-    damage(seed)
-    before = fingerprint(seed)
-    outcome = open_in_child(seed, sync_server.url)
-    assert outcome.get("error") == "DatabaseError", outcome
-    message = str(outcome["message"])
+    message = refused_changing_nothing(seed, sync_server.url, damage)
     assert expected in message
-    assert repr(str(seed)) in message  # which file
     assert "Nothing was changed" in message and "remove" in message  # and what to do
-    assert fingerprint(seed) == before  # nothing spun on, bootstrapped over or removed
 
 
 # --- healthy replicas open as before -------------------------------------------------------------------------------
@@ -234,13 +241,7 @@ def deleted_file(path: Path) -> None:
 def test_damage_the_driver_reports_clearly_still_fails_clearly_and_changes_nothing(
     seed: Path, sync_server: SyncServer, damage: Callable[[Path], None], expected: str
 ) -> None:
-    damage(seed)
-    before = fingerprint(seed)
-    outcome = open_in_child(seed, sync_server.url)
-    assert outcome.get("error") == "DatabaseError", outcome
-    assert expected in str(outcome["message"])
-    assert repr(str(seed)) in str(outcome["message"])
-    assert fingerprint(seed) == before
+    assert expected in refused_changing_nothing(seed, sync_server.url, damage)
 
 
 def test_a_refused_replica_restored_from_its_copy_opens_with_its_rows(seed: Path, sync_server: SyncServer) -> None:
