@@ -521,6 +521,25 @@ async def test_push_while_the_server_is_down_fails_promptly_keeps_the_rows_and_s
         assert (await asyncio.wait_for(conn.stats(), AWAIT_SECONDS)).cdc_operations == 0
 
 
+async def test_an_operation_that_fails_on_the_remote_reports_its_own_error_not_the_network_failure_before_it(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    sync_server.execute("CREATE TABLE t(x INTEGER)")
+    async with await open_replica(replica_path, sync_server.url) as conn:
+        sync_server.stop()
+        with pytest.raises(turso.OperationalError, match="Connection refused"):
+            await asyncio.wait_for(conn.pull(), AWAIT_SECONDS)
+        sync_server.start()
+        # The remote is back, but refuses the push (its table is gone): the push says that, not the refused connection.
+        sync_server.execute("DROP TABLE t")
+        await asyncio.wait_for(conn.execute("INSERT INTO t VALUES (1)"), AWAIT_SECONDS)
+        await asyncio.wait_for(conn.commit(), AWAIT_SECONDS)
+        with pytest.raises(turso.DatabaseError, match="no such table") as raised:
+            await asyncio.wait_for(conn.push(), AWAIT_SECONDS)
+        assert "Connection refused" not in str(raised.value)
+        assert (await asyncio.wait_for(conn.stats(), AWAIT_SECONDS)).cdc_operations > 0
+
+
 async def test_eight_tasks_committing_and_pushing_at_once_lose_no_row(
     sync_server: SyncServer, replica_path: str
 ) -> None:
