@@ -5,10 +5,11 @@ connections and cuts the answer of others after the server acted on them (a push
 heard an error must not arrive twice when it is sent again). On each replica one task writes (short transactions
 with TEXT/UUID keys, some of their awaits cancelled) while another syncs (pull, push, stats, checkpoint, some
 cancelled by a tiny `wait_for` timeout or `Task.cancel`).
-Whatever the order a seed produces: syncs work while the link is flaky (most pulls and pushes succeed, rows reach the
-server and the other replica, and each failure is the proxy's doing), every row reaches the server exactly once, both
-replicas converge once the link is reliable, nothing hangs, the loop's exception handler hears nothing and no thread
-is left. A failing seed replays the same choices (the threads' timing still varies).
+Whatever the order a seed produces: syncs work while the link is flaky (pulls and pushes succeed at least as often as
+the flaky share allows, rows reach the server and the other replica, and each failure is the proxy's doing), every
+row reaches the server exactly once, both replicas converge once the link is reliable, nothing hangs, the loop's
+exception handler hears nothing and no thread is left. A failing seed replays the same choices (the threads' timing
+still varies).
 """
 
 import asyncio
