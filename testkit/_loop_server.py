@@ -58,7 +58,9 @@ class LoopServer:
         # Closing the connection too, not only cancelling its task: on Python 3.11 and older, wait_for can swallow a
         # cancellation that arrives as the awaited step finishes, and the task would then wait for more.
         for task, writer in self._serving.items():
-            writer.close()
+            # Aborted, not closed: a cut ends the connection at once, also a TLS one whose peer never answers its
+            # close_notify (the graceful close would wait for it).
+            writer.transport.abort()
             task.cancel()
         if self._serving:
             await asyncio.wait(list(self._serving), timeout=LOOP_SECONDS)
