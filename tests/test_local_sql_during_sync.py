@@ -10,7 +10,7 @@ that wait their turn spin no core. Every await is bounded, so a hang fails the t
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -19,6 +19,8 @@ from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer
 from tests.helpers import (
     AWAIT_SECONDS,
+    HEAVY_COUNT,
+    HEAVY_COUNT_RESULT,
     bounded,
     insert_and_commit,
     local_keys,
@@ -82,6 +84,13 @@ async def abandon(proxy: DelayingProxy, operation: "Callable[[], Awaitable[objec
     with pytest.raises(asyncio.CancelledError):
         await bounded(running)
     return time.monotonic() - cancelled_at
+
+
+def a_step_waits_between_transactions(conn: ConnectionSync) -> bool:
+    """Whether a pull's apply or a checkpoint, handed by the lane to the SQL worker, waits there for the open
+    transaction to end (the worker's state, which no public name shows)."""
+    threads: Any = vars(conn)["_threads"]
+    return vars(threads.sql)["_waiting"] is not None
 
 
 async def local_sql_timings(conn: ConnectionSync, prefix: str, rounds: int = 5) -> tuple[list[float], list[float]]:
@@ -281,6 +290,28 @@ async def test_pull_fails_when_a_transaction_stays_open_past_the_busy_timeout_an
         await bounded(conn.push())
         assert remote_keys(sync_server) == ["local", "remote"]
         assert errors == []
+
+
+async def test_a_pull_waiting_for_an_open_transaction_gives_up_at_the_busy_timeout_while_statements_keep_coming(
+    sync_server: SyncServer, replica_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The busy timeout, shortened: it passes while the first of two queries (about 0.5 s each) runs.
+    monkeypatch.setattr(turso.lib_sync_aio, "TRANSACTION_WAIT_SECONDS", 0.1)
+    sync_server.execute(SCHEMA)
+    async with await open_replica(replica_path, sync_server.url) as conn:
+        sync_server.execute("INSERT INTO t VALUES ('remote', 0)")
+        await bounded(conn.execute("INSERT INTO t VALUES ('local', 0)"))  # opens a transaction, left open
+        pulling = asyncio.create_task(conn.pull())
+        assert await wait_until(lambda: a_step_waits_between_transactions(conn)), "the pull never reached its apply"
+        # The worker is never idle from now until the last query ends: the apply gives up between two of them.
+        queries = [asyncio.create_task(conn.execute_fetchall(HEAVY_COUNT)) for _ in range(2)]
+        with pytest.raises(turso.OperationalError, match="transaction stayed open"):
+            await bounded(pulling)
+        assert not queries[-1].done(), "the pull gave up only once the statements let the worker idle"
+        assert await bounded(asyncio.gather(*queries)) == [[(HEAVY_COUNT_RESULT,)]] * 2
+        await bounded(conn.commit())
+        assert await bounded(conn.pull()) is True  # nothing was lost
+        assert await local_keys(conn) == ["local", "remote"]
 
 
 async def test_pull_awaited_inside_its_own_open_transaction_fails_instead_of_hanging(
