@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 import turso
+import turso.lib_sync_aio
 from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer
 from tests.helpers import (
