@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Optional
 
+from typing_extensions import Self
+
 # Upper bound for any socket operation and for joining a thread.
 SOCKET_SECONDS = 10.0
 # How often the accept loops look whether the server is closing.
@@ -134,6 +136,17 @@ class _Servers:
         """How many accepted (or upstream) connections are open right now."""
         with self._lock:
             return len(self._sockets)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        self.close()
 
     def close(self) -> None:
         """Stop accepting, cut every connection and join the threads, each with a bound."""
@@ -312,17 +325,6 @@ class HttpServer(_Servers):
         if answer.chunked:
             sock.sendall(b"0\r\n\r\n")
 
-    def __enter__(self) -> "HttpServer":
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc_value: Optional[BaseException],
-        traceback: Optional[TracebackType],
-    ) -> None:
-        self.close()
-
 
 class ForwardProxy(_Servers):
     """An HTTP forward proxy on 127.0.0.1. An absolute-form request is forwarded to its origin (one upstream
@@ -427,17 +429,6 @@ class ForwardProxy(_Servers):
         pump(client, upstream)
         answer.join(SOCKET_SECONDS)
 
-    def __enter__(self) -> "ForwardProxy":
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc_value: Optional[BaseException],
-        traceback: Optional[TracebackType],
-    ) -> None:
-        self.close()
-
 
 class SilentServer(_Servers):
     """Accepts TCP connections on 127.0.0.1 and never sends a byte: a TLS handshake to it stalls, and so does a
@@ -454,17 +445,6 @@ class SilentServer(_Servers):
     def _accepted(self, client: socket.socket) -> None:
         with self._lock:
             self.connections += 1
-
-    def __enter__(self) -> "SilentServer":
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc_value: Optional[BaseException],
-        traceback: Optional[TracebackType],
-    ) -> None:
-        self.close()
 
 
 class FullBacklogListener:
