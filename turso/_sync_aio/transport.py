@@ -48,6 +48,9 @@ DRAIN_BYTES = 64 * 1024
 MAX_TUNNEL_HEAD_BYTES = 64 * 1024
 # A `Keep-Alive: timeout=N` connection is not reused in the last second of N: the server may close it just then.
 KEEP_ALIVE_MARGIN_SECONDS = 1.0
+# An idle connection is not reused after this long, whatever the server says: a NAT or load balancer on the way may
+# have forgotten the flow without a word (a reset, or silence until the deadline, on the next request).
+MAX_IDLE_REUSE_SECONDS = 15.0
 # A token this long or longer is replaced by <token> wherever it shows up in an error message (say, in a Location).
 MIN_SCRUBBED_TOKEN_CHARS = 8
 # Bytes handed to one send() call.
@@ -58,8 +61,14 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _METHOD_KEEPING_STATUSES = frozenset({307, 308})
 # RFC 9110 section 9.2.2: a request with one of these methods may be sent again without changing its effect.
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# The sync protocol's POSTs that only read: a pull asks for the changes after a revision and changes nothing on the
+# remote, so it may be sent again like an idempotent request.
+_READ_ONLY_TARGETS = frozenset({"/pull-updates"})
 # Methods whose request carries a body, so that no body is still sent as Content-Length: 0 (as http.client does).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# The engine's headers that go along when a redirect leads to another origin: those that describe the request. Every
+# other one stays with the remote's origin, like the token: Authorization, and x-turso-encryption-key (the data key).
+_CROSS_ORIGIN_HEADERS = frozenset({"accept", "accept-encoding", "content-type", "user-agent"})
 # Headers this module writes itself, for each hop and connection; the engine's copies of them are dropped.
 _FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -588,8 +597,8 @@ class SyncTransport:
         current = _parse_url(_join_url(base, path))
         checked = _checked_headers(headers, token)
         for _ in range(MAX_REDIRECTS + 1):
-            send_authorization = current.origin == trusted_origin
-            exchange = self._exchange(current, method, body, checked, send_authorization, token, timeout, extra_wait)
+            at_remote_origin = current.origin == trusted_origin
+            exchange = self._exchange(current, method, body, checked, at_remote_origin, token, timeout, extra_wait)
             try:
                 next_hop = self._redirect(current, method, exchange.response)
                 if next_hop is None:
@@ -625,6 +634,12 @@ class SyncTransport:
         if not location:
             return None
         target = urllib.parse.urljoin(current.text(), location.strip())
+        next_hop = _parse_url(target)
+        if current.scheme == "https" and next_hop.scheme != "https":
+            raise TransportError(
+                f"{current.where} answered {method} {current.target} with {response.status} {response.reason}, a "
+                f"redirect to {_redacted(target)} that leaves TLS: not followed (the request would go in clear text)"
+            )
         # urllib turns a POST answered with 301, 302 or 303 into a GET, which loses the sync request and used to
         # carry the token to whoever redirected; a sync request is refused instead.
         if method not in ("GET", "HEAD") and response.status not in _METHOD_KEEPING_STATUSES:
@@ -632,7 +647,7 @@ class SyncTransport:
                 f"{current.where} answered {method} {current.target} with {response.status} {response.reason}, a "
                 f"redirect to {_redacted(target)} that would turn the request into a GET: not followed"
             )
-        return _parse_url(target)
+        return next_hop
 
     # --- connections -----------------------------------------------------------------------------------------------
 
@@ -642,7 +657,7 @@ class SyncTransport:
         method: str,
         body: Optional[bytes],
         headers: list[tuple[str, str]],
-        send_authorization: bool,
+        at_remote_origin: bool,
         token: Optional[str],
         timeout: float,
         extra_wait: float,
@@ -655,7 +670,7 @@ class SyncTransport:
         arrived (_ConnectionLost is raised only then), and only when that cannot apply it twice:
         - the request was not completely handed to the socket, so the server cannot have read all of it (an HTTP
           server acts on a complete request only); or
-        - its method is idempotent (the bootstrap's GET /info and GET /export/N).
+        - it only reads: an idempotent method (the bootstrap's GET /info and GET /export/N), or a pull.
         A POST sent whole is not retried, even on a clean EOF: a server that read it, applied it and died before
         answering looks the same on the wire as an idle timeout, and the engine's push batch is not conditional
         (BEGIN, the rows, an upsert of turso_sync_last_change_id, COMMIT: sent twice, it inserts the rows twice).
@@ -666,11 +681,11 @@ class SyncTransport:
         while True:
             try:
                 return self._send_and_begin(
-                    connection, url, method, body, headers, send_authorization, token, timeout, extra_wait
+                    connection, url, method, body, headers, at_remote_origin, token, timeout, extra_wait
                 )
             except _ConnectionLost as lost:
                 self._retire(connection)
-                if not (reused and (not lost.request_complete or method in _IDEMPOTENT_METHODS)):
+                if not (reused and (not lost.request_complete or _only_reads(method, url))):
                     raise TransportError(str(lost)) from lost.__cause__
             except BaseException:
                 self._retire(connection)
@@ -726,9 +741,11 @@ class SyncTransport:
         response, connection = exchange.response, exchange.connection
         keep = keep and not response.will_close
         if keep:
+            idle_seconds = MAX_IDLE_REUSE_SECONDS
             keep_alive = _KEEP_ALIVE_TIMEOUT.search(response.getheader("Keep-Alive") or "")
             if keep_alive is not None:
-                connection.reuse_until = time.monotonic() + int(keep_alive.group(1)) - KEEP_ALIVE_MARGIN_SECONDS
+                idle_seconds = min(idle_seconds, int(keep_alive.group(1)) - KEEP_ALIVE_MARGIN_SECONDS)
+            connection.reuse_until = time.monotonic() + idle_seconds
         response.close()
         closing: Optional[_Connection] = connection
         with self._lock:
@@ -889,12 +906,12 @@ class SyncTransport:
         method: str,
         body: Optional[bytes],
         headers: list[tuple[str, str]],
-        send_authorization: bool,
+        at_remote_origin: bool,
         token: Optional[str],
         timeout: float,
         extra_wait: float,
     ) -> _Exchange:
-        head = self._request_head(connection, url, method, body, headers, send_authorization, token)
+        head = self._request_head(connection, url, method, body, headers, at_remote_origin, token)
         with self._lock:
             self.requests_sent += 1
         try:
@@ -944,7 +961,7 @@ class SyncTransport:
         method: str,
         body: Optional[bytes],
         headers: list[tuple[str, str]],
-        send_authorization: bool,
+        at_remote_origin: bool,
         token: Optional[str],
     ) -> bytes:
         proxy = connection.forward_proxy
@@ -953,11 +970,11 @@ class SyncTransport:
         given: set[str] = set()
         for name, value in headers:
             lowered = name.lower()
-            if lowered == "authorization" and not send_authorization:
-                continue  # an Authorization the engine set goes to the remote's origin only, like the token
+            if not at_remote_origin and lowered not in _CROSS_ORIGIN_HEADERS:
+                continue  # the engine's credentials (Authorization, the encryption key) stay with the remote's origin
             given.add(lowered)
             lines.append(f"{name}: {value}")
-        if token is not None and send_authorization and "authorization" not in given:
+        if token is not None and at_remote_origin and "authorization" not in given:
             lines.append(f"Authorization: Bearer {token}")
         if "user-agent" not in given:
             lines.append(f"User-Agent: {self._user_agent}")
@@ -1007,6 +1024,11 @@ class SyncTransport:
 
 def _discard(chunk: bytes) -> None:
     pass
+
+
+def _only_reads(method: str, url: _Url) -> bool:
+    """Whether sending the request again cannot change anything on the remote."""
+    return method in _IDEMPOTENT_METHODS or url.target.partition("?")[0] in _READ_ONLY_TARGETS
 
 
 def _checked_headers(headers: Sequence[tuple[str, str]], token: Optional[str]) -> list[tuple[str, str]]:
