@@ -1,10 +1,12 @@
 """Lifecycle of a ConnectionSync: opening, closing, failed opens, use after close, and where things run."""
 
+import asyncio
 import importlib.metadata
 import sys
 import sysconfig
 import threading
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -12,8 +14,18 @@ import turso
 import turso.aio.sync
 import turso.lib_sync
 import turso.lib_sync_aio
+from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer, free_port
-from tests.helpers import CHECKOUT, THREADS_PER_CONNECTION, UNDER_TEST, turso_threads
+from tests.helpers import (
+    AWAIT_SECONDS,
+    CHECKOUT,
+    THREADS_PER_CONNECTION,
+    UNDER_TEST,
+    bounded,
+    new_threads,
+    turso_threads,
+    wait_until,
+)
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
 # The version label of `make wheel`'s builds (scripts/build_wheels.py).
@@ -178,3 +190,87 @@ async def test_operations_before_opening_raise_programming_error(replica_path: s
         await conn.pull()
     with pytest.raises(turso.ProgrammingError, match="not open"):
         await conn.execute("SELECT 1")
+
+
+async def test_close_called_twice_on_a_connection_never_opened_does_nothing(replica_path: str) -> None:
+    conn = connect_sync(replica_path, "http://127.0.0.1:1")
+    await conn.close()
+    await conn.close()
+    with pytest.raises(turso.ProgrammingError, match="closed"):
+        await conn
+
+
+@pytest.mark.parametrize("when", ["at once", "while a pull waits on a stalled remote"])
+async def test_a_cancelled_close_still_stops_both_threads_and_keeps_the_replica_until_they_have(
+    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, when: str
+) -> None:
+    baseline = turso_threads()
+    conn = await bounded(connect_sync(replica_path, proxy.url))
+    await bounded(conn.execute("CREATE TABLE t(k TEXT)"))
+    await bounded(conn.execute("INSERT INTO t VALUES ('kept')"))
+    await bounded(conn.commit())
+    pulling: "Optional[asyncio.Future[bool]]" = None
+    if when != "at once":
+        proxy.stall()
+        pulling = asyncio.ensure_future(conn.pull())
+        assert await wait_until(lambda: proxy.held >= 1), "the pull never reached the stalled remote"
+    closing = asyncio.ensure_future(conn.close())
+    await asyncio.sleep(0)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    try:
+        # The replica is not opened twice meanwhile: the new open waits until the old connection has let go of it.
+        again = await bounded(connect_sync(replica_path, proxy.url))
+        assert len(new_threads(baseline)) == THREADS_PER_CONNECTION
+        assert await bounded(again.execute_fetchall("SELECT k FROM t")) == [("kept",)]
+        await bounded(again.close())
+    finally:
+        proxy.release()
+    if pulling is not None:
+        with pytest.raises(turso.ProgrammingError, match="closed"):
+            await bounded(pulling)
+    assert turso_threads() == baseline
+    await bounded(conn.close())  # after a cancelled close, close() is still safe to call
+
+
+def open_on_its_own_loop(path: str, url: str) -> "tuple[ConnectionSync, asyncio.AbstractEventLoop, threading.Thread]":
+    """A connection opened on an event loop that runs on a thread of its own, left running."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-other-loop", daemon=True)
+    thread.start()
+    opened = asyncio.run_coroutine_threadsafe(connect_sync(path, url).__aenter__(), loop)
+    return opened.result(AWAIT_SECONDS), loop, thread
+
+
+async def test_close_from_another_event_loop_raises_and_the_connection_stays_usable(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    baseline = turso_threads()
+    conn, loop, thread = open_on_its_own_loop(replica_path, sync_server.url)
+    try:
+        with pytest.raises(turso.ProgrammingError, match="event loop that opened it"):
+            await bounded(conn.close())
+        on_its_loop = asyncio.run_coroutine_threadsafe(conn.execute_fetchall("SELECT 1"), loop)
+        assert on_its_loop.result(AWAIT_SECONDS) == [(1,)]
+    finally:
+        asyncio.run_coroutine_threadsafe(conn.close(), loop).result(AWAIT_SECONDS)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(AWAIT_SECONDS)
+        loop.close()
+    assert turso_threads() == baseline
+
+
+async def test_close_after_the_loop_that_opened_it_has_closed_returns_with_no_thread_left(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    baseline = turso_threads()
+    conn, loop, thread = open_on_its_own_loop(replica_path, sync_server.url)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(AWAIT_SECONDS)
+    loop.close()
+    await bounded(conn.close())
+    assert turso_threads() == baseline
+    # The replica's path is free again.
+    async with connect_sync(replica_path, sync_server.url) as again:
+        assert await bounded(again.execute_fetchall("SELECT 1")) == [(1,)]

@@ -152,6 +152,8 @@ class ConnectionSync(NonBlockingConnection):
         # asyncio.get_event_loop() returns then. The threads start when the connection is awaited.
         self._connector: Callable[[], BlockingConnectionSync] = connector
         self._state = _State.UNOPENED
+        # Set when the connection is first awaited, with `_loop` and `_threads`.
+        self._threads_started = False
         # The SQL worker's queue (the base class's _queue holds only awaited jobs) and the sync lane's.
         self._jobs: SimpleQueue[Job] = SimpleQueue()
         self._lane_jobs: SimpleQueue[Job] = SimpleQueue()
@@ -185,8 +187,21 @@ class ConnectionSync(NonBlockingConnection):
         """Close the replica and stop both threads; safe to call more than once, from several tasks.
 
         Work called before close() runs first. Sync operations get `LANE_CLOSE_SECONDS`; then the request in flight
-        fails and they raise `turso.ProgrammingError`. When it returns, no thread of the connection runs.
+        fails and they raise `turso.ProgrammingError`. When it returns, no thread of the connection runs. Cancelled,
+        it still stops both threads, without waiting.
         """
+        if not self._threads_started:
+            self._state = _State.CLOSED
+            return
+        if self._loop.is_closed():
+            # Opened on an event loop that has closed since: nothing of that loop can be awaited any more.
+            if self._state is _State.OPENED:
+                self._stop_quietly(self._close_replica)
+            if not await self._threads.exited(LANE_CLOSE_SECONDS):
+                logger.warning("close() returned while a thread of the connection still runs (its loop had closed)")
+            return
+        if _get_running_loop() is not self._loop:
+            raise ProgrammingError("ConnectionSync can only be closed from the event loop that opened it")
         if self._background is not None:
             await self._background.stop(timeout=STOP_TIMEOUT_SECONDS)
         if self._state is _State.OPENED:
@@ -194,13 +209,8 @@ class ConnectionSync(NonBlockingConnection):
             self._transaction_turns.close()
             if self._path_claim is not None:
                 self._path_claim.begin_closing()
-        elif self._state is _State.UNOPENED:
-            self._state = _State.CLOSED
-            return
-        try:
-            await self._threads.close(self._close_replica, self._refuse_requests, self._waits_for_pages)
-        finally:
-            self._release_path()
+        # The SQL worker's last job lets go of the replica's path, once nothing of this connection uses the file.
+        await self._threads.close(self._close_replica, self._refuse_requests, self._waits_for_pages)
 
     # typed so that the awaited value is ConnectionSync: the base class would type it as the plain Connection and
     # hide pull/push/checkpoint/stats
@@ -355,6 +365,7 @@ class ConnectionSync(NonBlockingConnection):
         self._open_future = loop.create_future()
         on_loop_closed = weakref.WeakMethod(self._stop_after_loop_closed)
         self._threads = ConnectionThreads(self._jobs, self._lane_jobs, loop, on_loop_closed, LANE_CLOSE_SECONDS)
+        self._threads_started = True
         self._worker = self._threads.sql
         try:
             self._threads.start((self._open_future, self._open_blocking))

@@ -25,6 +25,8 @@ Job = tuple[Optional["asyncio.Future[Any]"], Callable[[], Any]]
 
 SQL_WORKER_NAME = "turso-async-worker"
 SYNC_LANE_NAME = "turso-sync-lane"
+# How often exited() looks whether the threads are still alive.
+EXIT_POLL_SECONDS = 0.01
 
 logger = logging.getLogger("turso.lib_sync_aio")
 
@@ -236,10 +238,24 @@ class ConnectionThreads:
         The lane's last job goes behind the sync operations already called, which get `close_seconds`; then
         `abort_requests()` fails the request still in flight. The SQL worker runs the SQL queued before, for as long as
         it takes, then `last_sql_job`. Only a statement for which `waits_on_remote()` is True is left behind (partial
-        sync's page reads, which cannot fail), with a warning: its thread exits once the remote answers.
+        sync's page reads, which cannot fail), with a warning: its thread exits once the remote answers. If the caller
+        is cancelled meanwhile, the request in flight fails at once and both threads still stop (as with `stop()`).
         """
         if not self._started:
             return
+        try:
+            await self._close_in_order(last_sql_job, abort_requests, waits_on_remote)
+        except BaseException:
+            abort_requests()
+            self.stop(last_sql_job, quietly=False)
+            raise
+
+    async def _close_in_order(
+        self,
+        last_sql_job: Callable[[], Optional[Exception]],
+        abort_requests: Callable[[], None],
+        waits_on_remote: Callable[[], bool],
+    ) -> None:
         self._stop_lane(self._lane_ended)
         if not await _ended(self._lane_ended, self.close_seconds):
             logger.warning(
@@ -265,6 +281,16 @@ class ConnectionThreads:
         # Each thread settles its future as its very last step, so the joins return at once.
         self.sql.join()
         self._sql_ended.result()
+
+    async def exited(self, timeout: float) -> bool:
+        """Whether both threads have exited within `timeout` seconds, seen from any event loop (close() after the loop
+        that opened the connection has closed: the threads' futures belong to that loop)."""
+        deadline = time.monotonic() + timeout
+        while self.sql.is_alive() or self.lane.is_alive():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(EXIT_POLL_SECONDS)
+        return True
 
     def stop(self, last_sql_job: Callable[[], Optional[Exception]], *, quietly: bool) -> None:
         """Stop both threads without waiting: the lane after the sync operations already called, the SQL worker after
