@@ -114,9 +114,11 @@ class SyncEngine:
         self.transport.abort()
 
     def close(self) -> None:
-        """At the SQL worker's last job: let go of the transports' idle connections."""
+        """At the SQL worker's last job: let go of the transports' idle connections. A page read still running on
+        the lane keeps its transport, which a closed one would fail at every retry, forever (see _read_page)."""
         self.transport.close()
-        self.page_transport.close()
+        if not self.fetching_pages:
+            self.page_transport.close()
 
     def fetch_pages_for_statement(self) -> None:
         """The blocking connection's `extra_io`, called when a statement waits for IO: perform the page reads that
