@@ -36,9 +36,10 @@ import turso.aio.sync
 from turso.background_sync_aio import CHECKPOINT_WAL_BYTES, BackgroundSync
 from turso.lib_sync_aio import ConnectionSync
 
-# How long POST /sync waits for its round before it answers 202 (the round goes on). uvicorn waits for requests in
-# flight before it runs the lifespan's shutdown, so no handler may wait on the network unbounded: this bound, plus
-# the lifespan's exit (under a second), is what a SIGTERM can take.
+# How long POST /sync waits for its round before it answers 202 (the round goes on), and GET /stats for the counters
+# (they wait for a sync in flight on the sync lane) before it answers 503. uvicorn waits for requests in flight before
+# it runs the lifespan's shutdown, so no handler may wait on the network unbounded: this bound, plus the lifespan's
+# exit (under a second), is what a SIGTERM can take.
 SYNC_WAIT_SECONDS = 0.5
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS notes(id TEXT PRIMARY KEY, body TEXT NOT NULL, updated REAL NOT NULL)"
@@ -208,9 +209,14 @@ async def health(shared: Shared) -> JSONResponse:
 
 
 @app.get("/stats")
-async def replica_stats(shared: Shared) -> dict[str, object]:
-    """The replica's sync counters, for monitoring: pending changes, WAL size, last pull and push, network bytes."""
-    stats = await shared.replica.stats()
+async def replica_stats(shared: Shared, response: Response) -> dict[str, object]:
+    """The replica's sync counters, for monitoring: pending changes, WAL size, last pull and push, network bytes; 503
+    while a sync in flight holds them past SYNC_WAIT_SECONDS."""
+    try:
+        stats = await asyncio.wait_for(shared.replica.stats(), SYNC_WAIT_SECONDS)
+    except asyncio.TimeoutError:
+        response.status_code = 503
+        return {"error": "the replica's counters wait for a sync in flight; try again"}
     return {
         "pending_changes": stats.cdc_operations,
         "wal_bytes": stats.main_wal_size,

@@ -287,27 +287,32 @@ async def test_the_fastapi_example_serves_through_a_stall_and_an_outage_and_exit
                 stop.set()
                 await asyncio.wait_for(asyncio.gather(*clients), CLIENT_TIMEOUT * 2)
 
-            # SIGTERM while the remote stalls, with notes not pushed yet and a /sync handler waiting for its round.
+            # SIGTERM while the remote stalls, with notes not pushed yet, and a /sync and a /stats handler waiting for
+            # the round in flight. They start as soon as the round is held, so that its request (REQUEST_TIMEOUT)
+            # outlasts their SYNC_WAIT_SECONDS.
             proxy.stall()
-            for number in range(5):
-                body = f"written during the last stall {number}"
-                response = await client.post(f"{app.url}/notes", json={"body": body})
-                assert response.status_code == 201, response.text
-                record.notes[response.json()["id"]] = body
             held = time.monotonic() + START_SECONDS
             while proxy.held == 0:
                 assert time.monotonic() < held, "no background round reached the stalled remote"
                 await asyncio.sleep(0.02)
             waiting_sync = asyncio.create_task(client.post(f"{app.url}/sync"))
+            waiting_stats = asyncio.create_task(client.get(f"{app.url}/stats"))
+            for number in range(5):
+                body = f"written during the last stall {number}"
+                response = await client.post(f"{app.url}/notes", json={"body": body})
+                assert response.status_code == 201, response.text
+                record.notes[response.json()["id"]] = body
             await asyncio.sleep(0.1)
             exit_seconds = await asyncio.get_running_loop().run_in_executor(None, app.terminate)
             sync_answer = await asyncio.wait_for(asyncio.gather(waiting_sync, return_exceptions=True), CLIENT_TIMEOUT)
+            stats_answer = await asyncio.wait_for(waiting_stats, CLIENT_TIMEOUT)
         stderr = app.stderr()
         print(f"\n--- the app's stderr ---\n{stderr}--- end ---")
         print(f"\n{latency_table(record)}\nSIGTERM under a stalled remote: exited in {exit_seconds:.2f} s")
         print(f"/sync in flight at SIGTERM answered: {sync_answer[0]!r}")
 
         assert exit_seconds < EXIT_SECONDS, (exit_seconds, stderr)
+        assert stats_answer.status_code == 503, stats_answer.text
         # uvicorn ends by raising the signal it got again, after its shutdown: the process ends by SIGTERM.
         assert app.process.returncode in (0, -signal.SIGTERM), (app.process.returncode, stderr)
         assert "Traceback" not in stderr, stderr
