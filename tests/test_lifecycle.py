@@ -200,7 +200,7 @@ async def test_close_called_twice_on_a_connection_never_opened_does_nothing(repl
         await conn
 
 
-@pytest.mark.parametrize("when", ["at once", "while a pull waits on a stalled remote"])
+@pytest.mark.parametrize("when", ["at once", "while a pull waits on a stalled remote", "while background sync stops"])
 async def test_a_cancelled_close_still_stops_both_threads_and_keeps_the_replica_until_they_have(
     sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, when: str
 ) -> None:
@@ -210,7 +210,11 @@ async def test_a_cancelled_close_still_stops_both_threads_and_keeps_the_replica_
     await bounded(conn.execute("INSERT INTO t VALUES ('kept')"))
     await bounded(conn.commit())
     pulling: "Optional[asyncio.Future[bool]]" = None
-    if when != "at once":
+    if when == "while background sync stops":
+        proxy.stall()
+        conn.sync_in_background(0.05)
+        assert await wait_until(lambda: proxy.held >= 1), "no round reached the stalled remote"
+    elif when != "at once":
         proxy.stall()
         pulling = asyncio.ensure_future(conn.pull())
         assert await wait_until(lambda: proxy.held >= 1), "the pull never reached the stalled remote"

@@ -202,13 +202,16 @@ class ConnectionSync(NonBlockingConnection):
             return
         if _get_running_loop() is not self._loop:
             raise ProgrammingError("ConnectionSync can only be closed from the event loop that opened it")
-        if self._background is not None:
-            await self._background.stop(timeout=STOP_TIMEOUT_SECONDS)
-        if self._state is _State.OPENED:
-            self._state = _State.CLOSED
-            self._transaction_turns.close()
-            if self._path_claim is not None:
-                self._path_claim.begin_closing()
+        try:
+            if self._background is not None:
+                await self._background.stop(timeout=STOP_TIMEOUT_SECONDS)
+        except BaseException:
+            # Cancelled while background sync stopped: the threads still stop, without waiting.
+            self._begin_closing()
+            self._refuse_requests()
+            self._threads.stop(self._close_replica, quietly=False)
+            raise
+        self._begin_closing()
         # The SQL worker's last job lets go of the replica's path, once nothing of this connection uses the file.
         await self._threads.close(self._close_replica, self._refuse_requests, self._waits_for_pages)
 
@@ -423,6 +426,14 @@ class ConnectionSync(NonBlockingConnection):
             del engine, blocking
             self._release_path()
         return None
+
+    def _begin_closing(self) -> None:
+        # From here on every call raises ProgrammingError, and an open of the same replica waits for its release.
+        if self._state is _State.OPENED:
+            self._state = _State.CLOSED
+            self._transaction_turns.close()
+            if self._path_claim is not None:
+                self._path_claim.begin_closing()
 
     def _refuse_requests(self) -> None:
         # The request in flight fails now (its socket is shut), and no request starts after it.

@@ -265,7 +265,7 @@ class ConnectionThreads:
                 self.lane.current,
             )
         abort_requests()
-        self.sql.stop_with(functools.partial(_end_sql_worker, self.sql, last_sql_job, self._sql_ended))
+        self.sql.stop_with(self._end_sql_worker_job(last_sql_job, self._sql_ended))
         while not await _ended(self._sql_ended, self.close_seconds):
             if waits_on_remote():
                 logger.warning(
@@ -300,7 +300,12 @@ class ConnectionThreads:
             return
         self._stop_lane(None if quietly else self._lane_ended)
         ended = None if quietly else self._sql_ended
-        self.sql.stop_with(functools.partial(_end_sql_worker, self.sql, last_sql_job, ended))
+        self.sql.stop_with(self._end_sql_worker_job(last_sql_job, ended))
+
+    def _end_sql_worker_job(
+        self, last_sql_job: Callable[[], Optional[Exception]], ended: Optional["asyncio.Future[None]"]
+    ) -> Callable[[], None]:
+        return functools.partial(_end_sql_worker, self.sql, self.lane, self.close_seconds, last_sql_job, ended)
 
     def _stop_lane(self, ended: Optional["asyncio.Future[None]"]) -> None:
         if not self._lane_stopping:
@@ -323,9 +328,18 @@ def _end_lane(lane: SyncLane, ended: Optional["asyncio.Future[None]"]) -> object
 
 
 def _end_sql_worker(
-    worker: SqlWorker, last_job: Callable[[], Optional[Exception]], ended: Optional["asyncio.Future[None]"]
+    worker: SqlWorker,
+    lane: SyncLane,
+    lane_seconds: float,
+    last_job: Callable[[], Optional[Exception]],
+    ended: Optional["asyncio.Future[None]"],
 ) -> None:
-    # The SQL worker's last job: close the replica, then tell close() (if it listens) how that went.
+    # The SQL worker's last job: close the replica, then tell close() (if it listens) how that went. The lane's
+    # request has been failed by now; the replica is closed, and its path let go, once the lane has ended too (a
+    # stop without waiting, say a cancelled close(), queues both last jobs at once). A lane still running after
+    # `lane_seconds` is one that cannot be interrupted (partial sync's page reads, a blocking auth_token callable).
+    if lane.ident is not None:
+        lane.join(lane_seconds)
     error = last_job()
     if ended is None:
         return
