@@ -28,6 +28,9 @@ from tests.helpers import (
 )
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
+# The SQL worker's thread name.
+SQL_WORKER = "turso-async-worker"
+
 # The version label of `make wheel`'s builds (scripts/build_wheels.py).
 WHEEL_VERSION = "0.8.3+syncaio.1"
 
@@ -218,14 +221,18 @@ async def test_a_cancelled_close_still_stops_both_threads_and_keeps_the_replica_
         proxy.stall()
         pulling = asyncio.ensure_future(conn.pull())
         assert await wait_until(lambda: proxy.held >= 1), "the pull never reached the stalled remote"
+    old_threads = new_threads(baseline)
     closing = asyncio.ensure_future(conn.close())
     await asyncio.sleep(0)
     closing.cancel()
     with pytest.raises(asyncio.CancelledError):
         await closing
     try:
-        # The replica is not opened twice meanwhile: the new open waits until the old connection has let go of it.
+        # The replica is not opened twice meanwhile: the new open waits until the old connection has let go of it,
+        # which its SQL worker does last, after the lane has ended (the worker itself may still be on its way out).
         again = await bounded(connect_sync(replica_path, proxy.url))
+        assert [thread.name for thread in old_threads if thread.is_alive()] in ([], [SQL_WORKER])
+        assert await wait_until(lambda: not any(thread.is_alive() for thread in old_threads))
         assert len(new_threads(baseline)) == THREADS_PER_CONNECTION
         assert await bounded(again.execute_fetchall("SELECT k FROM t")) == [("kept",)]
         await bounded(again.close())
@@ -236,6 +243,37 @@ async def test_a_cancelled_close_still_stops_both_threads_and_keeps_the_replica_
             await bounded(pulling)
     assert turso_threads() == baseline
     await bounded(conn.close())  # after a cancelled close, close() is still safe to call
+
+
+async def test_a_cancelled_close_lets_go_of_the_replica_only_once_the_lane_has_ended(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    # The lane is held 0.3 s by an auth_token callable that blocks (aborting the request cannot end that early).
+    baseline = turso_threads()
+    armed = threading.Event()
+    token_called = threading.Event()
+
+    def slow_token() -> str:
+        if armed.is_set() and not token_called.is_set():
+            token_called.set()
+            threading.Event().wait(0.3)
+        return "token"
+
+    conn = await bounded(connect_sync(replica_path, sync_server.url, auth_token=slow_token))
+    old_threads = new_threads(baseline)
+    armed.set()
+    pulling = asyncio.ensure_future(conn.pull())
+    assert await wait_until(token_called.is_set), "the pull never asked for its token"
+    closing = asyncio.ensure_future(conn.close())
+    await asyncio.sleep(0)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    async with connect_sync(replica_path, sync_server.url) as again:
+        assert [thread.name for thread in old_threads if thread.is_alive()] in ([], [SQL_WORKER])
+        assert await bounded(again.execute_fetchall("SELECT 1")) == [(1,)]
+    await bounded(asyncio.gather(pulling, return_exceptions=True))
+    assert await wait_until(lambda: turso_threads() == baseline)
 
 
 def open_on_its_own_loop(path: str, url: str) -> "tuple[ConnectionSync, asyncio.AbstractEventLoop, threading.Thread]":
