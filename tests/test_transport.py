@@ -570,17 +570,14 @@ def test_a_redirect_to_another_origin_carries_no_authorization(
 def test_a_redirect_from_https_to_http_is_an_error(
     stack: ExitStack,
     make_transport: MakeTransport,
-    certificates: LoopbackCertificates,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    trusted_certificates: LoopbackCertificates,
 ) -> None:
-    monkeypatch.setenv("SSL_CERT_FILE", str(certificates.write_ca(tmp_path / "ca.pem")))
     plain = started(stack, HttpServer())
     location = f"{plain.url}/v2/pipeline"
     remote = started(
         stack,
         HttpServer(
-            tls=certificates.server_context(),
+            tls=trusted_certificates.server_context(),
             answer=lambda request: Answer(status=307, headers=[("Location", location)]),
         ),
     )
@@ -633,15 +630,21 @@ def certificates() -> LoopbackCertificates:
     return LoopbackCertificates()
 
 
+@pytest.fixture
+def trusted_certificates(
+    certificates: LoopbackCertificates, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> LoopbackCertificates:
+    """Loopback certificates whose CA the transport trusts (through SSL_CERT_FILE, as urllib reads it)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates.write_ca(tmp_path / "ca.pem")))
+    return certificates
+
+
 def test_tls_with_a_ca_from_ssl_cert_file(
     stack: ExitStack,
     make_transport: MakeTransport,
-    certificates: LoopbackCertificates,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    trusted_certificates: LoopbackCertificates,
 ) -> None:
-    monkeypatch.setenv("SSL_CERT_FILE", str(certificates.write_ca(tmp_path / "ca.pem")))
-    server = started(stack, HttpServer(tls=certificates.server_context()))
+    server = started(stack, HttpServer(tls=trusted_certificates.server_context()))
     for host in ("127.0.0.1", "localhost"):
         transport = make_transport(f"https://{host}:{server.port}", token=TOKEN)
         for _ in range(5):
@@ -653,12 +656,9 @@ def test_tls_with_a_ca_from_ssl_cert_file(
 def test_libsql_and_turso_urls_speak_https(
     stack: ExitStack,
     make_transport: MakeTransport,
-    certificates: LoopbackCertificates,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    trusted_certificates: LoopbackCertificates,
 ) -> None:
-    monkeypatch.setenv("SSL_CERT_FILE", str(certificates.write_ca(tmp_path / "ca.pem")))
-    server = started(stack, HttpServer(tls=certificates.server_context()))
+    server = started(stack, HttpServer(tls=trusted_certificates.server_context()))
     for scheme in ("libsql", "turso"):
         assert call(make_transport(f"{scheme}://127.0.0.1:{server.port}"))[:2] == (200, b"ok")
 
@@ -715,12 +715,10 @@ def test_http_remote_through_the_proxy_of_http_proxy(
 def test_https_remote_through_a_connect_tunnel_of_https_proxy(
     stack: ExitStack,
     make_transport: MakeTransport,
-    certificates: LoopbackCertificates,
+    trusted_certificates: LoopbackCertificates,
     monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
 ) -> None:
-    monkeypatch.setenv("SSL_CERT_FILE", str(certificates.write_ca(tmp_path / "ca.pem")))
-    server = started(stack, HttpServer(tls=certificates.server_context()))
+    server = started(stack, HttpServer(tls=trusted_certificates.server_context()))
     proxy = started(stack, ForwardProxy())
     monkeypatch.setenv("https_proxy", proxy.url)
     transport = make_transport(f"https://127.0.0.1:{server.port}")
@@ -735,12 +733,10 @@ def test_https_remote_through_a_connect_tunnel_of_https_proxy(
 def test_connect_tunnel_with_proxy_credentials(
     stack: ExitStack,
     make_transport: MakeTransport,
-    certificates: LoopbackCertificates,
+    trusted_certificates: LoopbackCertificates,
     monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
 ) -> None:
-    monkeypatch.setenv("SSL_CERT_FILE", str(certificates.write_ca(tmp_path / "ca.pem")))
-    server = started(stack, HttpServer(tls=certificates.server_context()))
+    server = started(stack, HttpServer(tls=trusted_certificates.server_context()))
     proxy = started(stack, ForwardProxy(credentials="tunnel user:pw"))
     monkeypatch.setenv("HTTPS_PROXY", f"http://tunnel%20user:pw@127.0.0.1:{proxy.port}")
     assert call(make_transport(f"https://127.0.0.1:{server.port}", token=TOKEN))[:2] == (200, b"ok")
