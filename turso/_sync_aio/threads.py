@@ -244,43 +244,35 @@ class ConnectionThreads:
         if not self._started:
             return
         try:
-            await self._close_in_order(last_sql_job, abort_requests, waits_on_remote)
+            self._stop_lane(self._lane_ended)
+            if not await _ended(self._lane_ended, self.close_seconds):
+                logger.warning(
+                    "close() stopped waiting for the remote after %g s: %s failed, and the sync operations queued "
+                    "after it were refused",
+                    self.close_seconds,
+                    self.lane.current,
+                )
+            abort_requests()
+            self.sql.stop_with(self._end_sql_worker_job(last_sql_job, self._sql_ended))
+            while not await _ended(self._sql_ended, self.close_seconds):
+                if waits_on_remote():
+                    logger.warning(
+                        "close() returned while a statement waits for pages from the remote (partial sync); the SQL "
+                        "worker closes the replica and exits once they arrive"
+                    )
+                    return
+            # The lane has no request left to wait for: it ends as soon as a local step it handed over has ended.
+            if not await _ended(self._lane_ended, self.close_seconds):
+                logger.warning("close() returned while the sync lane still runs %s", self.lane.current)
+            elif self.lane.ident is not None:
+                self.lane.join()
+            # Each thread settles its future as its very last step, so the joins return at once.
+            self.sql.join()
+            self._sql_ended.result()
         except BaseException:
             abort_requests()
             self.stop(last_sql_job, quietly=False)
             raise
-
-    async def _close_in_order(
-        self,
-        last_sql_job: Callable[[], Optional[Exception]],
-        abort_requests: Callable[[], None],
-        waits_on_remote: Callable[[], bool],
-    ) -> None:
-        self._stop_lane(self._lane_ended)
-        if not await _ended(self._lane_ended, self.close_seconds):
-            logger.warning(
-                "close() stopped waiting for the remote after %g s: %s failed, and the sync operations queued after "
-                "it were refused",
-                self.close_seconds,
-                self.lane.current,
-            )
-        abort_requests()
-        self.sql.stop_with(self._end_sql_worker_job(last_sql_job, self._sql_ended))
-        while not await _ended(self._sql_ended, self.close_seconds):
-            if waits_on_remote():
-                logger.warning(
-                    "close() returned while a statement waits for pages from the remote (partial sync); the SQL "
-                    "worker closes the replica and exits once they arrive"
-                )
-                return
-        # The lane has no request left to wait for: it ends as soon as a local step it handed over has ended.
-        if not await _ended(self._lane_ended, self.close_seconds):
-            logger.warning("close() returned while the sync lane still runs %s", self.lane.current)
-        elif self.lane.ident is not None:
-            self.lane.join()
-        # Each thread settles its future as its very last step, so the joins return at once.
-        self.sql.join()
-        self._sql_ended.result()
 
     async def exited(self, timeout: float) -> bool:
         """Whether both threads have exited within `timeout` seconds, seen from any event loop (close() after the loop
