@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Callable, Optional, Protocol
 
 from ._sync_aio.arguments import optional_byte_count, seconds
+from ._sync_aio.loop_turns import LoopTurns
 from .lib import ProgrammingError
 
 # Where background sync says that rounds fail (one WARNING per streak) and work again (one INFO); DEBUG per retry.
@@ -35,6 +36,12 @@ STOP_TIMEOUT_SECONDS = 0.25
 CHECKPOINT_WAL_BYTES = 16 * 1024 * 1024
 # The random factor of every wait is drawn uniformly from [1 - JITTER, 1 + JITTER].
 JITTER = 0.2
+# How many rounds of the background syncs of one event loop run at once; the others wait for a turn, in order. A
+# thousand replicas opened together then do not sync in step, and a saturated machine does not pile rounds up: a
+# round waits on the network most of its time, so 32 at once keep a thousand replicas at a 5 s interval even over a
+# link of 100 ms (docs/background-sync.md).
+ROUNDS_AT_ONCE = 32
+_round_turns = LoopTurns(ROUNDS_AT_ONCE)
 
 
 class WalStats(Protocol):
@@ -273,11 +280,16 @@ class BackgroundSync:
                 _fail_quietly(round_future, ProgrammingError("Background sync stopped before this round ran"))
 
     async def _one_round(self) -> Optional[Exception]:
-        # One push-then-pull; returns its error, if it failed (it never raises one, only CancelledError).
+        # One push-then-pull, in its turn among the loop's background syncs; returns its error, if it failed (it never
+        # raises one, only CancelledError).
         round_future = self._round
         if round_future is None:
             round_future = self._round = self._loop.create_future()
         self._next_round_unix_time = None
+        async with _round_turns():
+            return await self._one_round_in_turn(round_future)
+
+    async def _one_round_in_turn(self, round_future: "asyncio.Future[bool]") -> Optional[Exception]:
         self._round_started_unix_time = time.time()
         target = self._target
         try:

@@ -7,17 +7,20 @@
         await conn.push()            # send local changes to the remote
         changed = await conn.pull()  # True if remote changes were applied
 
-Each connection has two threads: the SQL worker runs SQL in call order, and the sync lane runs one sync operation at
-a time, so local SQL never waits for the network. Every sync request has a deadline (`request_timeout`), and close()
-returns within about a second whatever the remote does. The machinery is in the private package `turso._sync_aio`;
-docs/design.md says how it works and why.
+A connection's jobs (its SQL, and the native steps of its sync operations) run in call order on a process-wide pool
+of worker threads, which serve a connection only while it has work: an idle replica holds no thread. The network part
+of a sync waits on the event loop (aiohttp), so local SQL never waits for the network; every request has a deadline
+(`request_timeout`), and close() returns within about a second whatever the remote does. The machinery is in the
+private package `turso._sync_aio`; docs/design.md says how it works and why.
 """
 
 from typing import (
     Any,
+    Awaitable,
     Callable,
     Generator,
     Mapping,
+    NamedTuple,
     Optional,
     Protocol,
     Sequence,
@@ -51,16 +54,19 @@ from .lib import Connection as BlockingConnection
 from .lib import Error, OperationalError, ProgrammingError
 from .background_sync_aio import CHECKPOINT_WAL_BYTES, STOP_TIMEOUT_SECONDS, BackgroundSync
 from ._sync_aio.arguments import seconds
-from ._sync_aio.engine import SyncEngine
+from ._sync_aio.engine import RequestTimeout, SyncEngine
 from ._sync_aio.errors import native_dbapi_error
+from ._sync_aio.http import RemoteHttp
+from ._sync_aio.loop_turns import LoopTurns
 from ._sync_aio.open_replicas import ReplicaPathClaim
-from ._sync_aio.opening import ReplicaOpener, close_quietly
+from ._sync_aio.opening import ReplicaOpener
 from ._sync_aio.pull_recovery import UnusableConnection, applied_before_failing, is_wedged, unusable_message
 from ._sync_aio.replica_files import replica_files_held_open
-from ._sync_aio.threads import ConnectionThreads, Job
 from ._sync_aio.transaction import Transaction as Transaction
 from ._sync_aio.transaction import TransactionHost, TransactionTurns
 from ._sync_aio.transaction import TransactionState as TransactionState
+from ._sync_aio.workers import Job, JobQueue, SerialWorker
+from ._sync_aio.workers import pool as _pool
 
 _T = TypeVar("_T")
 
@@ -70,6 +76,14 @@ TRANSACTION_WAIT_SECONDS = 5.0
 
 # How long close() waits for the sync operations called before it, before it fails the request in flight.
 LANE_CLOSE_SECONDS = 0.5
+
+# How long the close() of the last open connection waits for the pool's idle threads to exit.
+THREADS_EXIT_SECONDS = 1.0
+
+# How many replicas of one event loop apply pulled changes or checkpoint at once. The driver holds the interpreter
+# lock through these native steps; run on many threads at once, they leave the event loop waiting for the lock behind
+# all of them (docs/design.md).
+APPLIES_AT_ONCE = 1
 
 # The default of `ConnectionSync.request_timeout`, in seconds (docs/design.md says why 30).
 REQUEST_TIMEOUT_SECONDS = 30.0
@@ -124,10 +138,39 @@ class SyncStats(Protocol):
         ...
 
 
+class WorkerPoolStats(NamedTuple):
+    """A snapshot of the process's worker pool, from `worker_pool_stats()`: for a service's metrics, and for sizing
+    `set_max_worker_threads`."""
+
+    # Threads of the pool now (busy or idle).
+    threads: int
+    # Threads waiting for work; they exit after a while idle, at once when no connection is open.
+    idle_threads: int
+    # Connections whose jobs wait for a thread because every thread is busy and the pool is at its cap.
+    waiting_connections: int
+    # The cap on threads (`set_max_worker_threads`).
+    max_threads: int
+
+
+def set_max_worker_threads(count: int) -> None:
+    """Cap the threads of the process's worker pool, which runs every connection's SQL and the native steps of its
+    sync (16 by default). A long statement holds one thread; raise the cap if many may run at once, lower it to bound
+    the process's threads. Takes effect at once; threads above a lowered cap exit as they finish."""
+    _pool.max_threads = count
+
+
+def worker_pool_stats() -> WorkerPoolStats:
+    """The worker pool's threads now, idle ones, connections waiting for a thread, and the cap."""
+    threads, idle, waiting = _pool.counts()
+    return WorkerPoolStats(threads, idle, waiting, _pool.max_threads)
+
+
 class _State(enum.Enum):
-    # Made by connect_sync(): no threads yet; awaiting the connection opens it.
+    # Made by connect_sync(): nothing runs yet; awaiting the connection opens it.
     UNOPENED = "unopened"
-    # The threads run; the replica is opening or open.
+    # Awaited: the replica opens (calls wait for the open to end).
+    OPENING = "opening"
+    # Open.
     OPENED = "opened"
     # close() began, or opening failed or was cancelled: no new work is accepted.
     CLOSED = "closed"
@@ -140,29 +183,29 @@ class ConnectionSync(NonBlockingConnection):
     Any call after `close()` raises `turso.ProgrammingError`.
     """
 
-    # The connection's two threads and their shutdown; made when it is first awaited.
-    _threads: ConnectionThreads
-    # The base class's SQL worker thread: here the one `_threads` owns (set with it; nothing of ours reads it).
+    # The base class's worker: here the connection's SerialWorker, which the pool's threads run while it has jobs
+    # (made when the connection is first awaited).
     _worker: Worker
 
     def __init__(self, connector: Callable[[], BlockingConnectionSync]) -> None:
-        """Wrap `connector`, which opens the blocking sync connection on the SQL worker when the connection is first
+        """Wrap `connector`, which opens the blocking sync connection on a worker thread when the connection is first
         awaited; prefer `connect_sync(...)`."""
-        # NonBlockingConnection.__init__ is not called: it would start its worker at once, on whatever loop
-        # asyncio.get_event_loop() returns then. The threads start when the connection is awaited.
+        # NonBlockingConnection.__init__ is not called: it would start a thread of its own at once, on whatever loop
+        # asyncio.get_event_loop() returns then. The connection starts when it is awaited.
         self._connector: Callable[[], BlockingConnectionSync] = connector
         self._state = _State.UNOPENED
-        # Set when the connection is first awaited, with `_loop` and `_threads`.
-        self._threads_started = False
-        # The SQL worker's queue (the base class's _queue holds only awaited jobs) and the sync lane's.
-        self._jobs: SimpleQueue[Job] = SimpleQueue()
-        self._lane_jobs: SimpleQueue[Job] = SimpleQueue()
-        # The blocking connection and its sync engine, set by the open job on the SQL worker, dropped by the last
-        # job; `_open_ended` tells a sync operation called during the open that they are there (or never will be).
+        # Set when the connection is first awaited, with `_loop`, `_worker`, `_serial` and `_open_task`.
+        self._started = False
+        # The connection's jobs, in call order: its SQL and the native steps of its sync operations. A SimpleQueue
+        # that also hands the connection to a thread of the pool when a job comes in.
+        self._jobs: SimpleQueue[Job] = JobQueue()
+        # The blocking connection and its sync engine, set by the open, dropped by the last job.
         self._conn: Optional[BlockingConnection] = None
         self._engine: Optional[SyncEngine] = None
-        self._open_ended = threading.Event()
-        # Set once no sync request may start any more (close() or the quiet stops; the one in flight is failed).
+        # The engine's HTTP, kept for the connection's life (a reopened replica keeps it) and closed by close().
+        self._http: Optional[RemoteHttp] = None
+        self._request_timeout = RequestTimeout(REQUEST_TIMEOUT_SECONDS)
+        # Set once no sync operation may start any more (close(), or the quiet stops).
         self._refusing = False
         # Mirrors of the blocking connection's settings, for the inherited property getters.
         self._isolation_level_cache: Optional[str] = None
@@ -172,53 +215,58 @@ class ConnectionSync(NonBlockingConnection):
         # connect_sync's claim on the replica's file (one open connection per file per process).
         self._path_claim = connector.path_claim if isinstance(connector, ReplicaOpener) else None
         self._background: Optional[BackgroundSync] = None
-        self._request_timeout = REQUEST_TIMEOUT_SECONDS
         # transaction() blocks take turns; `_turns_busy` mirrors `turns.busy`, the one flag every SQL call checks.
         self._transaction_turns = TransactionTurns(self._jobs)
         self._turns_busy = False
+        # Sync operations (pull, push, checkpoint) in flight or waiting for their turn; one runs at a time.
+        self._sync_operations: set[asyncio.Task[Any]] = set()
         # Set when a failed pull left the connection unable to use its replica: what every call says then.
         self._unusable: Optional[str] = None
         # Set when the event loop closed under the open connection, which still warns when collected (never closed).
         self._stopped_by_closed_loop = False
+        # Whether this connection counts among the pool's open connections (from the open to the end of close()).
+        self._in_pool = False
+        # Set on a thread of the pool once the last job has closed the replica (close() after the loop closed).
+        self._replica_closed = threading.Event()
+        # close()'s work, which goes on when its caller is cancelled.
+        self._closing: Optional[asyncio.Task[None]] = None
 
     # internal worker MUST be stopped when connection goes out of context scope: here, and on every other way out
     # (failed or cancelled open, garbage collection, the event loop closing)
     async def close(self) -> None:
-        """Close the replica and stop both threads; safe to call more than once, from several tasks.
+        """Close the replica and let go of every thread; safe to call more than once, from several tasks.
 
         Work called before close() runs first. Sync operations get `LANE_CLOSE_SECONDS`; then the request in flight
-        fails and they raise `turso.ProgrammingError`. When it returns, no thread of the connection runs. Cancelled,
-        it still stops both threads, without waiting.
+        fails and they raise `turso.ProgrammingError`. When it returns, the replica's files are released, and if this
+        was the process's last open connection, no thread of ours runs. Cancelled, it still does all that, without
+        waiting (the request in flight fails at once).
         """
-        if not self._threads_started:
+        if not self._started:
             self._state = _State.CLOSED
             return
         if self._loop.is_closed():
             # Opened on an event loop that has closed since: nothing of that loop can be awaited any more.
-            if self._state is _State.OPENED:
+            if self._state is not _State.CLOSED:
                 self._stop_quietly(self._close_replica)
-            if not await self._threads.exited(LANE_CLOSE_SECONDS):
-                logger.warning("close() returned while a thread of the connection still runs (its loop had closed)")
+            await self._wait_replica_closed_elsewhere()
             return
         if _get_running_loop() is not self._loop:
             raise ProgrammingError("ConnectionSync can only be closed from the event loop that opened it")
+        closing = self._closing
+        if closing is None:
+            closing = self._closing = self._loop.create_task(self._close_in_order(), name="turso-sync-close")
+            closing.add_done_callback(_retrieve_outcome)
         try:
-            if self._background is not None:
-                await self._background.stop(timeout=STOP_TIMEOUT_SECONDS)
-        except BaseException:
-            # Cancelled while background sync stopped: the threads still stop, without waiting.
-            self._begin_closing()
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            # The closing goes on; the request in flight fails now instead of after LANE_CLOSE_SECONDS.
             self._refuse_requests()
-            self._threads.stop(self._close_replica, quietly=False)
             raise
-        self._begin_closing()
-        # The SQL worker's last job lets go of the replica's path, once nothing of this connection uses the file.
-        await self._threads.close(self._close_replica, self._refuse_requests, self._waits_for_pages)
 
     # typed so that the awaited value is ConnectionSync: the base class would type it as the plain Connection and
     # hide pull/push/checkpoint/stats
     def __await__(self) -> Generator[Any, None, "ConnectionSync"]:
-        """`conn = await connect_sync(...)` opens the replica on the SQL worker and gives back this connection."""
+        """`conn = await connect_sync(...)` opens the replica on a worker thread and gives back this connection."""
         return self._open().__await__()
 
     async def __aenter__(self) -> "ConnectionSync":
@@ -241,25 +289,32 @@ class ConnectionSync(NonBlockingConnection):
         Raises `turso.OperationalError` if the remote does not answer within `request_timeout`, or a transaction stays
         open for `TRANSACTION_WAIT_SECONDS`.
         """
-        return await self._run_on_lane(self._pull_on_lane)
+        return await self._sync_operation("pull", self._pull_in_turn)
 
     async def push(self) -> None:
         """Push the local changes: everything committed before push() was called. SQL goes on meanwhile; raises
         `turso.OperationalError` if the remote does not answer within `request_timeout`."""
-        await self._run_on_lane(self._push_on_lane)
+        await self._sync_operation("push", self._push_in_turn)
 
     async def checkpoint(self) -> None:
         """Move the write-ahead log into the database file (`stats().main_wal_size` drops to 0), between
         transactions; `sync_in_background` does it for you when the log grows."""
-        await self._run_on_lane(self._checkpoint_on_lane)
+        await self._sync_operation("checkpoint", self._checkpoint_in_turn)
 
     async def stats(self) -> SyncStats:
         """The replica's sync counters: pending local changes, log sizes, last sync times, bytes sent and received.
-        Waits for a sync operation in flight."""
-        return await self._run_on_lane(self._stats_on_lane)
+        Waits for a sync operation in flight (the engine's operations exclude each other)."""
+        if self._state is not _OPENED or _get_running_loop() is not self._loop:
+            await self._wait_opened()
+        # One job in the sync turns, without a task of its own: a cancelled await leaves it queued, and it runs before
+        # any later operation's first step (its job is ahead of theirs).
+        async with self._sync_turns:
+            future: asyncio.Future[SyncStats] = self._loop.create_future()
+            self._jobs.put_nowait((future, self._stats_blocking))
+            return await future
 
     async def execute_fetchall(self, sql: str, parameters: Union[Sequence[Any], Mapping[str, Any]] = ()) -> list[Any]:
-        """Run one statement and return all its rows, in one trip to the SQL worker instead of three: use it when you
+        """Run one statement and return all its rows, in one trip to the worker instead of three: use it when you
         want the rows at once, and `execute` for a cursor's metadata or for reading in parts."""
         return await self._run(functools.partial(self._fetchall_blocking, sql, parameters))
 
@@ -292,8 +347,8 @@ class ConnectionSync(NonBlockingConnection):
         await self._run(self._rollback_blocking)
 
     async def sync(self) -> bool:
-        """Push, then pull; returns what pull returns. The push is left out when nothing is pending. This is one round
-        of background sync."""
+        """Push, then pull; returns what pull returns. The push is left out when nothing is pending (the engine's own
+        count of local changes). This is one round of background sync."""
         if (await self.stats()).cdc_operations:
             await self.push()
         return await self.pull()
@@ -319,27 +374,27 @@ class ConnectionSync(NonBlockingConnection):
     def request_timeout(self) -> float:
         """Seconds a sync request may take to connect, or wait for the next byte of its answer, before its operation
         fails with `turso.OperationalError`; 30 by default, settable at any time."""
-        return self._request_timeout
+        return self._request_timeout.value
 
     @request_timeout.setter
     def request_timeout(self, value: float) -> None:
-        self._request_timeout = seconds("request_timeout", value)
-        if self._engine is not None:
-            self._engine.request_timeout = self._request_timeout
+        self._request_timeout.value = seconds("request_timeout", value)
 
     def __del__(self) -> None:
         # Collected without close(): warn like asyncio and aiosqlite do (also when its loop closed first, which stopped
-        # the threads), and let both threads close what they hold and exit. Nothing here touches the event loop.
-        if self._state is not _State.OPENED and not self._stopped_by_closed_loop:
+        # it), and let a worker close what it holds. Nothing here touches the event loop.
+        if self._state in (_State.UNOPENED, _State.CLOSED) and not self._stopped_by_closed_loop:
             return
         warnings.warn(
             "ConnectionSync was never closed; use `async with connect_sync(...)` or `await conn.close()`",
             ResourceWarning,
             source=self,
         )
-        if self._state is _State.OPENED:
+        if self._state is not _State.CLOSED:
             # The last job must not refer to this connection, which is being collected.
-            self._stop_quietly(functools.partial(_close_for_nobody, self._engine, self._conn, self._path_claim))
+            self._stop_quietly(
+                functools.partial(_close_for_nobody, self._conn, self._path_claim, self._http, self._loop)
+            )
 
     # --- opening ----------------------------------------------------------------------------------------------------
 
@@ -347,75 +402,132 @@ class ConnectionSync(NonBlockingConnection):
         if self._state is _State.CLOSED:
             raise ProgrammingError("Cannot open a closed connection; make a new one with connect_sync()")
         if self._state is _State.UNOPENED:
-            self._start_threads(asyncio.get_running_loop())
+            self._start(asyncio.get_running_loop())
+        elif _get_running_loop() is not self._loop:
+            raise ProgrammingError("ConnectionSync can only be used from the event loop that opened it")
+        opening = self._open_task
         try:
-            await asyncio.shield(self._open_future)
+            await asyncio.shield(opening)
         except asyncio.CancelledError:
-            # A bootstrap in flight fails at once; the worker removes what it created, and both threads exit. Nobody
-            # awaits the open's outcome any more: mark its error retrieved, so asyncio does not log it.
-            self._open_future.add_done_callback(_retrieve_outcome)
-            self._state = _State.CLOSED
+            # A bootstrap in flight fails at once; the open removes what it created, and close() lets go of the rest.
+            # Nobody awaits the open's outcome any more: mark its error retrieved, so asyncio does not log it.
+            opening.add_done_callback(_retrieve_outcome)
             self._refuse_requests()
-            self._threads.stop(self._close_replica, quietly=False)
+            if self._closing is None:
+                self._closing = self._loop.create_task(self._close_in_order(), name="turso-sync-close")
+                self._closing.add_done_callback(_retrieve_outcome)
             raise
         except BaseException:
             await self.close()
             raise
         return self
 
-    def _start_threads(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._open_future = loop.create_future()
-        on_loop_closed = weakref.WeakMethod(self._stop_after_loop_closed)
-        self._threads = ConnectionThreads(self._jobs, self._lane_jobs, loop, on_loop_closed, LANE_CLOSE_SECONDS)
-        self._threads_started = True
-        self._worker = self._threads.sql
-        try:
-            self._threads.start((self._open_future, self._open_blocking))
-        except BaseException:
-            # The OS refused a thread: stop what started (a later close() then returns at once).
-            self._state = _State.CLOSED
-            self._refuse_requests()
-            self._threads.stop(self._close_replica, quietly=False)
-            raise
-        self._state = _State.OPENED
+        self._worker = self._serial = SerialWorker(
+            self._jobs, loop, weakref.WeakMethod(self._stop_after_loop_closed), _pool
+        )
+        self._sync_turns = asyncio.Lock()
+        _pool.attach()
+        self._in_pool = True
+        self._started = True
+        self._state = _State.OPENING
+        self._open_task: asyncio.Task[None] = loop.create_task(self._open_replica(), name="turso-sync-open")
 
-    def _open_blocking(self) -> None:
-        # On the SQL worker: open the blocking connection, take over its engine, and mirror its settings.
-        try:
-            connector = self._connector
-            if isinstance(connector, ReplicaOpener):
-                blocking = connector.open(self._take_over_engine)
-            else:
-                blocking = connector()
-                self._take_over_engine(blocking, 0.0)
-        finally:
-            self._open_ended.set()
+    async def _open_replica(self) -> None:
+        # The open: on the worker (a fresh replica then bootstraps from the loop); the settings are mirrored after.
+        connector = self._connector
+        if isinstance(connector, ReplicaOpener):
+            blocking, _ = await connector.open(self._on_worker, self._take_over_engine)
+        else:
+            blocking = await self._on_worker(connector)
+            await self._on_worker(lambda: self._take_over_engine(blocking, 0.0))
         self._conn = blocking
         self._isolation_level_cache = blocking.isolation_level
         self._row_factory_cache = blocking.row_factory
         self._text_factory_cache = blocking.text_factory
         self._autocommit_cache = blocking.autocommit
+        if self._state is _State.OPENING:
+            self._state = _State.OPENED
 
     def _take_over_engine(self, blocking: BlockingConnectionSync, long_poll_seconds: float) -> SyncEngine:
-        # On the SQL worker, while opening: our engine drives `blocking`'s from now on (a close() that began meanwhile
-        # fails its requests at once).
-        engine = self._engine = SyncEngine(blocking, self._request_timeout, long_poll_seconds)
-        if self._refusing:
-            engine.abort()
+        # On the worker, while opening: our engine drives `blocking`'s from now on.
+        http = self._http if self._http is not None else self._request_timeout
+        engine = self._engine = SyncEngine(blocking, self._loop, self._jobs, http, long_poll_seconds)
+        self._http = engine.http
         return engine
+
+    async def _wait_opened(self) -> None:
+        # The slow path of a call that cannot queue at once: say why it cannot, or wait for the open to end.
+        self._check_usable()
+        if self._state is _State.OPENING:
+            await asyncio.wait([self._open_task])
+            self._check_usable()
 
     # --- closing ----------------------------------------------------------------------------------------------------
 
+    async def _close_in_order(self) -> None:
+        # close()'s work: background sync stops, the sync operations end (bounded), the SQL queued before runs, then
+        # the last job closes the replica; then the HTTP and the pool's threads are let go of.
+        if self._background is not None:
+            await self._background.stop(timeout=STOP_TIMEOUT_SECONDS)
+        self._begin_closing()
+        if not self._open_task.done():
+            self._refuse_requests()
+            await asyncio.wait([self._open_task])
+        await self._end_sync_operations()
+        self._refuse_requests()
+        replica_closed: asyncio.Future[Optional[Exception]] = self._loop.create_future()
+        self._jobs.put_nowait((replica_closed, self._close_replica))
+        try:
+            error = await replica_closed
+        finally:
+            await self._let_go()
+        if error is not None:
+            raise error
+
+    async def _end_sync_operations(self) -> None:
+        # The sync operations called before close() get LANE_CLOSE_SECONDS; then the request in flight fails, and they
+        # end (their next step finds the connection closing).
+        operations = set(self._sync_operations)
+        if not operations:
+            return
+        _, pending = await asyncio.wait(operations, timeout=LANE_CLOSE_SECONDS)
+        if not pending:
+            return
+        logger.warning(
+            "close() stopped waiting for the remote after %g s: the sync operation in flight failed, and those queued "
+            "after it were refused",
+            LANE_CLOSE_SECONDS,
+        )
+        self._refuse_requests()
+        _, pending = await asyncio.wait(pending, timeout=LANE_CLOSE_SECONDS)
+        if pending and self._engine is not None and self._engine.fetching_pages:
+            logger.warning(
+                "close() goes on while a statement waits for pages from the remote (partial sync); its worker exits "
+                "once they arrive"
+            )
+
+    async def _let_go(self) -> None:
+        # After the last job: the HTTP's share of the loop's session, and this connection's count in the pool (the
+        # pool's idle threads exit once no connection is open: close() of the last one waits for them, bounded).
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
+        if not self._in_pool:
+            return
+        self._in_pool = False
+        if _pool.detach() and not await _pool.wait_exited(THREADS_EXIT_SECONDS):
+            logger.warning("close() returned while a worker thread still runs a job (it exits when the job ends)")
+
     def _close_replica(self) -> Optional[Exception]:
-        # On the SQL worker, its last job: close the engine and the blocking connection, and drop them. The driver's
-        # close() leaves the native sync database, and so the replica's files and locks, alive until nothing refers
-        # to it. Then the path may be opened again. Returns the close error, if any.
+        # On the worker, the connection's last job: close the blocking connection and drop it and the engine. The
+        # driver's close() leaves the native sync database, and so the replica's files and locks, alive until nothing
+        # refers to it. Then the path may be opened again. Returns the close error, if any.
+        self._serial.fail_waiting()
         engine, blocking = self._engine, self._conn
         self._conn = self._engine = None
         try:
-            if engine is not None:
-                engine.close()
             if blocking is not None:
                 blocking.close()
         except Exception as error:
@@ -425,87 +537,109 @@ class ConnectionSync(NonBlockingConnection):
         finally:
             del engine, blocking
             self._release_path()
+            self._replica_closed.set()
         return None
 
     def _begin_closing(self) -> None:
         # From here on every call raises ProgrammingError, and an open of the same replica waits for its release.
-        if self._state is _State.OPENED:
+        if self._state is not _State.CLOSED:
             self._state = _State.CLOSED
             self._transaction_turns.close()
             if self._path_claim is not None:
                 self._path_claim.begin_closing()
 
     def _refuse_requests(self) -> None:
-        # The request in flight fails now (its socket is shut), and no request starts after it.
+        # On the loop: the request in flight fails now, and no sync operation starts after it.
         self._refusing = True
-        if self._engine is not None:
-            self._engine.abort()
-        self._open_ended.set()
-
-    def _waits_for_pages(self) -> bool:
-        # Whether the SQL worker waits on the remote for partial sync's pages (which cannot fail: see the engine).
-        return self._engine is not None and self._engine.fetching_pages
+        if self._http is not None:
+            self._http.abort()
 
     def _release_path(self) -> None:
         # The replica's file may be opened again (by this process: another one waits for the file locks).
         if self._path_claim is not None:
             self._path_claim.release()
 
-    def _stop_quietly(self, last_sql_job: Callable[[], Optional[Exception]]) -> None:
-        # Nobody is left to hear of an error (garbage collection, loop closed): stop both threads, without waiting.
+    def _stop_quietly(self, last_job: Callable[[], object]) -> None:
+        # Nobody is left to hear of an error (garbage collection, loop closed), and the loop may not be usable: queue
+        # the last job, which also lets go of the pool, without waiting.
         self._state = _State.CLOSED
+        self._refusing = True
         if self._path_claim is not None:
             self._path_claim.begin_closing()
-        self._refuse_requests()
-        self._threads.stop(last_sql_job, quietly=True)
+        in_pool, self._in_pool = self._in_pool, False
+        self._jobs.put_nowait((None, functools.partial(_last_job_for_nobody, last_job, in_pool)))
 
     def _stop_after_loop_closed(self) -> None:
-        # On a thread of ours, when an outcome could not be handed back because the loop has closed.
-        if self._state is _State.OPENED:
+        # On a thread of the pool, when an outcome could not be handed back because the loop has closed.
+        if self._state is not _State.CLOSED:
             self._stopped_by_closed_loop = True
             self._stop_quietly(self._close_replica)
 
-    # --- the sync operations, on the sync lane ---------------------------------------------------------------------
+    async def _wait_replica_closed_elsewhere(self) -> None:
+        # close() after the opening loop closed: wait (bounded, polling) for the last job, then for the pool's threads
+        # if no connection is open any more.
+        deadline = LANE_CLOSE_SECONDS
+        while not self._replica_closed.is_set() and deadline > 0:
+            await asyncio.sleep(0.01)
+            deadline -= 0.01
+        if not _pool.users and not await _pool.wait_exited(THREADS_EXIT_SECONDS):
+            logger.warning("close() returned while a thread of the pool still runs (its loop had closed)")
 
-    def _engine_for_lane(self, operation: str) -> SyncEngine:
-        # At the start of each operation: the engine once the open has ended, unless the connection is closing (the
-        # operation then never starts) or the open failed (its await says why).
-        self._open_ended.wait()
-        engine = self._engine
-        if self._refusing or engine is None:
-            raise self._unusable_error(operation)
-        self._threads.lane.current = operation
-        return engine
+    # --- the sync operations, one at a time ---------------------------------------------------------------------------
 
-    def _pull_on_lane(self) -> bool:
-        # The network wait here; the apply on the SQL worker, between transactions. No reference to the engine is kept
-        # while the worker applies: a failed apply may reopen the replica.
-        changes = self._engine_for_lane("pull").wait_changes()
+    async def _sync_operation(self, name: str, operation: Callable[[SyncEngine], Awaitable[_T]]) -> _T:
+        # A sync operation runs as a task of its own, in its turn: cancelling the await does not stop it (a push sent
+        # is not sent twice), and close() waits for it (bounded).
+        self._check_usable()
+        task = self._loop.create_task(self._in_sync_turn(name, operation))
+        self._sync_operations.add(task)
+        task.add_done_callback(self._sync_operations.discard)
+        task.add_done_callback(_retrieve_outcome)
+        return await asyncio.shield(task)
+
+    async def _in_sync_turn(self, name: str, operation: Callable[[SyncEngine], Awaitable[_T]]) -> _T:
+        async with self._sync_turns:
+            if not self._open_task.done():
+                await asyncio.wait([self._open_task])
+            engine = self._engine
+            if self._refusing or engine is None:
+                raise self._unusable_error(name)
+            return await operation(engine)
+
+    async def _pull_in_turn(self, engine: SyncEngine) -> bool:
+        # The network wait here on the loop; the apply on the worker, between transactions. No reference to the engine
+        # is kept while the worker applies: a failed apply may reopen the replica.
+        changes = await engine.wait_changes()
         if changes is None or changes.empty():
             return False
         apply = functools.partial(self._apply_pulled_blocking, [changes])
-        del changes  # held by `apply` alone, which the worker drops once it ran: a later pull can fetch them again
-        self._between_transactions(apply, "apply pulled changes")
+        del changes, engine  # held by `apply` alone, which the worker drops once it ran
+        await self._between_transactions(apply, "apply pulled changes")
         return True
 
-    def _push_on_lane(self) -> None:
-        self._engine_for_lane("push").push_changes()
+    async def _push_in_turn(self, engine: SyncEngine) -> None:
+        await engine.push_changes()
 
-    def _checkpoint_on_lane(self) -> None:
-        self._between_transactions(self._engine_for_lane("checkpoint").checkpoint, "checkpoint")
+    async def _checkpoint_in_turn(self, engine: SyncEngine) -> None:
+        await self._between_transactions(engine.checkpoint, "checkpoint")
 
-    def _stats_on_lane(self) -> SyncStats:
-        return cast(SyncStats, self._engine_for_lane("read stats").stats())
+    async def _between_transactions(self, step: Callable[[], Any], description: str) -> Any:
+        # `step` runs on the worker once no transaction is open, in its turn among the loop's applies and checkpoints;
+        # the operation awaits its outcome.
+        async with _applying_turns():
+            return await self._serial.run_between_transactions(
+                step, description, self._in_transaction_blocking, TRANSACTION_WAIT_SECONDS
+            )
 
-    def _between_transactions(self, step: Callable[[], Any], description: str) -> Any:
-        # Hand `step` to the SQL worker, which runs it once no transaction is open; the lane waits for its outcome.
-        return self._threads.sql.run_between_transactions(
-            step, description, self._in_transaction_blocking, TRANSACTION_WAIT_SECONDS
-        )
+    def _stats_blocking(self) -> SyncStats:
+        engine = self._engine
+        if self._refusing or engine is None:
+            raise self._unusable_error("read stats")
+        return cast(SyncStats, engine.stats())
 
     def _apply_pulled_blocking(self, pulled: list[Any]) -> None:
-        # On the SQL worker: apply the changes the lane fetched (`pulled` holds them, so that they are dropped as soon
-        # as the engine took them). A failure after they were applied is reported as success; one that wedged the
+        # On the worker: apply the changes the loop fetched (`pulled` holds them, so that they are dropped as soon as
+        # the engine took them). A failure after they were applied is reported as success; one that wedged the
         # connection reopens the replica (see _sync_aio/pull_recovery.py).
         engine = self._engine
         if engine is None:
@@ -528,18 +662,17 @@ class ConnectionSync(NonBlockingConnection):
         )
 
     def _recover_after_failed_apply(self, failure: Error) -> Error:
-        # On the SQL worker, after a failed apply: if the connection can no longer read its replica, drop the native
+        # On the worker, after a failed apply: if the connection can no longer read its replica, drop the native
         # database and open the replica again. Returns the error for the pull to raise.
-        blocking, engine = self._conn, self._engine
-        if not isinstance(blocking, BlockingConnectionSync) or engine is None or not is_wedged(blocking):
+        blocking, connector = self._conn, self._connector
+        if not isinstance(blocking, BlockingConnectionSync) or self._engine is None or not is_wedged(blocking):
             return failure
         self._conn = self._engine = None
-        close_quietly(engine, blocking)
-        del engine
+        _close_quietly(blocking)
         path = self._path_claim.path if self._path_claim is not None else None
         # 2: this variable and getrefcount's argument. Any more is the application's (a cursor kept, an error holding
         # one): the old native database would outlive the reopen, and two on one file are not survivable.
-        if sys.getrefcount(blocking) > 2:
+        if sys.getrefcount(blocking) > 2 or not isinstance(connector, ReplicaOpener):
             return self._become_unusable(unusable_message(path, failure))
         del blocking
         if path is not None and replica_files_held_open(path):
@@ -547,16 +680,14 @@ class ConnectionSync(NonBlockingConnection):
         settings = (self._isolation_level_cache, self._row_factory_cache, self._text_factory_cache)
         autocommit = self._autocommit_cache
         try:
-            self._open_blocking()
+            reopened = connector.reopen(self._take_over_engine)
         except Exception as error:
             return self._become_unusable(unusable_message(path, failure) + f" (reopening it failed: {error})")
-        reopened = self._blocking()
+        self._conn = reopened
         # The settings the application made on the old connection carry over to the new one.
         reopened.isolation_level, reopened.row_factory, reopened.text_factory = settings
-        self._isolation_level_cache, self._row_factory_cache, self._text_factory_cache = settings
         if autocommit != reopened.autocommit:
             reopened.autocommit = autocommit
-            self._autocommit_cache = autocommit
         logger.warning("pull: a failed apply (%s) left the connection unable to read its replica: reopened", failure)
         return type(failure)(f"{failure} (the connection reopened the replica; the next pull applies the changes)")
 
@@ -574,10 +705,10 @@ class ConnectionSync(NonBlockingConnection):
             return OperationalError(self._unusable)
         return ProgrammingError(f"Cannot {operation}: the connection was closed before the {operation} started")
 
-    # --- SQL, on the SQL worker ------------------------------------------------------------------------------------
+    # --- SQL, on the worker ----------------------------------------------------------------------------------------
 
     def _blocking(self) -> BlockingConnectionSync:
-        # The blocking connection, after the open job (jobs run in order); None only if opening failed.
+        # The blocking connection, after the open (jobs run in order); None only if opening failed.
         blocking = self._conn
         if blocking is None:
             raise ProgrammingError("Connection is not open")
@@ -608,42 +739,53 @@ class ConnectionSync(NonBlockingConnection):
 
     async def _run(self, func: Callable[[], _T]) -> _T:
         # Every awaited SQL call's path, inlined on purpose. Cancelling the await cancels only `future`: the job still
-        # runs, in order (see JobRunner). While a transaction() block is open, another task's call waits its turn.
+        # runs, in order (see SerialWorker). While a transaction() block is open, another task's call waits its turn.
         if self._state is not _OPENED or self._turns_busy or _get_running_loop() is not self._loop:
             await self._take_turn()
         future: asyncio.Future[_T] = self._loop.create_future()
         self._jobs.put_nowait((future, func))
         return await future
 
-    async def _run_on_lane(self, func: Callable[[], _T]) -> _T:
-        self._check_usable()
+    def _on_worker(self, func: Callable[[], _T]) -> "asyncio.Future[_T]":
+        # A job of the connection's own (opening, sync steps), queued past the turns.
         future: asyncio.Future[_T] = self._loop.create_future()
-        self._lane_jobs.put_nowait((future, func))
-        return await future
+        self._jobs.put_nowait((future, func))
+        return future
 
     def _run_nowait(self, func: Callable[[], Any]) -> None:
         # A job nobody awaits (the inherited cursor creation and property setters): a success does not wake the loop,
-        # a failure goes to the loop's exception handler. Held back while another task's transaction() block is open.
+        # a failure goes to the loop's exception handler. Held back while another task's transaction() block is open,
+        # or until the open has ended.
         if self._state is not _OPENED or self._turns_busy or _get_running_loop() is not self._loop:
             self._check_usable()
-            if self._transaction_turns.defer((None, func)):
+            job: Job = (None, func)
+            if self._state is _State.OPENING:
+                self._open_task.add_done_callback(lambda _: self._queue_if_opened(job))
+                return
+            if self._transaction_turns.defer(job):
                 return
         self._jobs.put_nowait((None, func))
 
+    def _queue_if_opened(self, job: Job) -> None:
+        # A job held back during the open: queued once it succeeded (the open's own error says why otherwise).
+        if self._state is _OPENED:
+            self._jobs.put_nowait(job)
+
     def _check_usable(self) -> None:
-        # The one guard of every call: open, and on the loop that opened it.
+        # The one guard of every call: open (or opening), and on the loop that opened it.
         if self._state is _OPENED and _get_running_loop() is self._loop:
             return
         if self._state is _State.UNOPENED:
             raise ProgrammingError("Connection is not open; use `await connect_sync(...)` or `async with` first")
         if self._state is _State.CLOSED:
             raise ProgrammingError("Cannot operate on a closed connection")
-        raise ProgrammingError("ConnectionSync can only be used from the event loop that opened it")
+        if _get_running_loop() is not self._loop:
+            raise ProgrammingError("ConnectionSync can only be used from the event loop that opened it")
 
     async def _take_turn(self) -> None:
-        # The slow path of an SQL call: say why it cannot be queued, or wait until no other task's transaction() block
-        # is open (at once when none is, or when the caller is inside the innermost one).
-        self._check_usable()
+        # The slow path of an SQL call: say why it cannot be queued, or wait for the open to end, and until no other
+        # task's transaction() block is open (at once when none is, or when the caller is inside the innermost one).
+        await self._wait_opened()
         turns = self._transaction_turns
         await turns.wait_turn()
         # Back to the one flag once no block is open and no statement let go by one is still on its way.
@@ -653,7 +795,11 @@ class ConnectionSync(NonBlockingConnection):
     def _queue_transaction_step(
         self, future: Optional["asyncio.Future[Any]"], step: Callable[[BlockingConnection], Any]
     ) -> None:
-        # A transaction() block's BEGIN, COMMIT or ROLLBACK, queued past the turns (the block has the turn).
+        # A transaction() block's BEGIN, COMMIT or ROLLBACK, queued past the turns (the block has the turn); during the
+        # open, once it has ended.
+        if self._state is _State.OPENING:
+            self._open_task.add_done_callback(lambda _: self._queue_transaction_step(future, step))
+            return
         if self._state is not _OPENED:
             if future is not None and not future.done():
                 future.set_exception(ProgrammingError("the connection was closed while the transaction() block ran"))
@@ -664,18 +810,45 @@ class ConnectionSync(NonBlockingConnection):
         self._turns_busy = self._transaction_turns.busy
 
 
+_applying_turns = LoopTurns(APPLIES_AT_ONCE)
+
 # Read on every call: a module-level name is cheaper than `_State.OPENED` and `asyncio.get_running_loop`.
 _OPENED = _State.OPENED
 _get_running_loop = asyncio.get_running_loop
 
 
+def _close_quietly(blocking: Optional[BlockingConnection]) -> None:
+    # Close a blocking connection, ignoring errors (its replica is given up on).
+    try:
+        if blocking is not None:
+            blocking.close()
+    except Exception:
+        pass
+
+
 def _close_for_nobody(
-    engine: Optional[SyncEngine], blocking: Optional[BlockingConnection], path_claim: Optional[ReplicaPathClaim]
+    blocking: Optional[BlockingConnection],
+    path_claim: Optional[ReplicaPathClaim],
+    http: Optional[RemoteHttp],
+    loop: asyncio.AbstractEventLoop,
 ) -> None:
-    # The SQL worker's last job for a connection being collected: close the replica, release its path.
-    close_quietly(engine, blocking)
+    # The last job of a connection being collected: close the replica, release its path, and let the loop (if it still
+    # runs) close the HTTP's share of its session.
+    _close_quietly(blocking)
     if path_claim is not None:
         path_claim.release()
+    if http is not None:
+        http.close_soon(loop)
+
+
+def _last_job_for_nobody(last_job: Callable[[], object], in_pool: bool) -> None:
+    # A connection's last job when nobody awaits close(): close the replica, then count it out of the pool (its
+    # threads exit once idle if it was the last connection).
+    try:
+        last_job()
+    finally:
+        if in_pool:
+            _pool.detach()
 
 
 def _retrieve_outcome(future: "asyncio.Future[Any]") -> None:

@@ -1,17 +1,21 @@
-"""The sync engine of one open replica, driven by our own loop: its HTTP through our transport, its files through the
-driver's functions. This is the one place that uses the driver's private names (the blocking connection's `_sync` and
+"""The sync engine of one open replica, driven by us: its operations are coroutines on the connection's event loop,
+its native steps jobs on the connection's worker, its HTTP requests aiohttp's (`RemoteHttp`), its files the driver's
+functions. This is the one place that uses the driver's private names (the blocking connection's `_sync` and
 `_http_ctx`, `turso.lib_sync`'s `_process_full_read_item` and `_process_full_write_item`, `turso.lib`'s
 `_map_turso_exception`), called as they are; tests/test_driver_contract.py fails if the pinned driver renames them.
 
-An operation is resumed until it finishes; whenever it needs IO, its thread takes the IO items from the engine's queue
-and performs them. The lock is held only for native calls, never across a network wait (docs/design.md).
+An operation is started and resumed by jobs on the connection's worker, one at a time and in order with its SQL; when
+it needs IO, the job hands back the IO items the engine queued, and the loop performs them: HTTP on the loop, file IO
+as another job. No thread ever waits for the network, except a statement that needs pages from the remote (partial
+sync), whose worker waits for the loop to fetch them.
 """
 
+import asyncio
+import functools
 import logging
-import threading
-import time
 import traceback
-from typing import Any, Callable, Optional, cast
+from queue import SimpleQueue
+from typing import Any, Awaitable, Callable, Optional, TypeVar, cast
 
 from .._turso import (  # the native extension has no type information
     PyTursoAsyncOperationResultKind,  # pyright: ignore[reportUnknownVariableType]
@@ -24,13 +28,18 @@ from ..lib_sync import (
     _process_full_read_item,  # pyright: ignore[reportPrivateUsage, reportUnknownVariableType]
     _process_full_write_item,  # pyright: ignore[reportPrivateUsage, reportUnknownVariableType]
 )
-from .transport import SyncTransport, TransportClosed, TransportError
+from .http import RemoteHttp, TransportClosed, TransportError
+from .workers import Job
 
-# How long the thread driving an operation waits for another thread's IO item to complete before it looks again.
-OPERATION_IO_WAIT_SECONDS = 0.05
+_T = TypeVar("_T")
+
+# Bytes of an answer handed to the engine before the operation is resumed to take them (the driver's chunk size).
+RESUME_EVERY_BYTES = 64 * 1024
 # The waits between attempts of a page request that failed (partial sync): doubling from the first to the last.
 PAGE_RETRY_FIRST_SECONDS = 0.1
 PAGE_RETRY_MAX_SECONDS = 2.0
+# How long an operation that is not finished, and queued no IO, waits before it is resumed again.
+IDLE_RESUME_SECONDS = 0.001
 
 logger = logging.getLogger("turso.lib_sync_aio")
 
@@ -40,118 +49,143 @@ _result_kinds = cast(Any, PyTursoAsyncOperationResultKind)
 _full_read: Callable[[Any, Any], None] = _process_full_read_item  # pyright: ignore[reportUnknownVariableType]
 _full_write: Callable[[Any, Any], None] = _process_full_write_item  # pyright: ignore[reportUnknownVariableType]
 
+# What one resume job hands back: the payload once the operation finished (in a 1-tuple, since it may be None), the
+# operation's requests, and the page reads the engine's callbacks queued.
+_Resumed = tuple[Optional[tuple[Any]], list[Any], list[Any]]
+
 
 class SyncEngine:
-    """The sync engine of `blocking`, whose HTTP goes through a `SyncTransport` with a deadline on every request.
+    """The sync engine of `blocking`, driven from `loop`: operations are coroutines there, native steps are jobs on
+    the connection's queue `jobs`, and HTTP has a deadline on every request (`request_timeout`, read at every
+    request). `abort()` fails the request in flight and every later one.
 
-    Operations take turns (the sync lane runs one at a time, and hands apply and checkpoint to the SQL worker while it
-    waits); `request_timeout` is read at every request; `abort()` fails the request in flight and every later one.
+    The connection runs one operation at a time (its sync turns): an operation's native steps wait for the engine's
+    lock, which another operation holds between its steps, so two at once on one worker queue would deadlock.
     """
 
-    def __init__(self, blocking: BlockingConnectionSync, request_timeout: float, long_poll_seconds: float) -> None:
-        """Take over `blocking`'s engine: its HTTP goes through our transports, its statements' IO through us."""
+    def __init__(
+        self,
+        blocking: BlockingConnectionSync,
+        loop: asyncio.AbstractEventLoop,
+        jobs: "SimpleQueue[Job]",
+        http: "RemoteHttp | RequestTimeout",
+        long_poll_seconds: float,
+    ) -> None:
+        """Take over `blocking`'s engine (on the connection's worker, while opening): its HTTP goes through `http` on
+        `loop` (a new RemoteHttp for the connection, given its RequestTimeout; or the one of the engine before a
+        reopen), its statements' IO (partial sync) through us."""
         self.database: Any = blocking._sync  # pyright: ignore[reportPrivateUsage, reportUnknownMemberType]
-        http = blocking._http_ctx  # pyright: ignore[reportPrivateUsage]
-        # Seconds a request may wait to connect or for the next byte of its answer (the `request_timeout` property).
-        # The transports read it through this holder, which refers to nothing: a bound method of the engine would make
-        # a cycle that keeps the native database, and the replica's files, alive after close() until a collection.
-        self._request_timeout = _Setting(request_timeout)
+        self._http_context = blocking._http_ctx  # pyright: ignore[reportPrivateUsage]
+        self._loop = loop
+        self._jobs = jobs
         # Added to a pull's wait for the first byte of its answer: the remote may hold it that long (long poll).
         self.long_poll_seconds = long_poll_seconds
-        timeout = self._request_timeout
-        # The operations' requests; abort() fails them.
-        self.transport = SyncTransport(http.base_url, http.token, http.client_name, timeout)
-        # Partial sync's page reads, kept apart because they must never fail (see _fetch_pages): abort() spares them.
-        self.page_transport = SyncTransport(http.base_url, http.token, http.client_name, timeout)
-        # True while a page read is being performed; close() does not wait for one that the remote never answers.
+        if isinstance(http, RequestTimeout):
+            http = RemoteHttp(self._http_context.client_name, http)
+        self.http = http
+        # True while a statement waits for a page read (partial sync); close() does not wait for one.
         self.fetching_pages = False
-        # Held for the native calls that touch the engine's IO queue, never across a network wait.
-        self._io_lock = threading.Lock()
-        # Notified whenever an IO item completes; `_in_flight` counts the items being performed, on any thread.
-        self._progress = threading.Condition()
-        self._in_flight = 0
         # The transport's error during the operation in flight, which the operation's own error then reports.
         self._request_failure: Optional[TransportError] = None
         blocking.extra_io = self.fetch_pages_for_statement
 
-    @property
-    def request_timeout(self) -> float:
-        """Seconds a request may wait to connect, or for the next byte of its answer; read at every request."""
-        return self._request_timeout.value
+    async def wait_changes(self) -> Any:
+        """Pull's network part: the remote's changes since the last pull (not applied yet)."""
+        return await self._run(self._start_wait_changes, "pull", self.long_poll_seconds)
 
-    @request_timeout.setter
-    def request_timeout(self, seconds: float) -> None:
-        self._request_timeout.value = seconds
-
-    def wait_changes(self) -> Any:
-        """On the lane: pull's network part; the remote's changes since the last pull (not applied yet)."""
-        return self._run(self.database.wait_changes, "pull", self.long_poll_seconds)
+    async def push_changes(self) -> None:
+        """Send the local changes to the remote."""
+        await self._run(self._start_push_changes, "push")
 
     def apply_changes(self, changes: Any) -> None:
-        """On the SQL worker, between transactions: apply what wait_changes() returned."""
-        self._run(lambda: self.database.apply_changes(changes), "apply pulled changes")
-
-    def push_changes(self) -> None:
-        """On the lane: send the local changes to the remote."""
-        self._run(self.database.push_changes, "push")
+        """On the connection's worker, between transactions: apply what wait_changes() returned."""
+        self.run_here(lambda: self.database.apply_changes(changes), "apply pulled changes")
 
     def checkpoint(self) -> None:
-        """On the SQL worker, between transactions: checkpoint the WAL."""
-        self._run(self.database.checkpoint, "checkpoint")
+        """On the connection's worker, between transactions: checkpoint the WAL."""
+        self.run_here(self.database.checkpoint, "checkpoint")
 
     def stats(self) -> Any:
-        """On the lane: the engine's counters (local, no request)."""
-        return self._run(self.database.stats, "read stats")
-
-    def bootstrap(self) -> None:
-        """On the SQL worker, while opening: fill a fresh replica from the remote, as a pull with deadlines."""
-        changes = self._run(self.database.wait_changes, "bootstrap", self.long_poll_seconds)
-        if changes is not None and not changes.empty():
-            self._run(lambda: self.database.apply_changes(changes), "bootstrap")
+        """On the connection's worker: the engine's counters (local, no request)."""
+        return self.run_here(self.database.stats, "read stats")
 
     def abort(self) -> None:
-        """From close(): the operation's request in flight fails at once, and no request starts after it."""
-        self.transport.abort()
-
-    def close(self) -> None:
-        """At the SQL worker's last job: let go of the transports' idle connections. A page read still running on
-        the lane keeps its transport, which a closed one would fail at every retry, forever (see _read_page)."""
-        self.transport.close()
-        if not self.fetching_pages:
-            self.page_transport.close()
+        """On the loop, from close(): the operation's request in flight fails at once, and no request starts after
+        it."""
+        self.http.abort()
 
     def fetch_pages_for_statement(self) -> None:
-        """The blocking connection's `extra_io`, called when a statement waits for IO: perform the page reads that
-        partial sync asks for (none otherwise). Never waits for an operation's request in flight."""
-        self._fetch_pages()
+        """The blocking connection's `extra_io`, called on the worker when a statement waits for IO: perform the page
+        reads that partial sync asks for (none otherwise)."""
+        self.database.step_io_callbacks()
+        pages = self._take_items()
+        if pages:
+            self._perform_here(pages, "read pages")
 
-    def _run(self, start: Callable[[], Any], description: str, extra_wait: float = 0.0) -> Any:
-        # Resume the operation until it finishes, performing the requests it asks for in between. Its requests are
-        # what resume() queues; what the engine's callbacks queue are page reads (partial sync).
+    def run_here(self, start: Callable[[], Any], description: str) -> Any:
+        """On the connection's worker: run a local operation (apply, checkpoint, stats) to its end in this job. Its file
+        IO runs here; an HTTP item, which a local operation should not queue, is performed on the loop while this
+        worker waits."""
         self._request_failure = None
         try:
-            with self._io_lock:
-                operation = start()
+            operation = start()
             while True:
-                with self._io_lock:
-                    try:
-                        finished = operation.resume()
-                    except Exception as error:
-                        raise self._failure(error, description) from error
-                    if finished:
-                        return _payload(operation.take_result())
-                    requests = self._take_items()
-                if requests:
-                    for item in requests:
-                        self._perform(item, operation, extra_wait)
-                        self._fetch_pages()
-                elif not self._fetch_pages() and self._in_flight:
-                    # Another thread performs an item this operation waits for: wait for it instead of spinning.
-                    with self._progress:
-                        if self._in_flight:
-                            self._progress.wait(OPERATION_IO_WAIT_SECONDS)
+                payload, requests, pages = self._resume(operation, description)
+                if payload is not None:
+                    return payload[0]
+                self._perform_here(requests + pages, description)
         finally:
             self._request_failure = None
+
+    # --- an operation, driven from the loop ---------------------------------------------------------------------
+
+    async def _run(self, start: Callable[[], Any], description: str, extra_wait: float = 0.0) -> Any:
+        # Start the operation, then resume it until it finishes, performing the IO it asks for in between.
+        self._request_failure = None
+        try:
+            operation = await self._on_worker(start)
+            while True:
+                payload, requests, pages = await self._on_worker(
+                    functools.partial(self._resume, operation, description)
+                )
+                if payload is not None:
+                    return payload[0]
+                for item in requests:
+                    await self._perform(item, operation, extra_wait)
+                for item in pages:
+                    await self._perform(item, None, 0.0)
+                if not requests and not pages:
+                    # Nothing to do for it yet (the engine waits for IO performed elsewhere): do not spin.
+                    await asyncio.sleep(IDLE_RESUME_SECONDS)
+        finally:
+            self._request_failure = None
+
+    def _start_wait_changes(self) -> Any:
+        return self.database.wait_changes()
+
+    def _start_push_changes(self) -> Any:
+        return self.database.push_changes()
+
+    def _on_worker(self, function: Callable[[], _T]) -> "asyncio.Future[_T]":
+        # A job on the connection's queue (the spec's pattern), in order with its SQL.
+        future: asyncio.Future[_T] = self._loop.create_future()
+        self._jobs.put_nowait((future, function))
+        return future
+
+    def _resume(self, operation: Any, description: str) -> _Resumed:
+        # On the worker: step the callbacks of IO performed since the last resume (as the driver does after every
+        # item), resume, and take what it queued. An operation's requests come from resume(), page reads from the
+        # callbacks.
+        database = self.database
+        database.step_io_callbacks()
+        pages = self._take_items()
+        try:
+            finished = operation.resume()
+        except Exception as error:
+            raise self._failure(error, description) from error
+        if finished:
+            return (_payload(operation.take_result()),), [], pages
+        return None, self._take_items(), pages
 
     def _failure(self, error: Exception, description: str) -> Exception:
         # The operation's error as the caller should see it: ours when our transport failed it, else the driver's.
@@ -164,83 +198,81 @@ class SyncEngine:
         return mapped if isinstance(mapped, Error) else OperationalError(f"{description} failed: {mapped}")
 
     def _take_items(self) -> list[Any]:
-        # Under _io_lock: every IO item queued now.
+        # On the worker: every IO item queued now.
         items: list[Any] = []
         while (item := self.database.take_io_item()) is not None:
             items.append(item)
         return items
 
-    def _fetch_pages(self) -> bool:
-        # Step the engine's callbacks (as the driver does after every item) and perform the page reads they queue;
-        # True if there were any. Page reads come only from the callbacks, an operation's requests only from resume().
-        with self._io_lock:
-            self.database.step_io_callbacks()
-            pages = self._take_items()
-        for item in pages:
-            self.fetching_pages = True
-            try:
-                self._perform(item, None, 0.0)
-            finally:
-                self.fetching_pages = False
-        return bool(pages)
-
-    def _perform(self, item: Any, operation: Any, extra_wait: float) -> None:
-        with self._progress:
-            self._in_flight += 1
+    async def _perform(self, item: Any, operation: Any, extra_wait: float) -> None:
+        # One IO item: HTTP here on the loop, a file on the worker.
         try:
             request = item.request()
             if request.kind == _request_kinds.Http and request.http is not None:
                 if operation is None:
-                    self._read_page(item, request.http)
+                    await self._read_page(item, request.http, await self._credentials())
                 else:
-                    self._request(item, request.http, operation, extra_wait)
+                    await self._request(item, request.http, operation, extra_wait)
             elif request.kind == _request_kinds.FullRead and request.full_read is not None:
-                _full_read(item, request.full_read)
+                await self._on_worker(functools.partial(_full_read, item, request.full_read))
             elif request.kind == _request_kinds.FullWrite and request.full_write is not None:
-                _full_write(item, request.full_write)
+                await self._on_worker(functools.partial(_full_write, item, request.full_write))
             else:
                 item.poison("unknown io request kind")
         except Exception as error:
             item.poison(f"io processing error: {error}")
-        finally:
-            with self._progress:
-                self._in_flight -= 1
-                self._progress.notify_all()
+        except BaseException:
+            item.poison("io processing cancelled")
+            raise
 
-    def _request(self, item: Any, http: Any, operation: Any, extra_wait: float) -> None:
-        # An operation's request, with a deadline: a failure fails the operation, which says why.
-        def on_chunk(chunk: bytes) -> None:
+    async def _request(self, item: Any, http: Any, operation: Any, extra_wait: float) -> None:
+        # An operation's request, with a deadline: a failure fails the operation, which says why. The answer is handed
+        # to the engine as it arrives, and the operation resumed to take it every RESUME_EVERY_BYTES, so that a large
+        # answer is not held whole in memory.
+        unread = 0
+
+        async def on_chunk(chunk: bytes) -> None:
+            nonlocal unread
             item.push_buffer(chunk)
-            # Let the operation take the chunk now, so a large answer is not held whole in memory.
-            with self._io_lock:
-                operation.resume()
+            unread += len(chunk)
+            if unread >= RESUME_EVERY_BYTES:
+                unread = 0
+                await self._on_worker(operation.resume)
 
         try:
-            _send(self.transport, http, extra_wait, item.status, on_chunk)
+            base_url, token = await self._credentials()
+            await _send(self.http, http, base_url, token, extra_wait, item.status, on_chunk)
         except TransportError as error:
-            # Its frames (the transport's, and this one's `on_chunk`) refer back to this engine: a cycle that would
-            # keep the native sync database, and the replica's files, alive after close() until a garbage collection.
+            # Its frames refer back to this engine: a cycle that would keep the native sync database, and the
+            # replica's files, alive after close() until a garbage collection.
             traceback.clear_frames(error.__traceback__)
             self._request_failure = error
             item.poison(str(error))
         else:
             item.done()
 
-    def _read_page(self, item: Any, http: Any) -> None:
+    async def _read_page(self, item: Any, http: Any, credentials: tuple[Optional[str], Optional[str]]) -> None:
         # A page read for partial sync: it must not fail, because a statement whose page read failed retries it
         # forever on a core (and dropping that statement spins inside the native code, holding the interpreter lock).
         # So a failed attempt is retried, each with the deadline, until the remote answers; nothing of the answer is
         # handed to the engine before it is complete, so a cut answer is simply asked for again.
         delay = PAGE_RETRY_FIRST_SECONDS
+        base_url, token = credentials
         while True:
             status: list[int] = []
             chunks: list[bytes] = []
+
+            async def keep(chunk: bytes) -> None:
+                chunks.append(chunk)
+
             try:
-                _send(self.page_transport, http, 0.0, status.append, chunks.append)
+                await _send(self.http, http, base_url, token, 0.0, status.append, keep)
+            except TransportClosed:
+                raise
             except TransportError as error:
                 traceback.clear_frames(error.__traceback__)  # as in _request
                 logger.debug("partial sync: a page read failed (%s); retrying in %.2g s", error, delay)
-                time.sleep(delay)
+                await asyncio.sleep(delay)
                 delay = min(2 * delay, PAGE_RETRY_MAX_SECONDS)
                 continue
             item.status(status[-1])
@@ -249,33 +281,89 @@ class SyncEngine:
             item.done()
             return
 
+    def _perform_here(self, items: list[Any], description: str) -> None:
+        # On the worker: IO items of a local operation or of a statement; files here, HTTP on the loop while this
+        # worker waits for it (the loop never waits for a worker, so this cannot deadlock).
+        credentials: Optional[tuple[Optional[str], Optional[str]]] = None
+        for item in items:
+            try:
+                request = item.request()
+                if request.kind == _request_kinds.Http and request.http is not None:
+                    if credentials is None:
+                        credentials = self._read_credentials()
+                    self.fetching_pages = True
+                    try:
+                        asyncio.run_coroutine_threadsafe(
+                            self._read_page(item, request.http, credentials), self._loop
+                        ).result()
+                    finally:
+                        self.fetching_pages = False
+                elif request.kind == _request_kinds.FullRead and request.full_read is not None:
+                    _full_read(item, request.full_read)
+                elif request.kind == _request_kinds.FullWrite and request.full_write is not None:
+                    _full_write(item, request.full_write)
+                else:
+                    item.poison("unknown io request kind")
+            except Exception as error:
+                item.poison(f"{description}: io processing error: {error}")
+            self.database.step_io_callbacks()
 
-class _Setting:
-    """A value that is read at every use, and may be changed in between."""
+    async def _credentials(self) -> tuple[Optional[str], Optional[str]]:
+        # The remote URL and the token for the next request; a callable of the application's runs on the worker, since
+        # it may block (say it fetches a fresh token).
+        context = self._http_context
+        if callable(context.remote_url) or callable(context.auth_token):
+            return await self._on_worker(self._read_credentials)
+        return context.remote_url, context.auth_token
+
+    def _read_credentials(self) -> tuple[Optional[str], Optional[str]]:
+        context = self._http_context
+        try:
+            base_url = context.base_url()
+        except Exception as error:
+            raise TransportError(f"the remote URL is not available: {type(error).__name__}: {error}") from error
+        try:
+            token = context.token()
+        except Exception as error:
+            # Its message is not repeated: it may hold the token.
+            raise TransportError(f"the auth token callback failed ({type(error).__name__})") from None
+        return base_url, token
+
+
+class RequestTimeout:
+    """A connection's `request_timeout`, read by its HTTP at every request, and changed at any time. A holder that
+    refers to nothing: a bound method of the connection or the engine would make a cycle that keeps the native
+    database, and the replica's files, alive after close() until a garbage collection."""
 
     __slots__ = ("value",)
 
     def __init__(self, value: float) -> None:
+        """Hold `value` seconds."""
         self.value = value
 
     def __call__(self) -> float:
+        """The seconds a request may wait to connect, or for the next byte of its answer."""
         return self.value
 
 
 def _send(
-    transport: SyncTransport,
-    http: Any,
+    http: RemoteHttp,
+    item_http: Any,
+    base_url: Optional[str],
+    token: Optional[str],
     extra_wait: float,
     on_status: Callable[[int], None],
-    on_chunk: Callable[[bytes], None],
-) -> None:
-    # One HTTP item of the engine through `transport`.
-    transport.request(
-        http.method,
-        http.path,
-        bytes(http.body) if http.body is not None else None,
-        [(str(name), str(value)) for name, value in http.headers or ()],
-        url=http.url,
+    on_chunk: Callable[[bytes], Awaitable[None]],
+) -> Awaitable[None]:
+    # One HTTP item of the engine through `http`.
+    return http.request(
+        item_http.method,
+        item_http.path,
+        bytes(item_http.body) if item_http.body is not None else None,
+        [(str(name), str(value)) for name, value in item_http.headers or ()],
+        base_url=base_url,
+        token=token,
+        url=item_http.url,
         extra_wait=extra_wait,
         on_status=on_status,
         on_chunk=on_chunk,

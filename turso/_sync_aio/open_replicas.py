@@ -2,6 +2,7 @@
 opens it, and a second open of a claimed path raises `turso.ProgrammingError` (docs/design.md says why).
 """
 
+import asyncio
 import os
 import threading
 import time
@@ -14,15 +15,17 @@ MEMORY_PATH = ":memory:"
 
 # How long an open waits for a connection that holds its path and is closing to release it.
 CLOSING_WAIT_SECONDS = 5.0
+# How often an open that waits for such a release looks again.
+CLOSING_POLL_SECONDS = 0.005
 
-# Guards _HOLDERS; notified on every release.
-_RELEASED = threading.Condition()
+# Guards _HOLDERS.
+_LOCK = threading.Lock()
 # The claim holding each real path now.
 _HOLDERS: dict[str, "ReplicaPathClaim"] = {}
 
 
 class ReplicaPathClaim:
-    """A connection's claim on its replica file: `acquire()` before the driver opens it, `begin_closing()` when the
+    """A connection's claim on its replica file: `await acquire()` before the driver opens it, `begin_closing()` when the
     connection starts to close, `release()` once it no longer uses the file (safe to call more than once)."""
 
     __slots__ = ("path", "real_path", "closing")
@@ -40,25 +43,25 @@ class ReplicaPathClaim:
         self.real_path = None
         self.closing = False
 
-    def acquire(self) -> None:
-        """On the worker that opens the replica: hold its real path, or raise `turso.ProgrammingError` if another
-        connection of this process holds it (after waiting up to CLOSING_WAIT_SECONDS if that one is closing)."""
+    async def acquire(self) -> None:
+        """On the event loop, before the replica is opened: hold its real path, or raise `turso.ProgrammingError` if
+        another connection of this process holds it (after waiting up to CLOSING_WAIT_SECONDS if that one is
+        closing: its last job lets go of the path on a thread of the pool)."""
         if self.path == MEMORY_PATH:
             return
         real_path = os.path.realpath(self.path)
         deadline = time.monotonic() + CLOSING_WAIT_SECONDS
-        with _RELEASED:
-            while True:
+        while True:
+            with _LOCK:
                 holder = _HOLDERS.get(real_path)
                 if holder is None or holder is self:
-                    break
-                remaining = deadline - time.monotonic()
-                if not holder.closing or remaining <= 0:
+                    _HOLDERS[real_path] = self
+                    self.real_path = real_path
+                    self.closing = False
+                    return
+                if not holder.closing or time.monotonic() >= deadline:
                     raise ProgrammingError(_already_open_message(self.path, real_path, holder))
-                _RELEASED.wait(remaining)
-            _HOLDERS[real_path] = self
-            self.real_path = real_path
-            self.closing = False
+            await asyncio.sleep(CLOSING_POLL_SECONDS)
 
     def begin_closing(self) -> None:
         """The holding connection has started to close: an open of this path may wait for its release."""
@@ -66,14 +69,13 @@ class ReplicaPathClaim:
 
     def release(self) -> None:
         """Let the path be opened again (nothing happens if this claim holds nothing)."""
-        with _RELEASED:
+        with _LOCK:
             real_path = self.real_path
             if real_path is None:
                 return
             self.real_path = None
             if _HOLDERS.get(real_path) is self:
                 del _HOLDERS[real_path]
-                _RELEASED.notify_all()
 
 
 def _already_open_message(path: str, real_path: str, holder: ReplicaPathClaim) -> str:

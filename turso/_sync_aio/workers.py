@@ -1,0 +1,489 @@
+"""The process's worker threads, and each connection's queue of jobs that they run.
+
+Threads follow the work, not the connections. A connection puts `(future, function)` jobs on its own `JobQueue`
+(the request's pattern: `queue.put_nowait((future, function))`); its `SerialWorker` runs them one at a time, in
+order, on whichever thread of the `WorkerPool` is free while the queue has jobs. An idle connection holds no thread.
+Threads start when work needs them, up to the pool's cap, and exit after `IDLE_SECONDS` without work, or at once
+when no connection is open any more. A long statement occupies one thread; the others serve everyone else.
+"""
+
+import asyncio
+import itertools
+import logging
+import os
+import threading
+import time
+import traceback
+import weakref
+from collections import deque
+from queue import Empty, SimpleQueue
+from typing import Any, Callable, Optional, cast
+
+from ..lib import Error, OperationalError, ProgrammingError
+from ..worker import Worker
+from .errors import job_error
+
+# A job: the future that awaits its outcome (None when nobody awaits it) and the function to run.
+Job = tuple[Optional["asyncio.Future[Any]"], Callable[[], Any]]
+
+# The name of every thread of the pool (numbered); tests and tools find them by this prefix.
+THREAD_NAME_PREFIX = "turso-worker"
+# How long a thread of the pool waits for work before it exits (while connections are open; with none open, a thread
+# exits as soon as it is idle).
+IDLE_SECONDS = 10.0
+# The default cap on the pool's threads: a thread per statement or native step running at once. A long statement
+# holds one, so a few can run while the others serve everyone else; beyond a few per core, more threads would only
+# queue for the interpreter lock (docs/design.md).
+DEFAULT_MAX_THREADS = 16
+# Jobs a connection runs in one turn on a thread when other connections wait for a thread: then it goes to the back.
+JOBS_PER_TURN = 32
+# How often `WorkerPool.wait_exited` looks whether the exiting threads have ended.
+EXIT_POLL_SECONDS = 0.005
+
+logger = logging.getLogger("turso.lib_sync_aio")
+
+
+class JobQueue(SimpleQueue[Job]):
+    """A connection's queue of jobs: a SimpleQueue whose `put_nowait` also hands the connection to a thread of the
+    pool when none serves it yet."""
+
+    __slots__ = ("worker",)
+
+    # Set by the SerialWorker made for this queue.
+    worker: "SerialWorker"
+
+    def put_nowait(self, item: Job) -> None:
+        """Queue `item` behind the connection's other jobs; a thread of the pool runs it in turn."""
+        SimpleQueue.put_nowait(self, item)
+        worker = self.worker
+        if not worker.scheduled:
+            worker.schedule()
+
+
+class WorkerPool:
+    """The threads that run every connection's jobs; one per process (`pool`). `max_threads` caps them."""
+
+    def __init__(self, max_threads: int = DEFAULT_MAX_THREADS, idle_seconds: float = IDLE_SECONDS) -> None:
+        """An empty pool: threads start as connections queue jobs."""
+        self._lock = threading.Lock()
+        self._max_threads = max_threads
+        self._idle_seconds = idle_seconds
+        # Threads that serve, or wait for, work; an idle one waits on its own condition (the most recently idle
+        # first, so that the others reach their idle timeout and exit).
+        self._threads: set[_PoolThread] = set()
+        self._idle: list[_PoolThread] = []
+        # Connections with jobs that wait for a thread (every thread busy, at the cap).
+        self._waiting: deque[SerialWorker] = deque()
+        # Threads started and maybe not ended yet (wait_exited looks at them).
+        self._started: list[_PoolThread] = []
+        # Open connections; at 0, idle threads exit at once.
+        self._users = 0
+        self._numbers = itertools.count(1)
+
+    @property
+    def max_threads(self) -> int:
+        """The most threads the pool runs at once."""
+        return self._max_threads
+
+    @max_threads.setter
+    def max_threads(self, count: int) -> None:
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"max_threads must be an int, not {type(count).__name__}")
+        if count < 1:
+            raise ValueError(f"max_threads must be at least 1, not {count}")
+        with self._lock:
+            self._max_threads = count
+            starting = self._start_for_waiting()
+        for thread in starting:
+            self._start(thread)
+
+    @property
+    def users(self) -> int:
+        """Open connections (attached and not detached yet)."""
+        return self._users
+
+    def counts(self) -> tuple[int, int, int]:
+        """(threads, idle threads, connections waiting for a thread), as of now."""
+        with self._lock:
+            return len(self._threads), len(self._idle), len(self._waiting)
+
+    def attach(self) -> None:
+        """A connection opens: threads may idle for `idle_seconds` while any connection is open."""
+        with self._lock:
+            self._users += 1
+
+    def detach(self) -> bool:
+        """A connection has closed (its last job has run); True if it was the last one open, whose idle threads are
+        told to exit now."""
+        with self._lock:
+            self._users -= 1
+            if self._users > 0:
+                return False
+            idle, self._idle = self._idle, []
+            for thread in idle:
+                thread.wake.notify()
+            return True
+
+    async def wait_exited(self, timeout: float) -> bool:
+        """Whether every thread of the pool has ended within `timeout` seconds (after the last connection closed, so
+        that no thread of ours outlives it); False if work keeps one busy, or a connection opened meanwhile."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                self._started = [thread for thread in self._started if thread.is_alive()]
+                if not self._started:
+                    return True
+                if self._users > 0:
+                    return False
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(EXIT_POLL_SECONDS)
+
+    def submit(self, worker: "SerialWorker") -> None:
+        """Give `worker` (which has jobs, and no thread) a thread: an idle one, a new one under the cap, or the next
+        one to be free. Raises OperationalError if no thread can be started and none runs."""
+        with self._lock:
+            if self._idle:
+                thread = self._idle.pop()
+                thread.assigned = worker
+                thread.wake.notify()
+                return
+            self._waiting.append(worker)
+            starting = self._start_for_waiting()
+        for thread in starting:
+            self._start(thread)
+
+    def requeue(self, worker: "SerialWorker") -> bool:
+        """On a thread of the pool, after a turn of JOBS_PER_TURN jobs: put `worker` behind the connections waiting
+        for a thread, and return True; False if none waits (the thread then goes on with it)."""
+        with self._lock:
+            if not self._waiting:
+                return False
+            self._waiting.append(worker)
+            return True
+
+    def next_worker(self, thread: "_PoolThread") -> Optional["SerialWorker"]:
+        """On a thread of the pool that is free: the next connection to serve, waiting for one while idle; None when
+        the thread should exit."""
+        with self._lock:
+            while True:
+                if self._waiting:
+                    return self._waiting.popleft()
+                if self._users <= 0:
+                    break
+                self._idle.append(thread)
+                notified = thread.wake.wait(self._idle_seconds)
+                worker, thread.assigned = thread.assigned, None
+                if worker is not None:
+                    return worker
+                if thread in self._idle:
+                    self._idle.remove(thread)
+                if not notified:
+                    break
+            self._threads.discard(thread)
+            return None
+
+    def after_fork(self) -> None:
+        """In a child process: the parent's threads are not there; start afresh."""
+        self._lock = threading.Lock()
+        self._threads.clear()
+        self._idle.clear()
+        self._waiting.clear()
+        self._started.clear()
+        self._users = 0
+
+    def _start_for_waiting(self) -> list["_PoolThread"]:
+        # Under the lock: new threads (not started yet) for connections that wait, as far as the cap allows.
+        starting: list[_PoolThread] = []
+        while self._waiting and len(self._threads) < self._max_threads:
+            name = f"{THREAD_NAME_PREFIX}-{next(self._numbers)}"
+            thread = _PoolThread(self, self._waiting.popleft(), name, self._lock)
+            self._threads.add(thread)
+            starting.append(thread)
+        return starting
+
+    def _start(self, thread: "_PoolThread") -> None:
+        try:
+            thread.start()
+        except BaseException as error:
+            # The OS refused a thread: its connection waits for the next free one, if any runs.
+            worker = thread.first
+            with self._lock:
+                self._threads.discard(thread)
+                alone = not self._threads
+                if worker is not None and not alone:
+                    self._waiting.append(worker)
+            if worker is not None and alone:
+                worker.scheduled = False
+                raise OperationalError(f"cannot start a worker thread: {error}") from error
+            logger.warning("cannot start another worker thread (%s); the running ones serve every connection", error)
+            return
+        with self._lock:
+            self._started.append(thread)
+
+
+class _PoolThread(threading.Thread):
+    """A thread of the pool: it serves one connection's jobs at a time, then the next connection's."""
+
+    def __init__(self, pool: WorkerPool, first: "SerialWorker", name: str, lock: threading.Lock) -> None:
+        super().__init__(name=name, daemon=True)
+        self.pool = pool
+        # The connection this thread starts with.
+        self.first: Optional[SerialWorker] = first
+        # The connection handed to this thread while it idled; under the pool's lock, which `wake` shares.
+        self.assigned: Optional[SerialWorker] = None
+        self.wake = threading.Condition(lock)
+
+    def run(self) -> None:
+        worker, self.first = self.first, None
+        pool = self.pool
+        while worker is not None:
+            if worker.serve() and not pool.requeue(worker):
+                continue  # its turn ended with jobs left, and no other connection waits: go on with it
+            worker = pool.next_worker(self)
+
+
+class SerialWorker(Worker):
+    """A connection's worker: the driver's `Worker` (a queue of `(future, function)` jobs run in order, outcomes
+    handed to the loop), run not as a thread of its own but by a thread of the pool whenever its queue has jobs.
+
+    Every job runs, also one whose caller was cancelled; an outcome nobody waits for is dropped; SystemExit fails its
+    call instead of ending the thread; a job without a future does not wake the loop; nothing of a job is kept once it
+    ran; a closed loop stops the connection (`on_loop_closed`) instead of printing a traceback. Between jobs it runs a
+    step that waits for the connection to be between transactions (`run_between_transactions`).
+    """
+
+    def __init__(
+        self,
+        jobs: "SimpleQueue[Job]",
+        loop: asyncio.AbstractEventLoop,
+        on_loop_closed: "weakref.WeakMethod[Callable[[], None]]",
+        pool: WorkerPool,
+    ) -> None:
+        """The worker of `jobs`, handing outcomes to `loop`; `on_loop_closed` is held weakly so that an unclosed
+        connection can still be collected while it idles."""
+        # The driver's Worker types its queue for jobs that always have a future; ours may have none.
+        driver_jobs = cast("SimpleQueue[Optional[tuple[asyncio.Future[Any], Callable[[], Any]]]]", jobs)
+        super().__init__(driver_jobs, loop)  # pyright: ignore[reportUnknownMemberType]  # (the driver's bare Future)
+        if not isinstance(jobs, JobQueue):
+            raise TypeError("a SerialWorker serves a JobQueue, whose put_nowait hands it to the pool")
+        self.jobs = jobs
+        self.on_loop_closed = on_loop_closed
+        self.pool = pool
+        # True from the moment the queue has jobs until a thread of the pool has found it empty. Set under
+        # `_schedule_lock`; read without it on the fast path (the GIL orders it with the queue's own operations).
+        self.scheduled = False
+        self._schedule_lock = threading.Lock()
+        # The step waiting for the connection to be between transactions, if any.
+        self._waiting: Optional[BetweenTransactions] = None
+        jobs.worker = self
+
+    def schedule(self) -> None:
+        """After a job was queued: hand this worker to a thread of the pool unless one serves it already."""
+        with self._schedule_lock:
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.pool.submit(self)
+
+    def serve(self) -> bool:
+        """On a thread of the pool: run jobs until the queue is empty (False), or for one turn of JOBS_PER_TURN jobs
+        while it still has some (True; it stays scheduled)."""
+        jobs = self.jobs
+        # deliver(), inlined: this loop runs once per job, and a method call here is a measurable part of a job.
+        call_soon_threadsafe = cast(Callable[..., object], self._loop.call_soon_threadsafe)
+        settle: Callable[..., object]
+        for _ in range(JOBS_PER_TURN):
+            try:
+                future, function = jobs.get_nowait()
+            except Empty:
+                if not self._idle_if_empty():
+                    continue
+                return False
+            try:
+                outcome = function()
+            except BaseException as error:
+                traceback.clear_frames(error.__traceback__)
+                outcome = error if isinstance(error, Error) else job_error(error)
+                settle = set_exception_unless_done if future is not None else _report_unawaited_failure
+            else:
+                settle = set_result_unless_done
+            del function
+            if future is not None or settle is _report_unawaited_failure:
+                try:
+                    call_soon_threadsafe(settle, future, outcome)
+                except RuntimeError as error:
+                    self._undeliverable(error)
+            del future, outcome
+            waiting = self._waiting
+            if waiting is not None and waiting.run_if_between_transactions():
+                self._waiting = None
+        return True
+
+    def deliver(self, settle: Callable[..., object], future: "asyncio.Future[Any]", outcome: Any) -> None:
+        """On a thread of the pool: run `settle(future, outcome)` on the loop, or stop the connection if the loop has
+        closed."""
+        try:
+            self._loop.call_soon_threadsafe(settle, future, outcome)
+        except RuntimeError as error:
+            self._undeliverable(error)
+
+    def run_between_transactions(
+        self, step: Callable[[], Any], description: str, in_transaction: Callable[[], bool], wait_seconds: float
+    ) -> "asyncio.Future[Any]":
+        """On the loop: run `step` once `in_transaction()` is False (checked after every job), and settle the returned
+        future with its outcome; OperationalError if a transaction stays open for `wait_seconds`."""
+        outcome: asyncio.Future[Any] = self._loop.create_future()
+        handoff = BetweenTransactions(step, description, in_transaction, wait_seconds, outcome, self)
+        self.jobs.put_nowait((None, lambda: self._hold(handoff)))
+        self._arm_deadline(handoff)
+        return outcome
+
+    def fail_waiting(self) -> None:
+        """In the connection's last job: fail a step still waiting between transactions."""
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.settle(None, ProgrammingError(f"Cannot {waiting.description}: the connection was closed"))
+
+    def _arm_deadline(self, handoff: "BetweenTransactions") -> None:
+        # On the loop: at the step's deadline, a job lets the worker look again (and give up if a transaction is
+        # still open). A timer that fired early (the loop's clock resolution) arms another one.
+        if handoff.step is None:
+            return
+        timer = self._loop.call_later(handoff.seconds_left(), self.jobs.put_nowait, (None, lambda: self._expire(handoff)))
+        handoff.outcome.add_done_callback(lambda _: timer.cancel())
+
+    def _expire(self, handoff: "BetweenTransactions") -> None:
+        if handoff is not self._waiting:
+            return
+        if handoff.run_if_between_transactions():
+            self._waiting = None
+        else:
+            self.deliver(_call, cast(Any, self._arm_deadline), handoff)
+
+    def _hold(self, handoff: "BetweenTransactions") -> None:
+        # The handed-over step as a job: run it now, or keep it until the transaction ends.
+        if not handoff.run_if_between_transactions():
+            previous, self._waiting = self._waiting, handoff
+            if previous is not None:
+                previous.settle(None, ProgrammingError(f"Cannot {previous.description}: another step took its place"))
+
+    def _idle_if_empty(self) -> bool:
+        # The queue looked empty: stop being scheduled, unless a job came in meanwhile (False: serve on). The flag is
+        # cleared before the second look, so a job queued after that look finds it cleared and schedules us again.
+        self.scheduled = False
+        if self.jobs.empty():
+            return True
+        with self._schedule_lock:
+            if self.scheduled:
+                return True  # queued just now, and handed to the pool again by its put_nowait
+            self.scheduled = True
+        return False
+
+    def _undeliverable(self, error: RuntimeError) -> None:
+        # call_soon_threadsafe raised: if the loop has closed, nobody is left to hear of any result, so stop.
+        if not self._loop.is_closed():
+            raise error
+        on_loop_closed = self.on_loop_closed()
+        if on_loop_closed is not None:
+            on_loop_closed()
+
+
+class BetweenTransactions:
+    """A step of a sync operation (apply pulled changes, checkpoint) that runs on the connection's worker only while no
+    transaction is open: inside one it fails with "Database is busy". It is settled exactly once: it runs, gives up
+    after `wait_seconds`, or fails at close."""
+
+    __slots__ = ("step", "description", "in_transaction", "wait_seconds", "deadline", "outcome", "worker")
+
+    def __init__(
+        self,
+        step: Callable[[], Any],
+        description: str,
+        in_transaction: Callable[[], bool],
+        wait_seconds: float,
+        outcome: "asyncio.Future[Any]",
+        worker: SerialWorker,
+    ) -> None:
+        """A step not run yet; `description` says what it does, in error messages."""
+        self.step: Optional[Callable[[], Any]] = step
+        self.description = description
+        self.in_transaction = in_transaction
+        self.wait_seconds = wait_seconds
+        # When the worker stops waiting for the open transaction to end (time.monotonic()).
+        self.deadline = time.monotonic() + wait_seconds
+        self.outcome = outcome
+        self.worker = worker
+
+    def run_if_between_transactions(self) -> bool:
+        """On the worker: run the step if no transaction is open, or give up if the deadline passed; True once it is
+        settled, False while it must wait."""
+        if self.step is None:
+            return True
+        try:
+            if self.in_transaction():
+                if time.monotonic() < self.deadline:
+                    return False
+                self.settle(
+                    None,
+                    OperationalError(
+                        f"could not {self.description}: a transaction stayed open on this connection for "
+                        f"{self.wait_seconds:g} s; commit or roll back before syncing (nothing was lost: the next "
+                        "pull, or checkpoint, does it)"
+                    ),
+                )
+                return True
+        except BaseException as error:
+            self.settle(None, error)
+            return True
+        step, self.step = self.step, None  # dropped at once: it holds the pulled changes
+        try:
+            result = step()
+        except BaseException as error:
+            traceback.clear_frames(error.__traceback__)
+            self.settle(None, error if isinstance(error, Error) else job_error(error))
+        else:
+            self.settle(result, None)
+        return True
+
+    def seconds_left(self) -> float:
+        """How long the worker may still wait for the transaction to end."""
+        return max(0.0, self.deadline - time.monotonic())
+
+    def settle(self, result: Any, error: Optional[BaseException]) -> None:
+        """Hand the outcome to the loop (once)."""
+        self.step = None
+        if error is None:
+            self.worker.deliver(set_result_unless_done, self.outcome, result)
+        else:
+            self.worker.deliver(set_exception_unless_done, self.outcome, error)
+
+
+def _call(function: Callable[[Any], None], argument: Any) -> None:
+    # On the loop, through deliver(): a call made for a thread of the pool.
+    function(argument)
+
+
+def set_result_unless_done(future: "asyncio.Future[Any]", result: Any) -> None:
+    """On the loop: hand `result` to the caller's future, unless the caller stopped waiting (it was cancelled)."""
+    if not future.done():
+        future.set_result(result)
+
+
+def set_exception_unless_done(future: "asyncio.Future[Any]", error: BaseException) -> None:
+    """On the loop: hand `error` to the caller's future, unless the caller stopped waiting (it was cancelled)."""
+    if not future.done():
+        future.set_exception(error)
+
+
+def _report_unawaited_failure(future: None, error: BaseException) -> None:
+    # On the loop: a job nobody awaits (cursor creation, a property setter) failed; say so as asyncio does for an
+    # exception nobody retrieved.
+    asyncio.get_running_loop().call_exception_handler(
+        {"message": "a ConnectionSync operation queued without an await failed", "exception": error}
+    )
+
+
+# The process's pool: every connection's jobs run on its threads.
+pool = WorkerPool()
+os.register_at_fork(after_in_child=pool.after_fork)
