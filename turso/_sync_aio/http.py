@@ -422,7 +422,7 @@ class _Flight:
     A cut cancels the task, unless it is in one of the caller's callbacks: that one is let finish (it hands a piece of
     the answer to the engine), and the cut is raised when it returns."""
 
-    __slots__ = ("_watch", "cancelled", "cut", "in_callback", "task", "where")
+    __slots__ = ("_watch", "cancelled", "cut", "ended", "in_callback", "task", "where")
 
     def __init__(self, task: "asyncio.Task[object]") -> None:
         self.task = task
@@ -432,10 +432,13 @@ class _Flight:
         # True when the cut cancelled the task (to be taken back).
         self.cancelled = False
         self.in_callback = False
+        # Set when request() returns: aiohttp may still be sending the body then (an answer that came early), and
+        # nothing may cut the task any more, which has gone on to its caller's next work.
+        self.ended = False
         self._watch: Optional[asyncio.TimerHandle] = None
 
     def cut_with(self, error: TransportError) -> None:
-        if self.cut is not None or self.task.done():
+        if self.cut is not None or self.ended:
             return
         self.cut = error
         if not self.in_callback:
@@ -446,6 +449,9 @@ class _Flight:
         """(Re)start the deadline for the next slice of the body to be handed over: `timeout` seconds from now."""
         if self._watch is not None:
             self._watch.cancel()
+            self._watch = None
+        if self.ended:
+            return
         self._watch = self.task.get_loop().call_later(timeout, self._send_stalled, timeout)
 
     def stop_watch(self) -> None:
@@ -587,21 +593,32 @@ def _drop_share(shared: _SharedSession) -> bool:
 
 
 def _let_go(shared: _SharedSession) -> None:
-    """A RemoteHttp was dropped without close(): its share of `shared` ends (this may run on any thread, from the
-    garbage collector)."""
+    """A RemoteHttp was dropped without close(): its share of `shared` ends. This runs from the garbage collector, on
+    any thread, so the share is let go on the loop itself; at once if the loop has closed."""
+    if not shared.loop.is_closed():
+        try:
+            shared.loop.call_soon_threadsafe(_let_go_on_the_loop, shared)
+            return
+        except RuntimeError:  # the loop closed meanwhile
+            pass
     if _drop_share(shared):
-        _close_on_its_loop(shared)
+        _close_now(shared.session)
+
+
+def _let_go_on_the_loop(shared: _SharedSession) -> None:
+    if _drop_share(shared):
+        _start_closing(shared.session)
 
 
 def _close_on_its_loop(shared: _SharedSession) -> None:
     """Close `shared`'s session on its own loop, from outside it; at once if that loop has closed."""
-    if shared.loop.is_closed():
-        _close_now(shared.session)
-        return
-    try:
-        shared.loop.call_soon_threadsafe(_start_closing, shared.session)
-    except RuntimeError:  # the loop closed meanwhile
-        _close_now(shared.session)
+    if not shared.loop.is_closed():
+        try:
+            shared.loop.call_soon_threadsafe(_start_closing, shared.session)
+            return
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+    _close_now(shared.session)
 
 
 def _start_closing(session: aiohttp.ClientSession) -> None:
@@ -669,6 +686,7 @@ class RemoteHttp:
         except BaseException as raised:  # noqa: BLE001 - sorted out below, once the flight has ended
             error = raised
         finally:
+            flight.ended = True
             flight.stop_watch()
             self._flights.discard(flight)
         outcome = self._outcome(flight, error, token)
