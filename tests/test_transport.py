@@ -297,17 +297,18 @@ def test_a_replica_whose_loop_closed_closes_without_an_error_or_an_unclosed_sess
     stack: ExitStack, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = started(stack, HttpServer())
-    closed_later, dropped = RemoteHttp("agent", lambda: 2.0), RemoteHttp("agent", lambda: 2.0)
+    # The first is closed later, the second never: it is dropped.
+    replicas = [RemoteHttp("agent", lambda: 2.0), RemoteHttp("agent", lambda: 2.0)]
 
     async def use_both() -> None:
-        for http in (closed_later, dropped):
+        for http in replicas:
             await call(Remote(http, server.url))
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         asyncio.run(use_both())  # the loop that made the session closes under both
-        asyncio.run(asyncio.wait_for(closed_later.close(), REQUEST_SECONDS))  # on another loop: no error
-        del dropped  # never closed: the last one lets go of the session when it is collected
+        asyncio.run(asyncio.wait_for(replicas[0].close(), REQUEST_SECONDS))  # on another loop: no error
+        replicas.clear()  # the last one lets go of the session when it is collected
         gc.collect()
     # (asyncio's own warnings about the sockets left open by a loop closed under them are not aiohttp's to give.)
     unclosed = [str(warning.message) for warning in caught if "Unclosed client session" in str(warning.message)]
