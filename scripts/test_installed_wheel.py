@@ -43,11 +43,11 @@ SQLALCHEMY = "sqlalchemy[asyncio]>=2.0.45"
 BARE_PYTHON = BARE_VENV / "bin" / "python"
 # What the bare venv holds: the wheel with what it requires (typing-extensions, and aiohttp with its own requirements,
 # async-timeout only before Python 3.11), and SQLAlchemy with greenlet.
-BARE_PACKAGES = {
+BARE_PACKAGES: set[str] = {
     "pyturso", "typing_extensions",
     "aiohttp", "aiohappyeyeballs", "aiosignal", "attrs", "frozenlist", "idna", "multidict", "propcache", "yarl",
     "sqlalchemy", "greenlet",
-} | ({"async_timeout"} if sys.version_info < (3, 11) else set())
+} | ({"async_timeout"} if sys.version_info < (3, 11) else set[str]())
 # What an application does with the wheel and SQLAlchemy, run in the bare venv: argv[1] is the engine URL.
 APPLICATION = """
 import asyncio, sys
