@@ -339,6 +339,13 @@ async def test_connect_that_gets_no_answer_times_out(stack: ExitStack, make_remo
     assert str(error) == f"could not connect to 127.0.0.1:{listener.port} within 0.5 s (request_timeout)"
 
 
+async def test_a_tls_handshake_that_gets_no_answer_times_out(stack: ExitStack, make_remote: MakeRemote) -> None:
+    server = started(stack, SilentServer())
+    error = await failure(make_remote(f"https://127.0.0.1:{server.port}", timeout=0.5))
+    assert error.timed_out
+    assert str(error) == f"could not connect to 127.0.0.1:{server.port} within 0.5 s (request_timeout)"
+
+
 async def test_no_answer_within_the_timeout_fails_naming_host_and_timeout(
     stack: ExitStack, make_remote: MakeRemote
 ) -> None:
