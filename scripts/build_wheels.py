@@ -7,10 +7,11 @@ For every wheel that pyturso VERSION publishes (one per platform, listed by the 
    turso/lib_sync_aio.pyi, py.typed, and any module added later, with its entry points merged into
    entry_points.txt);
 4. give it the PEP 440 local version VERSION+LOCAL_VERSION (METADATA's Version and the .dist-info folder), which still
-   satisfies `pyturso==VERSION`;
+   satisfies `pyturso==VERSION`, and add what our modules require to METADATA (REQUIRES_DIST: aiohttp);
 5. pack it with `wheel pack`, which writes RECORD and the file name;
 6. check the result: our files hold exactly our bytes, every other file of the released wheel is byte for byte the
-   same (licenses, SBOM, the native extension), and only the Version line of METADATA changed.
+   same (licenses, SBOM, the native extension), and METADATA changed only in its Version line and our Requires-Dist
+   lines.
 When dist/ already holds the wheels built from the same files of ours and the same build code, nothing is done
 (dist/.built records what they were built from).
 
@@ -38,6 +39,10 @@ FULL_VERSION = f"{VERSION}+{LOCAL_VERSION}"
 # How many wheels pyturso VERSION publishes (manylinux x86_64 and aarch64, macOS x86_64 and arm64), as found on the
 # registry when this was written: a different count means the release changed under us.
 EXPECTED_WHEEL_COUNT = 4
+# What our modules require besides the driver's own requirements, added to METADATA: aiohttp performs the sync
+# engine's HTTP on the event loop (turso/_sync_aio/http.py). 3.12.11 is the first release whose TCPConnector.close()
+# takes abort_ssl, which http.py uses; tests/test_transport.py passes on it and on the pin of requirements.txt.
+REQUIRES_DIST = ("aiohttp>=3.12.11,<4",)
 # Files of the released wheel that ours build on; a wheel without them is not the driver we were written for.
 DRIVER_FILES = ("turso/lib_sync.py", "turso/lib_aio.py", "turso/worker.py", "turso/aio/sync/__init__.py")
 # The only files of the released wheel that ours may replace: the module we rewrite and the PEP 561 marker.
@@ -130,8 +135,9 @@ def merge_entry_points(existing: str, entries: list[EntryPoint]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def set_version(metadata: bytes) -> bytes:
-    """METADATA with its Version line set to FULL_VERSION; nothing else changes."""
+def built_metadata(metadata: bytes) -> bytes:
+    """METADATA with its Version line set to FULL_VERSION and our REQUIRES_DIST lines before the released ones;
+    nothing else changes."""
     old_line = f"Version: {VERSION}\n".encode()
     if metadata.count(old_line) != 1 or not metadata.startswith(b"Metadata-Version:"):
         raise BuildError(f"METADATA has no single 'Version: {VERSION}' line")
@@ -139,7 +145,13 @@ def set_version(metadata: bytes) -> bytes:
     position = metadata.index(old_line)
     if header_end != -1 and position > header_end:
         raise BuildError("METADATA's Version line is not in its header")
-    return metadata.replace(old_line, f"Version: {FULL_VERSION}\n".encode(), 1)
+    metadata = metadata.replace(old_line, f"Version: {FULL_VERSION}\n".encode(), 1)
+    header_end = metadata.find(b"\n\n")
+    first_requirement = metadata.find(b"\nRequires-Dist: ")
+    if first_requirement == -1 or (header_end != -1 and first_requirement > header_end):
+        raise BuildError("METADATA has no Requires-Dist line in its header")
+    ours = "".join(f"\nRequires-Dist: {requirement}" for requirement in REQUIRES_DIST).encode()
+    return metadata[:first_requirement] + ours + metadata[first_requirement:]
 
 
 def dist_info(version: str) -> str:
@@ -168,7 +180,7 @@ def rebuild(released: Path, ours: dict[str, bytes], entries: list[EntryPoint], d
             raise BuildError(f"{released.name} has no {old_info.name}")
         old_info.rename(new_info)
         metadata = new_info / "METADATA"
-        metadata.write_bytes(set_version(metadata.read_bytes()))
+        metadata.write_bytes(built_metadata(metadata.read_bytes()))
         if entries:
             entry_points = new_info / "entry_points.txt"
             existing = entry_points.read_text() if entry_points.is_file() else ""
@@ -201,7 +213,7 @@ def check_built(released: Path, built: Path, ours: dict[str, bytes], entries: li
     renamed = {name.replace(old_info, new_info, 1): content for name, content in before.items()}
     record = f"{new_info}/RECORD"
     expected = {**renamed, **ours}
-    expected[f"{new_info}/METADATA"] = set_version(renamed[f"{new_info}/METADATA"])
+    expected[f"{new_info}/METADATA"] = built_metadata(renamed[f"{new_info}/METADATA"])
     if entries:
         existing = renamed.get(f"{new_info}/entry_points.txt", b"").decode()
         expected[f"{new_info}/entry_points.txt"] = merge_entry_points(existing, entries).encode()

@@ -41,6 +41,13 @@ BARE_VENV = CHECKOUT / "build" / "wheel-bare-venv"
 # and 2.0 on some platforms), and SQLAlchemy's asyncio layer cannot run without it.
 SQLALCHEMY = "sqlalchemy[asyncio]>=2.0.45"
 BARE_PYTHON = BARE_VENV / "bin" / "python"
+# What the bare venv holds: the wheel with what it requires (typing-extensions, and aiohttp with its own requirements,
+# async-timeout only before Python 3.11), and SQLAlchemy with greenlet.
+BARE_PACKAGES: set[str] = {
+    "pyturso", "typing_extensions",
+    "aiohttp", "aiohappyeyeballs", "aiosignal", "attrs", "frozenlist", "idna", "multidict", "propcache", "yarl",
+    "sqlalchemy", "greenlet",
+} | ({"async_timeout"} if sys.version_info < (3, 11) else set[str]())
 # What an application does with the wheel and SQLAlchemy, run in the bare venv: argv[1] is the engine URL.
 APPLICATION = """
 import asyncio, sys
@@ -180,8 +187,11 @@ def test_bare_application(wheel: Path) -> None:
     )
     installed = json.loads(run([str(BARE_PYTHON), "-m", "pip", "list", "--format=json"], cwd=BARE_VENV))
     names = {package["name"].lower().replace("-", "_") for package in installed} - {"pip", "setuptools"}
-    if names != {"greenlet", "pyturso", "sqlalchemy", "typing_extensions"}:
-        raise WheelTestError(f"the bare venv should hold only the wheel and SQLAlchemy, it holds {sorted(names)}")
+    if names != BARE_PACKAGES:
+        raise WheelTestError(
+            f"the bare venv should hold only the wheel and SQLAlchemy with what they require "
+            f"({sorted(BARE_PACKAGES)}), it holds {sorted(names)}"
+        )
     with tempfile.TemporaryDirectory(prefix="turso-sync-aio-bare-app-") as scratch, SyncServer() as server:
         url = f"sqlite+aioturso_sync:///{scratch}/replica.db?remote_url={server.url}"
         run([str(BARE_PYTHON), "-c", APPLICATION, url], cwd=Path(scratch), environment=clean_environment())
