@@ -437,13 +437,14 @@ def transport_connections_opened(replica: AsyncReplica) -> Optional[int]:
     """TCP connections our replica's sync transport has opened so far, or None for pyturso's module (or if our
     module no longer has the attribute).
 
-    The one place the benchmarks reach a private name of ours: `ConnectionSync._engine.transport.connections_opened`
-    (the engine's operations' transport; partial sync's page reads have another, unused here).
+    The one place the benchmarks reach a private name of ours: `ConnectionSync._engine.http.requests.connections_opened`
+    (the engine's operations' HTTP client; partial sync's page reads have another, unused here).
     """
     if not isinstance(replica, turso.lib_sync_aio.ConnectionSync):
         return None
     engine: object = getattr(replica, "_engine", None)
-    opened: object = getattr(getattr(engine, "transport", None), "connections_opened", None)
+    http: object = getattr(engine, "http", None)
+    opened: object = getattr(getattr(http, "requests", None), "connections_opened", None)
     return opened if isinstance(opened, int) else None
 
 

@@ -23,8 +23,8 @@ UNDER_TEST = os.environ.get("TURSO_SYNC_AIO_UNDER_TEST", "checkout")
 # The project's checkout: where this file is, or, for a copy of tests/, where it was copied from.
 CHECKOUT = Path(os.environ.get("TURSO_SYNC_AIO_CHECKOUT", Path(__file__).resolve().parent.parent)).resolve()
 
-# Threads per open connection: the SQL worker ("turso-async-worker") and the sync lane ("turso-sync-lane").
-THREADS_PER_CONNECTION = 2
+# The name of every thread of the worker pool, which runs every connection's jobs (turso-worker-1, -2, ...).
+POOL_THREAD_PREFIX = "turso-worker"
 # How long a worker may take to exit once nothing holds it: the lifecycle promises "within a few seconds at most".
 WORKER_EXIT_SECONDS = 5.0
 # Upper bound for any single await in the tests; a hang fails the test instead of blocking the run.
@@ -41,8 +41,14 @@ LoopContext = dict[str, Any]
 
 
 def turso_threads() -> set[threading.Thread]:
-    """The driver's worker threads that are alive now (the Worker names its threads turso-...)."""
+    """Our threads that are alive now: the worker pool's (turso-worker-N)."""
     return {thread for thread in threading.enumerate() if thread.name.startswith("turso")}
+
+
+def pool_thread_serves(baseline: set[threading.Thread]) -> bool:
+    """Whether a thread of the worker pool that was not in `baseline` is alive: one ran the connection's jobs just now,
+    and stays a while once idle (so a later check that it is gone proves the connection let go of it)."""
+    return any(thread.name.startswith(POOL_THREAD_PREFIX) for thread in new_threads(baseline))
 
 
 def new_threads(baseline: set[threading.Thread]) -> set[threading.Thread]:

@@ -8,7 +8,9 @@ with the URL, token and client name of its HTTP context (`_http_ctx`), performin
 IO through the driver's own `_process_full_read_item` and `_process_full_write_item`.
 """
 
+import asyncio
 import inspect
+import weakref
 from typing import Any
 
 import pytest
@@ -16,7 +18,8 @@ import pytest
 import turso.lib
 import turso.lib_sync
 from testkit.sync_server import SyncServer
-from turso._sync_aio.engine import SyncEngine
+from turso._sync_aio.engine import RequestTimeout, SyncEngine
+from turso._sync_aio.workers import JobQueue, SerialWorker, pool
 
 # The sync database's operations the engine starts and resumes to their end.
 ENGINE_OPERATIONS = ("wait_changes", "apply_changes", "push_changes", "checkpoint", "stats")
@@ -50,7 +53,7 @@ def test_native_errors_are_mapped_by_the_drivers_own_function() -> None:
     _require(_parameters(mapping) == ["exc"], "_map_turso_exception(exc)")
 
 
-def test_a_blocking_sync_connection_exposes_its_sync_database_http_context_and_statement_io_hook(
+async def test_a_blocking_sync_connection_exposes_its_sync_database_http_context_and_statement_io_hook(
     sync_server: SyncServer, replica_path: str
 ) -> None:
     blocking = turso.lib_sync.connect_sync(replica_path, sync_server.url)  # pyright: ignore[reportUnknownMemberType]
@@ -65,16 +68,27 @@ def test_a_blocking_sync_connection_exposes_its_sync_database_http_context_and_s
             _require(callable(getattr(context, method, None)), f"_http_ctx.{method}()")
         _require(isinstance(getattr(context, "client_name", None), str), "_http_ctx.client_name")
         _require(callable(getattr(blocking, "extra_io", None)), "ConnectionSync.extra_io (the statement IO hook)")
-        # The engine's own path through these names: a pull's two steps, its request through our transport.
+        # The engine's own path through these names: a pull's two steps, its native steps on a worker of the pool
+        # and its request through our HTTP on the loop.
         sync_server.execute("CREATE TABLE t(x TEXT)")
-        engine = SyncEngine(blocking, request_timeout=10.0, long_poll_seconds=0.0)
-        changes: Any = engine.wait_changes()
-        _require(callable(getattr(changes, "empty", None)), "wait_changes' changes.empty()")
-        assert changes.empty() is False
-        engine.apply_changes(changes)
-        assert blocking.execute("SELECT name FROM sqlite_master WHERE name = 't'").fetchall() == [("t",)]
-        assert engine.transport.requests_sent >= 1
-        engine.close()
+        loop = asyncio.get_running_loop()
+        jobs = JobQueue()
+        SerialWorker(jobs, loop, weakref.WeakMethod(blocking.close), pool)
+        pool.attach()
+        engine = SyncEngine(blocking, loop, jobs, RequestTimeout(10.0), long_poll_seconds=0.0)
+        try:
+            changes: Any = await engine.wait_changes()
+            _require(callable(getattr(changes, "empty", None)), "wait_changes' changes.empty()")
+            assert changes.empty() is False
+            applied: asyncio.Future[None] = loop.create_future()
+            jobs.put_nowait((applied, lambda: engine.apply_changes(changes)))
+            await asyncio.wait_for(applied, 10)
+            assert blocking.execute("SELECT name FROM sqlite_master WHERE name = 't'").fetchall() == [("t",)]
+            assert engine.http.requests.requests_sent >= 1
+        finally:
+            await engine.http.close()
+            pool.detach()
+            await pool.wait_exited(5.0)
     finally:
         blocking.close()
 

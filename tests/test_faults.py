@@ -26,11 +26,11 @@ from tests.helpers import (
     AWAIT_SECONDS,
     HEAVY_COUNT,
     HEAVY_COUNT_RESULT,
-    THREADS_PER_CONNECTION,
     WORKER_EXIT_SECONDS,
     LoopContext,
     new_threads,
     open_replica,
+    pool_thread_serves,
     record_loop_errors,
     rows,
     turso_threads,
@@ -106,7 +106,7 @@ def replica_dir(tmp_path: Path) -> Path:
 async def test_close_stops_the_worker_thread(sync_server: SyncServer, replica_path: str) -> None:
     baseline = turso_threads()
     conn = await open_replica(replica_path, sync_server.url)
-    assert len(new_threads(baseline)) == THREADS_PER_CONNECTION
+    assert pool_thread_serves(baseline)
     await asyncio.wait_for(conn.pull(), AWAIT_SECONDS)
     await asyncio.wait_for(conn.close(), AWAIT_SECONDS)
     assert await wait_until(lambda: not new_threads(baseline))
@@ -115,7 +115,7 @@ async def test_close_stops_the_worker_thread(sync_server: SyncServer, replica_pa
 async def test_async_with_stops_the_worker_when_the_block_ends(sync_server: SyncServer, replica_path: str) -> None:
     baseline = turso_threads()
     async with connect_sync(replica_path, sync_server.url) as conn:
-        assert len(new_threads(baseline)) == THREADS_PER_CONNECTION
+        assert pool_thread_serves(baseline)
         await asyncio.wait_for(conn.execute("CREATE TABLE t(x INTEGER)"), AWAIT_SECONDS)
         await asyncio.wait_for(conn.commit(), AWAIT_SECONDS)
     assert await wait_until(lambda: not new_threads(baseline))
@@ -126,7 +126,7 @@ async def test_async_with_stops_the_worker_when_the_block_raises(sync_server: Sy
     with pytest.raises(ZeroDivisionError):
         async with connect_sync(replica_path, sync_server.url) as conn:
             await asyncio.wait_for(conn.pull(), AWAIT_SECONDS)
-            assert len(new_threads(baseline)) == THREADS_PER_CONNECTION
+            assert pool_thread_serves(baseline)
             _ = 1 / 0
     assert await wait_until(lambda: not new_threads(baseline))
 
@@ -194,7 +194,7 @@ async def test_connection_dropped_without_close_warns_and_its_worker_stops(
     conn = await open_replica(replica_path, sync_server.url)
     await asyncio.wait_for(conn.execute("INSERT INTO t VALUES (1)"), AWAIT_SECONDS)
     await asyncio.wait_for(conn.commit(), AWAIT_SECONDS)
-    assert len(new_threads(baseline)) == THREADS_PER_CONNECTION
+    assert pool_thread_serves(baseline)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -242,7 +242,7 @@ def test_event_loop_closing_mid_operation_stops_the_worker_without_traceback(
         assert not running.done()
         if operation == "slow_pull":
             assert slow_proxy.requests > requests_before  # the pull is held by the proxy
-        assert len(new_threads(baseline)) == THREADS_PER_CONNECTION
+        assert pool_thread_serves(baseline)
     finally:
         loop.close()
 

@@ -19,17 +19,13 @@ from testkit.sync_server import SyncServer, free_port
 from tests.helpers import (
     AWAIT_SECONDS,
     CHECKOUT,
-    THREADS_PER_CONNECTION,
     UNDER_TEST,
     bounded,
-    new_threads,
+    pool_thread_serves,
     turso_threads,
     wait_until,
 )
 from turso.lib_sync_aio import ConnectionSync, connect_sync
-
-# The SQL worker's thread name.
-SQL_WORKER = "turso-async-worker"
 
 # The version label of `make wheel`'s builds (scripts/build_wheels.py).
 WHEEL_VERSION = "0.8.3+syncaio.1"
@@ -67,7 +63,7 @@ async def test_await_opens_and_returns_the_sync_connection(sync_server: SyncServ
     conn = await connect_sync(replica_path, sync_server.url)
     try:
         assert isinstance(conn, ConnectionSync)
-        assert len(turso_threads() - baseline) == THREADS_PER_CONNECTION
+        assert pool_thread_serves(baseline)
         assert await conn.pull() is False
     finally:
         await conn.close()
@@ -106,7 +102,7 @@ async def test_blocking_connection_is_created_on_the_worker_thread(
 async def test_async_with_on_an_awaited_connection_opens_once(sync_server: SyncServer, replica_path: str) -> None:
     baseline = turso_threads()
     async with await connect_sync(replica_path, sync_server.url) as conn:
-        assert len(turso_threads() - baseline) == THREADS_PER_CONNECTION
+        assert pool_thread_serves(baseline)
         await conn.push()
     assert turso_threads() == baseline
 
@@ -204,7 +200,7 @@ async def test_close_called_twice_on_a_connection_never_opened_does_nothing(repl
 
 
 @pytest.mark.parametrize("when", ["at once", "while a pull waits on a stalled remote", "while background sync stops"])
-async def test_a_cancelled_close_still_stops_both_threads_and_keeps_the_replica_until_they_have(
+async def test_a_cancelled_close_still_ends_its_work_and_keeps_the_replica_until_it_has(
     sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, when: str
 ) -> None:
     baseline = turso_threads()
@@ -221,7 +217,6 @@ async def test_a_cancelled_close_still_stops_both_threads_and_keeps_the_replica_
         proxy.stall()
         pulling = asyncio.ensure_future(conn.pull())
         assert await wait_until(lambda: proxy.held >= 1), "the pull never reached the stalled remote"
-    old_threads = new_threads(baseline)
     closing = asyncio.ensure_future(conn.close())
     await asyncio.sleep(0)
     closing.cancel()
@@ -229,11 +224,9 @@ async def test_a_cancelled_close_still_stops_both_threads_and_keeps_the_replica_
         await closing
     try:
         # The replica is not opened twice meanwhile: the new open waits until the old connection has let go of it,
-        # which its SQL worker does last, after the lane has ended (the worker itself may still be on its way out).
+        # which its last job does, after its sync operation has ended.
         again = await bounded(connect_sync(replica_path, proxy.url))
-        assert [thread.name for thread in old_threads if thread.is_alive()] in ([], [SQL_WORKER])
-        assert await wait_until(lambda: not any(thread.is_alive() for thread in old_threads))
-        assert len(new_threads(baseline)) == THREADS_PER_CONNECTION
+        assert pool_thread_serves(baseline)
         assert await bounded(again.execute_fetchall("SELECT k FROM t")) == [("kept",)]
         await bounded(again.close())
     finally:
@@ -260,7 +253,6 @@ async def test_a_cancelled_close_lets_go_of_the_replica_only_once_the_lane_has_e
         return "token"
 
     conn = await bounded(connect_sync(replica_path, sync_server.url, auth_token=slow_token))
-    old_threads = new_threads(baseline)
     armed.set()
     pulling = asyncio.ensure_future(conn.pull())
     assert await wait_until(token_called.is_set), "the pull never asked for its token"
@@ -270,7 +262,6 @@ async def test_a_cancelled_close_lets_go_of_the_replica_only_once_the_lane_has_e
     with pytest.raises(asyncio.CancelledError):
         await closing
     async with connect_sync(replica_path, sync_server.url) as again:
-        assert [thread.name for thread in old_threads if thread.is_alive()] in ([], [SQL_WORKER])
         assert await bounded(again.execute_fetchall("SELECT 1")) == [(1,)]
     await bounded(asyncio.gather(pulling, return_exceptions=True))
     assert await wait_until(lambda: turso_threads() == baseline)

@@ -44,7 +44,7 @@ def transport_connections(conn: ConnectionSync) -> int:
     # What the replica's transport opened so far (a private counter, read here only).
     engine: Any = cast(Any, conn)._engine
     assert engine is not None
-    opened: int = engine.transport.connections_opened
+    opened: int = engine.http.requests.connections_opened
     return opened
 
 

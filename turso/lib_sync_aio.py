@@ -54,9 +54,8 @@ from .lib import Connection as BlockingConnection
 from .lib import Error, OperationalError, ProgrammingError
 from .background_sync_aio import CHECKPOINT_WAL_BYTES, STOP_TIMEOUT_SECONDS, BackgroundSync
 from ._sync_aio.arguments import seconds
-from ._sync_aio.engine import RequestTimeout, SyncEngine
+from ._sync_aio.engine import EngineHttp, RequestTimeout, SyncEngine
 from ._sync_aio.errors import native_dbapi_error
-from ._sync_aio.http import RemoteHttp
 from ._sync_aio.loop_turns import LoopTurns
 from ._sync_aio.open_replicas import ReplicaPathClaim
 from ._sync_aio.opening import ReplicaOpener
@@ -203,7 +202,7 @@ class ConnectionSync(NonBlockingConnection):
         self._conn: Optional[BlockingConnection] = None
         self._engine: Optional[SyncEngine] = None
         # The engine's HTTP, kept for the connection's life (a reopened replica keeps it) and closed by close().
-        self._http: Optional[RemoteHttp] = None
+        self._http: Optional[EngineHttp] = None
         self._request_timeout = RequestTimeout(REQUEST_TIMEOUT_SECONDS)
         # Set once no sync operation may start any more (close(), or the quiet stops).
         self._refusing = False
@@ -254,6 +253,9 @@ class ConnectionSync(NonBlockingConnection):
             raise ProgrammingError("ConnectionSync can only be closed from the event loop that opened it")
         closing = self._closing
         if closing is None:
+            # An open of the same file from now on waits for this connection to let go of it.
+            if self._path_claim is not None:
+                self._path_claim.begin_closing()
             closing = self._closing = self._loop.create_task(self._close_in_order(), name="turso-sync-close")
             closing.add_done_callback(_retrieve_outcome)
         try:
@@ -306,12 +308,17 @@ class ConnectionSync(NonBlockingConnection):
         Waits for a sync operation in flight (the engine's operations exclude each other)."""
         if self._state is not _OPENED or _get_running_loop() is not self._loop:
             await self._wait_opened()
-        # One job in the sync turns, without a task of its own: a cancelled await leaves it queued, and it runs before
-        # any later operation's first step (its job is ahead of theirs).
-        async with self._sync_turns:
+        # One job in the sync turns, without a task of its own: once queued, it runs before any later operation's first
+        # step (its job is ahead of theirs), so a cancelled await may hand the turn on at once.
+        previous, turn = self._take_sync_turn()
+        try:
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
             future: asyncio.Future[SyncStats] = self._loop.create_future()
             self._jobs.put_nowait((future, self._stats_blocking))
             return await future
+        finally:
+            _hand_on_turn(previous, turn)
 
     async def execute_fetchall(self, sql: str, parameters: Union[Sequence[Any], Mapping[str, Any]] = ()) -> list[Any]:
         """Run one statement and return all its rows, in one trip to the worker instead of three: use it when you
@@ -392,9 +399,7 @@ class ConnectionSync(NonBlockingConnection):
         )
         if self._state is not _State.CLOSED:
             # The last job must not refer to this connection, which is being collected.
-            self._stop_quietly(
-                functools.partial(_close_for_nobody, self._conn, self._path_claim, self._http, self._loop)
-            )
+            self._stop_quietly(functools.partial(_close_for_nobody, self._conn, self._path_claim))
 
     # --- opening ----------------------------------------------------------------------------------------------------
 
@@ -427,8 +432,9 @@ class ConnectionSync(NonBlockingConnection):
         self._worker = self._serial = SerialWorker(
             self._jobs, loop, weakref.WeakMethod(self._stop_after_loop_closed), _pool
         )
-        self._sync_turns = asyncio.Lock()
-        _pool.attach()
+        # The last sync operation's turn (pull, push, checkpoint, stats run one at a time, in call order).
+        self._last_sync_turn: Optional[asyncio.Future[None]] = None
+        _pool.attach(loop)
         self._in_pool = True
         self._started = True
         self._state = _State.OPENING
@@ -480,33 +486,49 @@ class ConnectionSync(NonBlockingConnection):
         replica_closed: asyncio.Future[Optional[Exception]] = self._loop.create_future()
         self._jobs.put_nowait((replica_closed, self._close_replica))
         try:
-            error = await replica_closed
+            error = await self._replica_closed_unless_fetching_pages(replica_closed)
         finally:
             await self._let_go()
         if error is not None:
             raise error
 
     async def _end_sync_operations(self) -> None:
-        # The sync operations called before close() get LANE_CLOSE_SECONDS; then the request in flight fails, and they
-        # end (their next step finds the connection closing).
-        operations = set(self._sync_operations)
-        if not operations:
-            return
-        _, pending = await asyncio.wait(operations, timeout=LANE_CLOSE_SECONDS)
-        if not pending:
-            return
-        logger.warning(
-            "close() stopped waiting for the remote after %g s: the sync operation in flight failed, and those queued "
-            "after it were refused",
-            LANE_CLOSE_SECONDS,
-        )
-        self._refuse_requests()
-        _, pending = await asyncio.wait(pending, timeout=LANE_CLOSE_SECONDS)
-        if pending and self._engine is not None and self._engine.fetching_pages:
-            logger.warning(
-                "close() goes on while a statement waits for pages from the remote (partial sync); its worker exits "
-                "once they arrive"
-            )
+        # The sync operations called before close() run to their end, as the SQL called before it does; only a request
+        # of theirs gets a bound: one still in flight after LANE_CLOSE_SECONDS fails, and the operations queued after
+        # it are refused. A step that waits for an open transaction to end is failed once the SQL before it has run.
+        waiting_failed = False
+        while operations := set(self._sync_operations):
+            _, pending = await asyncio.wait(operations, timeout=LANE_CLOSE_SECONDS)
+            if not pending:
+                return
+            if not self._refusing and self._http is not None and self._http.in_flight:
+                logger.warning(
+                    "close() stopped waiting for the remote after %g s: the sync operation in flight failed, and those "
+                    "queued after it were refused",
+                    LANE_CLOSE_SECONDS,
+                )
+                self._refuse_requests()
+            if not waiting_failed:
+                waiting_failed = True
+                self._jobs.put_nowait((None, self._serial.fail_waiting))
+
+    async def _replica_closed_unless_fetching_pages(
+        self, replica_closed: "asyncio.Future[Optional[Exception]]"
+    ) -> Optional[Exception]:
+        # The last job's outcome; or None at once if a statement before it waits for pages from a remote that does not
+        # answer (partial sync): such a read cannot fail, so its worker closes the replica once the pages arrive.
+        while True:
+            done, _ = await asyncio.wait([replica_closed], timeout=LANE_CLOSE_SECONDS)
+            if done:
+                return replica_closed.result()
+            engine = self._engine
+            if engine is not None and engine.fetching_pages:
+                replica_closed.add_done_callback(_retrieve_outcome)
+                logger.warning(
+                    "close() returned while a statement waits for pages from the remote (partial sync); its worker "
+                    "closes the replica and exits once they arrive"
+                )
+                return None
 
     async def _let_go(self) -> None:
         # After the last job: the HTTP's share of the loop's session, and this connection's count in the pool (the
@@ -517,7 +539,7 @@ class ConnectionSync(NonBlockingConnection):
         if not self._in_pool:
             return
         self._in_pool = False
-        if _pool.detach() and not await _pool.wait_exited(THREADS_EXIT_SECONDS):
+        if _pool.detach(self._loop) and not await _pool.wait_exited(THREADS_EXIT_SECONDS):
             logger.warning("close() returned while a worker thread still runs a job (it exits when the job ends)")
 
     def _close_replica(self) -> Optional[Exception]:
@@ -566,8 +588,9 @@ class ConnectionSync(NonBlockingConnection):
         self._refusing = True
         if self._path_claim is not None:
             self._path_claim.begin_closing()
-        in_pool, self._in_pool = self._in_pool, False
-        self._jobs.put_nowait((None, functools.partial(_last_job_for_nobody, last_job, in_pool)))
+        loop = self._loop if self._in_pool else None
+        self._in_pool = False
+        self._jobs.put_nowait((None, functools.partial(_last_job_for_nobody, last_job, loop)))
 
     def _stop_after_loop_closed(self) -> None:
         # On a thread of the pool, when an outcome could not be handed back because the loop has closed.
@@ -588,23 +611,40 @@ class ConnectionSync(NonBlockingConnection):
     # --- the sync operations, one at a time ---------------------------------------------------------------------------
 
     async def _sync_operation(self, name: str, operation: Callable[[SyncEngine], Awaitable[_T]]) -> _T:
-        # A sync operation runs as a task of its own, in its turn: cancelling the await does not stop it (a push sent
-        # is not sent twice), and close() waits for it (bounded).
+        # A sync operation runs as a task of its own, in its turn (taken now, in call order): cancelling the await does
+        # not stop it (a push sent is not sent twice), and close() waits for it (bounded).
         self._check_usable()
-        task = self._loop.create_task(self._in_sync_turn(name, operation))
+        previous, turn = self._take_sync_turn()
+        task = self._loop.create_task(self._in_sync_turn(previous, turn, name, operation))
         self._sync_operations.add(task)
         task.add_done_callback(self._sync_operations.discard)
         task.add_done_callback(_retrieve_outcome)
         return await asyncio.shield(task)
 
-    async def _in_sync_turn(self, name: str, operation: Callable[[SyncEngine], Awaitable[_T]]) -> _T:
-        async with self._sync_turns:
+    def _take_sync_turn(self) -> tuple[Optional["asyncio.Future[None]"], "asyncio.Future[None]"]:
+        # The turn after the last one taken: wait for `previous` to be settled, settle the returned one when done.
+        previous, turn = self._last_sync_turn, self._loop.create_future()
+        self._last_sync_turn = turn
+        return previous, turn
+
+    async def _in_sync_turn(
+        self,
+        previous: Optional["asyncio.Future[None]"],
+        turn: "asyncio.Future[None]",
+        name: str,
+        operation: Callable[[SyncEngine], Awaitable[_T]],
+    ) -> _T:
+        try:
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
             if not self._open_task.done():
                 await asyncio.wait([self._open_task])
             engine = self._engine
             if self._refusing or engine is None:
                 raise self._unusable_error(name)
             return await operation(engine)
+        finally:
+            _hand_on_turn(previous, turn)
 
     async def _pull_in_turn(self, engine: SyncEngine) -> bool:
         # The network wait here on the loop; the apply on the worker, between transactions. No reference to the engine
@@ -826,29 +866,32 @@ def _close_quietly(blocking: Optional[BlockingConnection]) -> None:
         pass
 
 
-def _close_for_nobody(
-    blocking: Optional[BlockingConnection],
-    path_claim: Optional[ReplicaPathClaim],
-    http: Optional[RemoteHttp],
-    loop: asyncio.AbstractEventLoop,
-) -> None:
-    # The last job of a connection being collected: close the replica, release its path, and let the loop (if it still
-    # runs) close the HTTP's share of its session.
+def _close_for_nobody(blocking: Optional[BlockingConnection], path_claim: Optional[ReplicaPathClaim]) -> None:
+    # The last job of a connection being collected: close the replica and release its path (its HTTP gives up its
+    # share of the loop's session when it is collected).
     _close_quietly(blocking)
     if path_claim is not None:
         path_claim.release()
-    if http is not None:
-        http.close_soon(loop)
 
 
-def _last_job_for_nobody(last_job: Callable[[], object], in_pool: bool) -> None:
+def _last_job_for_nobody(last_job: Callable[[], object], loop: Optional[asyncio.AbstractEventLoop]) -> None:
     # A connection's last job when nobody awaits close(): close the replica, then count it out of the pool (its
-    # threads exit once idle if it was the last connection).
+    # threads exit once idle if it was the last connection); `loop` is None if it was counted out already.
     try:
         last_job()
     finally:
-        if in_pool:
-            _pool.detach()
+        if loop is not None:
+            _pool.detach(loop)
+
+
+def _hand_on_turn(previous: Optional["asyncio.Future[None]"], turn: "asyncio.Future[None]") -> None:
+    # A sync operation's turn has ended: the next one may start, once the one before it has ended too (a turn given up
+    # while it still waited).
+    if previous is None or previous.done():
+        if not turn.done():
+            turn.set_result(None)
+    else:
+        previous.add_done_callback(lambda _: _hand_on_turn(None, turn))
 
 
 def _retrieve_outcome(future: "asyncio.Future[Any]") -> None:

@@ -68,12 +68,12 @@ class SyncEngine:
         blocking: BlockingConnectionSync,
         loop: asyncio.AbstractEventLoop,
         jobs: "SimpleQueue[Job]",
-        http: "RemoteHttp | RequestTimeout",
+        http: "EngineHttp | RequestTimeout",
         long_poll_seconds: float,
     ) -> None:
         """Take over `blocking`'s engine (on the connection's worker, while opening): its HTTP goes through `http` on
-        `loop` (a new RemoteHttp for the connection, given its RequestTimeout; or the one of the engine before a
-        reopen), its statements' IO (partial sync) through us."""
+        `loop` (new for the connection, given its RequestTimeout; or the engine's before a reopen), its statements' IO
+        (partial sync) through us."""
         self.database: Any = blocking._sync  # pyright: ignore[reportPrivateUsage, reportUnknownMemberType]
         self._http_context = blocking._http_ctx  # pyright: ignore[reportPrivateUsage]
         self._loop = loop
@@ -81,7 +81,7 @@ class SyncEngine:
         # Added to a pull's wait for the first byte of its answer: the remote may hold it that long (long poll).
         self.long_poll_seconds = long_poll_seconds
         if isinstance(http, RequestTimeout):
-            http = RemoteHttp(self._http_context.client_name, http)
+            http = EngineHttp(self._http_context.client_name, http)
         self.http = http
         # True while a statement waits for a page read (partial sync); close() does not wait for one.
         self.fetching_pages = False
@@ -112,7 +112,7 @@ class SyncEngine:
     def abort(self) -> None:
         """On the loop, from close(): the operation's request in flight fails at once, and no request starts after
         it."""
-        self.http.abort()
+        self.http.requests.abort()
 
     def fetch_pages_for_statement(self) -> None:
         """The blocking connection's `extra_io`, called on the worker when a statement waits for IO: perform the page
@@ -241,7 +241,7 @@ class SyncEngine:
 
         try:
             base_url, token = await self._credentials()
-            await _send(self.http, http, base_url, token, extra_wait, item.status, on_chunk)
+            await _send(self.http.requests, http, base_url, token, extra_wait, item.status, on_chunk)
         except TransportError as error:
             # Its frames refer back to this engine: a cycle that would keep the native sync database, and the
             # replica's files, alive after close() until a garbage collection.
@@ -266,7 +266,7 @@ class SyncEngine:
                 chunks.append(chunk)
 
             try:
-                await _send(self.http, http, base_url, token, 0.0, status.append, keep)
+                await _send(self.http.pages, http, base_url, token, 0.0, status.append, keep)
             except TransportClosed:
                 raise
             except TransportError as error:
@@ -328,6 +328,30 @@ class SyncEngine:
             # Its message is not repeated: it may hold the token.
             raise TransportError(f"the auth token callback failed ({type(error).__name__})") from None
         return base_url, token
+
+
+class EngineHttp:
+    """The HTTP of one connection's engine: `requests` for its operations, which close() cuts (`abort()`), and `pages`
+    for partial sync's page reads, which must never fail (see `SyncEngine._read_page`)."""
+
+    def __init__(self, user_agent: str, timeout: Callable[[], float]) -> None:
+        """Both clients, with the User-Agent `user_agent` and a deadline of `timeout()` seconds."""
+        self.requests = RemoteHttp(user_agent, timeout)
+        self.pages = RemoteHttp(user_agent, timeout)
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether an operation's request is being sent or answered now."""
+        return self.requests.in_flight
+
+    def abort(self) -> None:
+        """On the loop: the operations' requests in flight fail at once, and every later one (not the page reads)."""
+        self.requests.abort()
+
+    async def close(self) -> None:
+        """Let go of both clients' share of the loop's session."""
+        await self.requests.close()
+        await self.pages.close()
 
 
 class RequestTimeout:

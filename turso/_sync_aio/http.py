@@ -698,6 +698,11 @@ class RemoteHttp:
             # The exception's traceback holds this frame: no cycle through these locals.
             error = outcome = None
 
+    @property
+    def in_flight(self) -> bool:
+        """Whether a request is being sent or answered now."""
+        return bool(self._flights)
+
     def abort(self) -> None:
         """On the loop: every request in flight fails at once with TransportClosed (its work is cancelled, its
         connection closed), and every later request raises TransportClosed without connecting."""

@@ -30,7 +30,7 @@ Job = tuple[Optional["asyncio.Future[Any]"], Callable[[], Any]]
 THREAD_NAME_PREFIX = "turso-worker"
 # How long a thread of the pool waits for work before it exits (while connections are open; with none open, a thread
 # exits as soon as it is idle).
-IDLE_SECONDS = 10.0
+IDLE_SECONDS = 2.0
 # The default cap on the pool's threads: a thread per statement or native step running at once. A long statement
 # holds one, so a few can run while the others serve everyone else; beyond a few per core, more threads would only
 # queue for the interpreter lock (docs/design.md).
@@ -76,8 +76,9 @@ class WorkerPool:
         self._waiting: deque[SerialWorker] = deque()
         # Threads started and maybe not ended yet (wait_exited looks at them).
         self._started: list[_PoolThread] = []
-        # Open connections; at 0, idle threads exit at once.
-        self._users = 0
+        # Open connections, by event loop; with none open on a loop that still runs, idle threads exit at once (a
+        # connection whose loop has closed under it cannot give threads work any more).
+        self._users: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
         self._numbers = itertools.count(1)
 
     @property
@@ -99,25 +100,30 @@ class WorkerPool:
 
     @property
     def users(self) -> int:
-        """Open connections (attached and not detached yet)."""
-        return self._users
+        """Open connections (attached and not detached yet) on event loops that have not closed."""
+        with self._lock:
+            return self._live_users()
 
     def counts(self) -> tuple[int, int, int]:
         """(threads, idle threads, connections waiting for a thread), as of now."""
         with self._lock:
             return len(self._threads), len(self._idle), len(self._waiting)
 
-    def attach(self) -> None:
-        """A connection opens: threads may idle for `idle_seconds` while any connection is open."""
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A connection of `loop` opens: threads may idle for `idle_seconds` while any connection is open."""
         with self._lock:
-            self._users += 1
+            self._users[loop] = self._users.get(loop, 0) + 1
 
-    def detach(self) -> bool:
-        """A connection has closed (its last job has run); True if it was the last one open, whose idle threads are
-        told to exit now."""
+    def detach(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """A connection of `loop` has closed (its last job has run); True if it was the last one open, whose idle
+        threads are told to exit now."""
         with self._lock:
-            self._users -= 1
-            if self._users > 0:
+            left = self._users.get(loop, 0) - 1
+            if left > 0:
+                self._users[loop] = left
+            else:
+                self._users.pop(loop, None)
+            if self._live_users():
                 return False
             idle, self._idle = self._idle, []
             for thread in idle:
@@ -133,7 +139,7 @@ class WorkerPool:
                 self._started = [thread for thread in self._started if thread.is_alive()]
                 if not self._started:
                     return True
-                if self._users > 0:
+                if self._live_users():
                     return False
             if time.monotonic() >= deadline:
                 return False
@@ -169,7 +175,7 @@ class WorkerPool:
             while True:
                 if self._waiting:
                     return self._waiting.popleft()
-                if self._users <= 0:
+                if not self._live_users():
                     break
                 self._idle.append(thread)
                 notified = thread.wake.wait(self._idle_seconds)
@@ -190,7 +196,11 @@ class WorkerPool:
         self._idle.clear()
         self._waiting.clear()
         self._started.clear()
-        self._users = 0
+        self._users = weakref.WeakKeyDictionary()
+
+    def _live_users(self) -> int:
+        # Under the lock: open connections of loops that still run.
+        return sum(count for loop, count in self._users.items() if not loop.is_closed())
 
     def _start_for_waiting(self) -> list["_PoolThread"]:
         # Under the lock: new threads (not started yet) for connections that wait, as far as the cap allows.
