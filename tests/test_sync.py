@@ -127,7 +127,9 @@ async def test_reopen_without_remote_url_uses_the_url_saved_in_the_replica(
         assert await rows(reopened, "SELECT x FROM t") == [(7,)]
 
 
-async def test_32_replicas_sync_concurrently_in_one_event_loop_on_the_bounded_worker_pool(sync_server: SyncServer, tmp_path: Path) -> None:
+async def test_32_replicas_sync_concurrently_in_one_event_loop_on_the_bounded_worker_pool(
+    sync_server: SyncServer, tmp_path: Path
+) -> None:
     sync_server.execute("CREATE TABLE t(replica INTEGER)")
     baseline = turso_threads()
     replicas = await asyncio.gather(*(connect_sync(str(tmp_path / f"r{n}.db"), sync_server.url) for n in range(32)))

@@ -25,8 +25,8 @@ _HOLDERS: dict[str, "ReplicaPathClaim"] = {}
 
 
 class ReplicaPathClaim:
-    """A connection's claim on its replica file: `await acquire()` before the driver opens it, `begin_closing()` when the
-    connection starts to close, `release()` once it no longer uses the file (safe to call more than once)."""
+    """A connection's claim on its replica file: `await acquire()` before the driver opens it, `begin_closing()` when
+    the connection starts to close, `release()` once it no longer uses the file (safe to call more than once)."""
 
     __slots__ = ("path", "real_path", "closing")
 
