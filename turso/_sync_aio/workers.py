@@ -360,7 +360,8 @@ class SerialWorker(Worker):
         # still open). A timer that fired early (the loop's clock resolution) arms another one.
         if handoff.step is None:
             return
-        timer = self._loop.call_later(handoff.seconds_left(), self.jobs.put_nowait, (None, lambda: self._expire(handoff)))
+        expire: Job = (None, lambda: self._expire(handoff))
+        timer = self._loop.call_later(handoff.seconds_left(), self.jobs.put_nowait, expire)
         handoff.outcome.add_done_callback(lambda _: timer.cancel())
 
     def _expire(self, handoff: "BetweenTransactions") -> None:
