@@ -399,7 +399,7 @@ class ConnectionSync(NonBlockingConnection):
         )
         if self._state is not _State.CLOSED:
             # The last job must not refer to this connection, which is being collected.
-            self._stop_quietly(functools.partial(_close_for_nobody, self._conn, self._path_claim))
+            self._stop_quietly(functools.partial(_close_for_nobody, self._conn, self._path_claim), from_finalizer=True)
 
     # --- opening ----------------------------------------------------------------------------------------------------
 
@@ -581,7 +581,7 @@ class ConnectionSync(NonBlockingConnection):
         if self._path_claim is not None:
             self._path_claim.release()
 
-    def _stop_quietly(self, last_job: Callable[[], object]) -> None:
+    def _stop_quietly(self, last_job: Callable[[], object], *, from_finalizer: bool = False) -> None:
         # Nobody is left to hear of an error (garbage collection, loop closed), and the loop may not be usable: queue
         # the last job, which also lets go of the pool, without waiting.
         self._state = _State.CLOSED
@@ -590,7 +590,11 @@ class ConnectionSync(NonBlockingConnection):
             self._path_claim.begin_closing()
         loop = self._loop if self._in_pool else None
         self._in_pool = False
-        self._jobs.put_nowait((None, functools.partial(_last_job_for_nobody, last_job, loop)))
+        job: Job = (None, functools.partial(_last_job_for_nobody, last_job, loop))
+        if from_finalizer:
+            cast(JobQueue, self._jobs).put_from_finalizer(job)
+        else:
+            self._jobs.put_nowait(job)
 
     def _stop_after_loop_closed(self) -> None:
         # On a thread of the pool, when an outcome could not be handed back because the loop has closed.

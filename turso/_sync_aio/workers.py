@@ -59,6 +59,18 @@ class JobQueue(SimpleQueue[Job]):
         if not worker.scheduled:
             worker.schedule()
 
+    def put_from_finalizer(self, item: Job) -> None:
+        """`put_nowait` for `__del__`, which the garbage collector may run anywhere, also while this thread holds a
+        lock of the pool's or of `threading`'s: it takes no lock and starts no thread. The pool adopts the connection
+        soon after (`WorkerPool.adopt_orphans`)."""
+        SimpleQueue.put_nowait(self, item)
+        worker = self.worker
+        worker.pool.orphans.put_nowait(worker)
+        try:
+            worker._loop.call_soon_threadsafe(worker.pool.adopt_orphans)  # pyright: ignore[reportPrivateUsage]
+        except RuntimeError:
+            pass  # the loop has closed: a thread of the pool adopts it when it next looks for work
+
 
 class WorkerPool:
     """The threads that run every connection's jobs; one per process (`pool`). `max_threads` caps them."""
@@ -76,6 +88,9 @@ class WorkerPool:
         self._waiting: deque[SerialWorker] = deque()
         # Threads started and maybe not ended yet (wait_exited looks at them).
         self._started: list[_PoolThread] = []
+        # Connections that queued a job from a finalizer, without the locks that scheduling takes (a SimpleQueue is
+        # safe there); see adopt_orphans.
+        self.orphans: SimpleQueue[SerialWorker] = SimpleQueue()
         # Open connections, by event loop; with none open on a loop that still runs, idle threads exit at once (a
         # connection whose loop has closed under it cannot give threads work any more).
         self._users: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
@@ -145,6 +160,17 @@ class WorkerPool:
                 return False
             await asyncio.sleep(EXIT_POLL_SECONDS)
 
+    def adopt_orphans(self) -> None:
+        """Schedule the connections that queued a job from a finalizer (on their loop soon after, or on a thread of the
+        pool before it looks for work)."""
+        while True:
+            try:
+                worker = self.orphans.get_nowait()
+            except Empty:
+                return
+            if not worker.scheduled:
+                worker.schedule()
+
     def submit(self, worker: "SerialWorker") -> None:
         """Give `worker` (which has jobs, and no thread) a thread: an idle one, a new one under the cap, or the next
         one to be free. Raises OperationalError if no thread can be started and none runs."""
@@ -196,6 +222,7 @@ class WorkerPool:
         self._idle.clear()
         self._waiting.clear()
         self._started.clear()
+        self.orphans = SimpleQueue()
         self._users = weakref.WeakKeyDictionary()
 
     def _live_users(self) -> int:
@@ -250,6 +277,7 @@ class _PoolThread(threading.Thread):
         while worker is not None:
             if worker.serve() and not pool.requeue(worker):
                 continue  # its turn ended with jobs left, and no other connection waits: go on with it
+            pool.adopt_orphans()
             worker = pool.next_worker(self)
 
 
