@@ -88,10 +88,10 @@ async def abandon(proxy: DelayingProxy, operation: "Callable[[], Awaitable[objec
 
 
 def a_step_waits_between_transactions(conn: ConnectionSync) -> bool:
-    """Whether a pull's apply or a checkpoint, handed by the lane to the SQL worker, waits there for the open
-    transaction to end (the worker's state, which no public name shows)."""
-    threads: Any = vars(conn)["_threads"]
-    return vars(threads.sql)["_waiting"] is not None
+    """Whether a pull's apply or a checkpoint, handed to the connection's worker, waits there for the open transaction
+    to end (the worker's state, which no public name shows)."""
+    worker: Any = vars(conn)["_serial"]
+    return vars(worker)["_waiting"] is not None
 
 
 async def local_sql_timings(conn: ConnectionSync, prefix: str, rounds: int = 5) -> tuple[list[float], list[float]]:

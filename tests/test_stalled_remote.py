@@ -2,10 +2,9 @@
 stalling proxy.
 
 `DelayingProxy.stall()` (testkit/proxy.py) makes a remote that accepts connections and never answers, until `release()`
-forwards what it held. A request sent then waits on the connection's sync lane (thread `turso-sync-lane`) for its
-`request_timeout` (30 s by default); the SQL worker, `close()`, a reopened replica and the thread count must not
-depend on it, and close() fails it. The garbage-collection and loop-closed paths must stop the sync lane as they stop
-the SQL worker.
+forwards what it held. A request sent then waits on the event loop for its `request_timeout` (30 s by default); local
+SQL, `close()`, a reopened replica and the thread count must not depend on it, and close() fails it. The
+garbage-collection and loop-closed paths must let go of the worker pool's threads as close() does.
 """
 
 import asyncio
@@ -33,6 +32,7 @@ from tests.helpers import (
     insert_and_commit,
     new_threads,
     open_replica,
+    pool_thread_serves,
     record_loop_errors,
     remote_keys,
     turso_threads,
@@ -50,15 +50,10 @@ CLOSE_SECONDS = 1.0
 LOCAL_SECONDS = 0.5
 # How long a thread may take to exit once its stuck request ended.
 THREAD_EXIT_SECONDS = 5.0
-SYNC_LANE = "turso-sync-lane"
 
 # No key: a row that reached the server twice shows up twice. TEXT values, so that replicas never collide on rowids
 # they invent themselves.
 LOG_SCHEMA = "CREATE TABLE log(k TEXT, v INTEGER)"
-
-
-def sync_lanes() -> list[threading.Thread]:
-    return [thread for thread in threading.enumerate() if thread.name == SYNC_LANE]
 
 
 @contextlib.asynccontextmanager
@@ -116,7 +111,6 @@ async def test_close_returns_within_a_second_of_its_queued_sql_while_a_request_i
     errors = record_loop_errors()
     await insert_and_commit(conn, "log", ["a"])
     await time_out_on_the_stalled_remote(conn, proxy, operation)
-    lanes = sync_lanes()
     sql_done_at: list[float] = []
     heavy: "Optional[asyncio.Future[Any]]" = None
     if queued_sql:
@@ -133,7 +127,6 @@ async def test_close_returns_within_a_second_of_its_queued_sql_while_a_request_i
         proxy.release()
         await asyncio.wait_for(conn.close(), AWAIT_SECONDS)
     returned = time.monotonic()
-    assert lanes, f"no {SYNC_LANE} thread while a {operation} is stuck"
     if heavy is not None:
         assert heavy.done() and heavy.exception() is None, heavy
         took = returned - sql_done_at[0]
@@ -194,12 +187,12 @@ async def test_reopening_the_replica_while_the_old_request_is_stuck_works_and_ev
     assert errors == []
 
 
-# --- the garbage-collection and loop-closed paths stop the sync lane too ----------------------------------------
+# --- the garbage-collection and loop-closed paths let go of the threads too ----------------------------------------
 
 
-@pytest.mark.parametrize("lane", ["idle", "stuck"])
-async def test_connection_dropped_without_close_warns_and_its_sync_lane_stops_too(
-    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, lane: str
+@pytest.mark.parametrize("request_state", ["idle", "stuck"])
+async def test_connection_dropped_without_close_warns_and_lets_go_of_its_threads(
+    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, request_state: str
 ) -> None:
     sync_server.execute(LOG_SCHEMA)
     baseline = turso_threads()
@@ -207,15 +200,15 @@ async def test_connection_dropped_without_close_warns_and_its_sync_lane_stops_to
     await insert_and_commit(conn, "log", ["a"])
     await asyncio.wait_for(conn.push(), AWAIT_SECONDS)
     await asyncio.wait_for(conn.pull(), AWAIT_SECONDS)
-    if lane == "stuck":
+    if request_state == "stuck":
         await time_out_on_the_stalled_remote(conn, proxy, "pull")
-    assert sync_lanes(), f"no {SYNC_LANE} thread after a pull and a push"
+    assert pool_thread_serves(baseline), "no thread of the pool ran the connection's jobs"
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         del conn
         gc.collect()
-        if lane == "stuck":
+        if request_state == "stuck":
             # The stuck request may keep the connection alive until it ends; then it is collected.
             assert proxy.held >= 1
             proxy.release()
@@ -240,7 +233,7 @@ async def test_sync_operations_queued_behind_a_stuck_request_fail_at_close_inste
     conn = await open_replica(replica_path, proxy.url)
     await insert_and_commit(conn, "log", ["a"])
     await time_out_on_the_stalled_remote(conn, proxy, operation)
-    # Queued on the lane behind the stuck request; each waits its turn (none may spin meanwhile).
+    # Queued behind the stuck request, in their turns; each waits its turn (none may spin meanwhile).
     queued = [asyncio.ensure_future(call()) for call in (conn.stats, conn.checkpoint, conn.pull, conn.push)]
     cpu_started, wall_started = time.process_time(), time.monotonic()
     await asyncio.sleep(0.5)
@@ -266,7 +259,7 @@ async def test_sync_operations_queued_behind_a_stuck_request_fail_at_close_inste
 
 
 @pytest.mark.parametrize("remote", ["slow", "stalled"])
-def test_event_loop_closing_mid_pull_stops_the_sync_lane_without_traceback(
+def test_event_loop_closing_mid_pull_lets_go_of_the_threads_without_traceback(
     sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, monkeypatch: pytest.MonkeyPatch, remote: str
 ) -> None:
     thread_errors: list[threading.ExceptHookArgs] = []
@@ -288,7 +281,7 @@ def test_event_loop_closing_mid_pull_stops_the_sync_lane_without_traceback(
         loop.run_until_complete(asyncio.sleep(0.2))
         assert not running.done()
         assert proxy.requests > requests_before  # the pull is on the wire
-        assert sync_lanes(), f"no {SYNC_LANE} thread while a pull is on the wire"
+        assert pool_thread_serves(baseline), "no thread of the pool ran the connection's jobs"
     finally:
         loop.close()
 

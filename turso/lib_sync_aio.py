@@ -253,8 +253,11 @@ class ConnectionSync(NonBlockingConnection):
             raise ProgrammingError("ConnectionSync can only be closed from the event loop that opened it")
         closing = self._closing
         if closing is None:
-            # An open of the same file from now on waits for this connection to let go of it.
-            if self._path_claim is not None:
+            # Calls made from now on are refused (after background sync has stopped, if it runs), and an open of the
+            # same file waits for this connection to let go of it.
+            if self._background is None:
+                self._begin_closing()
+            elif self._path_claim is not None:
                 self._path_claim.begin_closing()
             closing = self._closing = self._loop.create_task(self._close_in_order(), name="turso-sync-close")
             closing.add_done_callback(_retrieve_outcome)
@@ -498,6 +501,8 @@ class ConnectionSync(NonBlockingConnection):
         # it are refused. A step that waits for an open transaction to end is failed once the SQL before it has run.
         waiting_failed = False
         while operations := set(self._sync_operations):
+            if self._waits_for_pages():
+                return  # their next step waits behind a statement that waits for pages: close() does not wait
             _, pending = await asyncio.wait(operations, timeout=LANE_CLOSE_SECONDS)
             if not pending:
                 return
@@ -517,29 +522,34 @@ class ConnectionSync(NonBlockingConnection):
     ) -> Optional[Exception]:
         # The last job's outcome; or None at once if a statement before it waits for pages from a remote that does not
         # answer (partial sync): such a read cannot fail, so its worker closes the replica once the pages arrive.
-        while True:
+        while not self._waits_for_pages():
             done, _ = await asyncio.wait([replica_closed], timeout=LANE_CLOSE_SECONDS)
             if done:
                 return replica_closed.result()
-            engine = self._engine
-            if engine is not None and engine.fetching_pages:
-                replica_closed.add_done_callback(_retrieve_outcome)
-                logger.warning(
-                    "close() returned while a statement waits for pages from the remote (partial sync); its worker "
-                    "closes the replica and exits once they arrive"
-                )
-                return None
+        replica_closed.add_done_callback(_retrieve_outcome)
+        logger.warning(
+            "close() returned while a statement waits for pages from the remote (partial sync); its worker closes the "
+            "replica and exits once they arrive"
+        )
+        return None
+
+    def _waits_for_pages(self) -> bool:
+        # Whether a statement waits on its worker for pages from the remote (partial sync).
+        return self._engine is not None and self._engine.fetching_pages
 
     async def _let_go(self) -> None:
         # After the last job: the HTTP's share of the loop's session, and this connection's count in the pool (the
         # pool's idle threads exit once no connection is open: close() of the last one waits for them, bounded).
         http, self._http = self._http, None
+        waits_for_pages = self._waits_for_pages()
         if http is not None:
-            await http.close()
+            # A statement still waiting for pages keeps their client: a page read must not fail (see the engine); that
+            # client lets go of its share when it is collected.
+            await http.close(pages=not waits_for_pages)
         if not self._in_pool:
             return
         self._in_pool = False
-        if _pool.detach(self._loop) and not await _pool.wait_exited(THREADS_EXIT_SECONDS):
+        if _pool.detach(self._loop) and not waits_for_pages and not await _pool.wait_exited(THREADS_EXIT_SECONDS):
             logger.warning("close() returned while a worker thread still runs a job (it exits when the job ends)")
 
     def _close_replica(self) -> Optional[Exception]:
@@ -643,10 +653,14 @@ class ConnectionSync(NonBlockingConnection):
                 await asyncio.wait([previous])
             if not self._open_task.done():
                 await asyncio.wait([self._open_task])
-            engine = self._engine
-            if self._refusing or engine is None:
+            if self._refusing or self._engine is None:
                 raise self._unusable_error(name)
-            return await operation(engine)
+            # Not kept in a variable here: a failed apply may reopen the replica, which needs the old engine freed.
+            return await operation(self._engine)
+        except BaseException as error:
+            # The caller may keep the error: its frames must not keep the engine, and the replica's files, alive.
+            traceback.clear_frames(error.__traceback__)
+            raise
         finally:
             _hand_on_turn(previous, turn)
 

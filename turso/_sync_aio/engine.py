@@ -348,10 +348,12 @@ class EngineHttp:
         """On the loop: the operations' requests in flight fail at once, and every later one (not the page reads)."""
         self.requests.abort()
 
-    async def close(self) -> None:
-        """Let go of both clients' share of the loop's session."""
+    async def close(self, *, pages: bool = True) -> None:
+        """Let go of the clients' share of the loop's session (of the page reads' client too, unless `pages` is
+        False)."""
         await self.requests.close()
-        await self.pages.close()
+        if pages:
+            await self.pages.close()
 
 
 class RequestTimeout:
