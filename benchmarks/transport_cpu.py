@@ -1,12 +1,13 @@
-"""CPU per sync request on loopback: the HTTP layer on the event loop (turso/_sync_aio/http.py, aiohttp) against the
-blocking transport it replaces (turso/_sync_aio/transport.py) and urllib.request.urlopen, which the driver's HTTP uses
-(a new connection, and for https a new default TLS context, on every request).
+"""CPU per sync request on loopback: the HTTP layer on the event loop (turso/_sync_aio/http.py, aiohttp) against
+urllib.request.urlopen, which the driver's HTTP uses (a new connection, and for https a new default TLS context, on
+every request). The blocking transport of our own that aiohttp replaced was measured beside them before it was
+deleted (commit e48fed9; benchmarks/README.md has the figures).
 
     python -m benchmarks.transport_cpu            # about a minute
     python -m benchmarks.transport_cpu --smoke    # a few requests each, to prove it runs
 
 Everything runs on one thread, in one event loop: each round sends the same POST (a /v2/pipeline body of 84 bytes)
-once through each client, interleaved, the order rotating every round; the blocking clients are called straight from
+once through each client, interleaved, the order rotating every round; the blocking client is called straight from
 the loop's thread (they block it while they run, which costs nothing here). The thread's CPU (`time.thread_time`, so
 the loopback servers' threads are not counted, while the loop's own work for an aiohttp request is) and the wall time
 of each request are recorded, and the medians printed. Three remotes: a keep-alive HTTP server and a keep-alive TLS
@@ -31,7 +32,6 @@ from testkit.http_servers import HttpServer
 from testkit.sync_server import SyncServer
 from testkit.tls import LoopbackCertificates
 from turso._sync_aio.http import RemoteHttp
-from turso._sync_aio.transport import SyncTransport
 
 BODY = json.dumps({"requests": [{"type": "execute", "stmt": {"sql": "SELECT 1"}}]}).encode()
 HEADERS = [("Content-Type", "application/json")]
@@ -39,10 +39,6 @@ WARMUP_ROUNDS = 20
 TOKEN = "token"
 
 Send = Callable[[], Awaitable[bytes]]
-
-
-def constant(value: str) -> Callable[[], str]:
-    return lambda: value
 
 
 def on_the_loop(http: RemoteHttp, url: str) -> Send:
@@ -57,15 +53,6 @@ def on_the_loop(http: RemoteHttp, url: str) -> Send:
         await http.request(
             "POST", "/v2/pipeline", BODY, HEADERS, base_url=url, token=TOKEN, on_status=ignore, on_chunk=on_chunk
         )
-        return b"".join(chunks)
-
-    return send
-
-
-def blocking_transport(transport: SyncTransport) -> Send:
-    async def send() -> bytes:
-        chunks: list[bytes] = []
-        transport.request("POST", "/v2/pipeline", BODY, HEADERS, on_status=ignore, on_chunk=chunks.append)
         return b"".join(chunks)
 
     return send
@@ -103,13 +90,12 @@ async def measure(clients: dict[str, Send], rounds: int) -> dict[str, tuple[floa
     return {name: (statistics.median(cpu[name]), statistics.median(wall[name])) for name in clients}
 
 
-def report(remote: str, results: dict[str, tuple[float, float]], http: RemoteHttp, transport: SyncTransport) -> None:
+def report(remote: str, results: dict[str, tuple[float, float]], http: RemoteHttp) -> None:
     cells = " | ".join(f"{name} {cpu:6.3f} ms CPU {wall:6.3f} ms wall" for name, (cpu, wall) in results.items())
-    ratio = results["aiohttp"][0] / results["transport.py"][0]
+    ratio = results["aiohttp"][0] / results["urllib"][0]
     print(
-        f"{remote:<28} {cells} | CPU aiohttp / transport.py {ratio:4.2f} | connections opened for requests sent: "
-        f"aiohttp {http.connections_opened}/{http.requests_sent}, "
-        f"transport.py {transport.connections_opened}/{transport.requests_sent}"
+        f"{remote:<28} {cells} | CPU aiohttp / urllib {ratio:4.2f} | connections opened for requests sent: "
+        f"aiohttp {http.connections_opened}/{http.requests_sent}"
     )
 
 
@@ -125,18 +111,12 @@ def default_context_cpu_ms(times: int) -> float:
 
 async def compare(url: str, rounds: int, remote: str) -> None:
     http = RemoteHttp("benchmark", lambda: 10.0)
-    transport = SyncTransport(constant(url), constant(TOKEN), "benchmark", lambda: 10.0)
     try:
-        clients = {
-            "aiohttp": on_the_loop(http, url),
-            "transport.py": blocking_transport(transport),
-            "urllib": urllib_request(url),
-        }
+        clients = {"aiohttp": on_the_loop(http, url), "urllib": urllib_request(url)}
         results = await measure(clients, rounds)
     finally:
-        transport.close()
         await http.close()
-    report(remote, results, http, transport)
+    report(remote, results, http)
 
 
 async def run(rounds: int) -> None:
@@ -160,7 +140,7 @@ def main() -> None:
     asyncio.run(run(rounds))
     print(
         f"ssl.create_default_context() with the system trust store: {trust_store_ms:.3f} ms CPU (urllib pays it on "
-        "every https request; aiohttp and transport.py once per process and SSL_CERT_FILE / SSL_CERT_DIR)"
+        "every https request; aiohttp once per process and SSL_CERT_FILE / SSL_CERT_DIR)"
     )
 
 

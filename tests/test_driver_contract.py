@@ -74,7 +74,7 @@ async def test_a_blocking_sync_connection_exposes_its_sync_database_http_context
         loop = asyncio.get_running_loop()
         jobs = JobQueue()
         SerialWorker(jobs, loop, weakref.WeakMethod(blocking.close), pool)
-        pool.attach()
+        pool.attach(loop)
         engine = SyncEngine(blocking, loop, jobs, RequestTimeout(10.0), long_poll_seconds=0.0)
         try:
             changes: Any = await engine.wait_changes()
@@ -87,7 +87,7 @@ async def test_a_blocking_sync_connection_exposes_its_sync_database_http_context
             assert engine.http.requests.requests_sent >= 1
         finally:
             await engine.http.close()
-            pool.detach()
+            pool.detach(loop)
             await pool.wait_exited(5.0)
     finally:
         blocking.close()
