@@ -620,8 +620,15 @@ class ReplicaPoolBase(Generic[ReplicaT]):
         self._admit()
 
     def _start_background(self, replica: _Replica[ReplicaT]) -> None:
-        if self._sync_interval is not None and replica.connection is not None:
+        if self._sync_interval is None or replica.connection is None:
+            return
+        try:
             replica.background = replica.connection.sync_in_background(self._sync_interval)
+        except Exception as error:
+            # Only a connection that can no longer be used refuses (say one its holder closed): its calls say why.
+            logger.warning(
+                "tenant %r: background sync could not start: %s: %s", replica.tenant, type(error).__name__, error
+            )
 
     async def _push_after_open(self, tenant: str, connection: ReplicaT) -> int:
         # Without background sync: push what a previous close left unpushed, once, within request_timeout.
