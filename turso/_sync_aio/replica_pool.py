@@ -253,6 +253,8 @@ class ReplicaPoolBase(Generic[ReplicaT]):
         # The tenant of each replica file (real paths), for every tenant seen: a path_for that gives two tenants one
         # file would show one tenant the other's data.
         self._tenant_of_path: dict[str, str] = {}
+        # The path each tenant's file was checked at.
+        self._path_of_tenant: dict[str, str] = {}
         self._opens_running = 0
         self._closing = 0
         # Tasks inside connection() waiting for something.
@@ -417,7 +419,9 @@ class ReplicaPoolBase(Generic[ReplicaT]):
     def _new_replica(self, tenant: str, loop: asyncio.AbstractEventLoop) -> _Replica[ReplicaT]:
         # A WAITING replica for a tenant the pool has none of: its file checked, then queued for a slot.
         path = _replica_path(tenant, self._path_for(tenant))
-        if path != MEMORY_PATH:
+        if path != MEMORY_PATH and self._path_of_tenant.get(tenant) != path:
+            # Resolved once per tenant (and path): each lstat of realpath lets go of the interpreter lock, which the
+            # loop then waits to take back behind the replicas' threads.
             real_path = os.path.realpath(path)
             owner = self._tenant_of_path.setdefault(real_path, tenant)
             if owner != tenant:
@@ -425,6 +429,7 @@ class ReplicaPoolBase(Generic[ReplicaT]):
                     f"path_for gives tenants {owner!r} and {tenant!r} the same replica file {real_path!r}; each tenant "
                     "needs a file of its own"
                 )
+            self._path_of_tenant[tenant] = path
         replica: _Replica[ReplicaT] = _Replica(tenant, path, loop.create_future())
         self._replicas[tenant] = replica
         self._waiting.append(replica)
