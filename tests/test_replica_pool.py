@@ -389,7 +389,7 @@ async def test_a_failed_open_raises_to_every_caller_waiting_for_it_and_the_next_
         assert (pool.get_stats().failed_opens, pool.get_stats().opens) == (1, 1)
 
 
-async def test_a_tenant_whose_remote_is_silent_keeps_local_sql_and_the_other_tenants_are_unaffected(
+async def test_a_tenant_whose_remote_is_silent_keeps_local_sql_the_others_sync_and_health_tells_them_apart(
     tenants: Tenants, proxied: Callable[..., DelayingProxy]
 ) -> None:
     proxy = proxied("stuck")
@@ -403,11 +403,17 @@ async def test_a_tenant_whose_remote_is_silent_keeps_local_sql_and_the_other_ten
             await asyncio.wait_for(write(pool, "fine", f"fine-{number}"), REQUEST_TIMEOUT)
         fine = {f"fine-{number}" for number in range(20)}
         assert await wait_until(lambda: fine <= set(remote_keys(tenants.server)))
+        # What a /health reads: each open tenant's background sync status.
         assert await wait_until(lambda: not status_healthy(pool, "stuck"))
-        assert status_healthy(pool, "fine")
+        statuses = pool.sync_statuses()
+        assert set(statuses) == {"fine", "stuck"}
+        assert statuses["fine"].healthy and statuses["fine"].rounds >= 1
+        assert statuses["stuck"].consecutive_failures >= 1 or statuses["stuck"].round_started_unix_time is not None
+        assert pool.sync_status("never-opened") is None
         proxy.release()
         stuck = {f"stuck-{number}" for number in range(20)}
         assert await wait_until(lambda: stuck <= set(remote_keys(tenants.server)), AWAIT_SECONDS)
+    assert pool.sync_statuses() == {}
 
 
 async def test_a_request_for_a_replica_still_pushing_before_its_close_takes_it_back(
@@ -532,24 +538,6 @@ async def test_a_pool_closed_while_replicas_open_and_requests_wait_fails_them_an
 
 
 # --- statistics and health --------------------------------------------------------------------------------------------
-
-
-async def test_sync_statuses_give_each_open_tenants_background_sync_status(
-    tenants: Tenants, proxied: Callable[..., DelayingProxy]
-) -> None:
-    proxy = proxied("stuck")
-    async with tenants.pool(sync_interval=0.2, request_timeout=REQUEST_TIMEOUT) as pool:
-        await write(pool, "fine", "fine-1")
-        await write(pool, "stuck", "stuck-1")
-        proxy.stall()
-        assert await wait_until(lambda: not status_healthy(pool, "stuck"))
-        statuses = pool.sync_statuses()
-        assert set(statuses) == {"fine", "stuck"}
-        assert statuses["fine"].healthy and statuses["fine"].rounds >= 1
-        assert not statuses["stuck"].healthy
-        assert pool.sync_status("never-opened") is None
-        proxy.release()
-    assert pool.sync_statuses() == {}
 
 
 async def test_without_sync_interval_replicas_have_no_background_sync(tenants: Tenants) -> None:

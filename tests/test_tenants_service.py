@@ -12,12 +12,8 @@ acknowledged text, and none whose deletion was acknowledged (204). The latency t
 """
 
 import asyncio
-import os
 import random
 import signal
-import statistics
-import subprocess
-import sys
 import time
 import zlib
 from collections import defaultdict
@@ -29,11 +25,10 @@ import httpx
 import pytest
 
 from testkit.proxy import DelayingProxy
-from testkit.sync_server import SyncServer, free_port
-from tests.helpers import CHECKOUT
+from testkit.sync_server import SyncServer
+from tests.served_app import START_SECONDS, ServedApp, latency_table
 from turso.lib_sync_aio import POOL_CLOSE_MARGIN_SECONDS
 
-EXAMPLES = CHECKOUT / "examples"
 REMOTES = 3
 TENANTS = [f"tenant-{number:02d}" for number in range(24)]
 CLIENTS = 12
@@ -48,7 +43,6 @@ NORMAL_SECONDS = 2.5
 STALLED_SECONDS = 3.0
 DOWN_SECONDS = 2.5
 BACK_SECONDS = 2.0
-START_SECONDS = 20.0
 CLIENT_TIMEOUT = 10.0
 
 NORMAL, STALLED, DOWN, BACK = "normal", "stalled", "down", "back"
@@ -78,65 +72,18 @@ class Record:
         self.statuses[self.phase][status] += 1
 
 
-class App:
-    """examples/tenants_app.py under uvicorn in a subprocess; its stderr goes to a file."""
-
-    def __init__(self, workdir: Path, remote_urls: list[str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.stderr_path = workdir / f"uvicorn-{self.port}.log"
-        env = dict(os.environ)
-        env.update(
-            TENANT_DATABASE_URL=",".join(remote_urls),
-            TENANTS_DIR=str(workdir / "tenants"),
-            TENANTS_MAX_OPEN=str(MAX_OPEN),
-            TENANTS_IDLE_SECONDS=str(IDLE_SECONDS),
-            TENANTS_SYNC_INTERVAL=str(SYNC_INTERVAL),
-            TENANTS_REQUEST_TIMEOUT=str(REQUEST_TIMEOUT),
-            TENANTS_CLOSE_TIMEOUT=str(CLOSE_TIMEOUT),
-        )
-        env.pop("TURSO_AUTH_TOKEN", None)
-        with open(self.stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--app-dir", str(EXAMPLES), "tenants_app:app"]
-                + ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
-                cwd=workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    async def wait_up(self, client: httpx.AsyncClient) -> None:
-        deadline = time.monotonic() + START_SECONDS
-        while True:
-            assert self.process.poll() is None, f"the app exited with {self.process.returncode}:\n{self.stderr()}"
-            try:
-                if (await client.get(f"{self.url}/health")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"the app did not answer within {START_SECONDS} s:\n{self.stderr()}"
-            await asyncio.sleep(0.05)
-
-    def terminate(self) -> float:
-        """SIGTERM; the seconds until the process exited (killed after 10 s: the assertion then fails)."""
-        began = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(10.0)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        return time.monotonic() - began
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+def tenants_app(workdir: Path, remote_urls: list[str]) -> ServedApp:
+    """examples/tenants_app.py under uvicorn, its tenants spread over `remote_urls`."""
+    settings = {
+        "TENANT_DATABASE_URL": ",".join(remote_urls),
+        "TENANTS_DIR": str(workdir / "tenants"),
+        "TENANTS_MAX_OPEN": str(MAX_OPEN),
+        "TENANTS_IDLE_SECONDS": str(IDLE_SECONDS),
+        "TENANTS_SYNC_INTERVAL": str(SYNC_INTERVAL),
+        "TENANTS_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT),
+        "TENANTS_CLOSE_TIMEOUT": str(CLOSE_TIMEOUT),
+    }
+    return ServedApp("tenants_app", workdir, settings)
 
 
 @pytest.fixture
@@ -225,25 +172,6 @@ class Client:
             await asyncio.sleep(self.pick.random() * 0.01)
 
 
-def latency_table(record: Record) -> str:
-    lines = [
-        f"| phase ({CLIENTS} clients, {len(TENANTS)} tenants, max_open {MAX_OPEN}) | requests | p50 ms | p99 ms | "
-        "max ms | statuses |",
-        "|---|---|---|---|---|---|",
-    ]
-    for phase in PHASES:
-        values = sorted(record.latencies[phase])
-        if not values:
-            continue
-        p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
-        statuses = ", ".join(f"{code}: {count}" for code, count in sorted(record.statuses[phase].items()))
-        lines.append(
-            f"| {phase} | {len(values)} | {statistics.median(values) * 1000:.1f} | {p99 * 1000:.1f} | "
-            f"{values[-1] * 1000:.1f} | {statuses} |"
-        )
-    return "\n".join(lines)
-
-
 async def run_phase(record: Record, phase: str, seconds: float) -> None:
     record.phase = phase
     await asyncio.sleep(seconds)
@@ -255,10 +183,10 @@ async def test_the_tenants_example_serves_every_tenant_through_a_remote_stalled_
     troubled_server, troubled_proxy = remotes[0]
     urls = [proxy.url for _, proxy in remotes]
     record = Record()
-    app = App(tmp_path, urls)
+    app = tenants_app(tmp_path, urls)
     try:
         async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT) as client:
-            await app.wait_up(client)
+            await app.wait_healthy(client)
             # Every tenant once, so that each has its replica (a tenant's first open needs its remote).
             warm_up = Client(client, app.url, record, random.Random(-1))
             for tenant in TENANTS:
@@ -290,7 +218,9 @@ async def test_the_tenants_example_serves_every_tenant_through_a_remote_stalled_
             exit_seconds = await asyncio.get_running_loop().run_in_executor(None, app.terminate)
         stderr = app.stderr()
         print(f"\n--- the app's stderr ---\n{stderr}--- end ---")
-        print(f"\n{latency_table(record)}\npool before SIGTERM: {stats_before_sigterm}")
+        title = f"{CLIENTS} clients, {len(TENANTS)} tenants, max_open {MAX_OPEN}"
+        print(f"\n{latency_table(title, PHASES, record.latencies, record.statuses)}")
+        print(f"pool before SIGTERM: {stats_before_sigterm}")
         print(f"SIGTERM under a stalled remote: exited in {exit_seconds:.2f} s")
 
         assert exit_seconds < EXIT_SECONDS, (exit_seconds, stderr)
@@ -307,9 +237,9 @@ async def test_the_tenants_example_serves_every_tenant_through_a_remote_stalled_
         # Restart with every remote back: each tenant's next open pushes what it has; every acknowledged note
         # reaches its tenant's server, once, with its last text.
         troubled_proxy.release()
-        app = App(tmp_path, urls)
+        app = tenants_app(tmp_path, urls)
         async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT) as client:
-            await app.wait_up(client)
+            await app.wait_healthy(client)
 
             def on_servers() -> dict[tuple[str, str], tuple[str, int, int]]:
                 found: dict[tuple[str, str], tuple[str, int, int]] = {}

@@ -2,8 +2,9 @@
 once, closed when idle or to make room, and pushed before they close.
 
 It uses only the public API of a connection (`PooledConnection`: `await conn` to open it, `stats()`, `push()`,
-`sync_in_background()`, `request_timeout`, `close()`), so it keeps working when the connection's machinery changes. `ReplicaPool` in `turso/lib_sync_aio.py` is this class with `connect_sync` plugged
-in (`_connect`); this module cannot import `turso.lib_sync_aio`, which imports it.
+`sync_in_background()`, `request_timeout`, `close()`), so it keeps working when the connection's machinery changes.
+`ReplicaPool` in `turso/lib_sync_aio.py` is this class with `connect_sync` plugged in (`_connect`); this module cannot
+import `turso.lib_sync_aio`, which imports it.
 
 Every replica the pool knows is a `_Replica` in one of four states (`_State`); the pool's `_replicas` maps each
 tenant to its one `_Replica`, and a tenant has at most one at a time. docs/tenants.md says how it behaves and why.
@@ -492,6 +493,10 @@ class ReplicaPoolBase(Generic[ReplicaT]):
     def _hold(self, replica: _Replica[ReplicaT]) -> None:
         replica.holders += 1
         self._requests += 1
+        self._leave_idle(replica)
+
+    def _leave_idle(self, replica: _Replica[ReplicaT]) -> None:
+        # Held again, or closing: no longer idle, nor closed after idle_seconds.
         if replica.idle_timer is not None:
             replica.idle_timer.cancel()
             replica.idle_timer = None
@@ -662,10 +667,7 @@ class ReplicaPoolBase(Generic[ReplicaT]):
         loop = self._loop
         connection = replica.connection
         assert loop is not None and connection is not None
-        if replica.idle_timer is not None:
-            replica.idle_timer.cancel()
-            replica.idle_timer = None
-        self._idle.pop(replica.tenant, None)
+        self._leave_idle(replica)
         catch_up, replica.catch_up = replica.catch_up, None
         if catch_up is not None:
             catch_up.cancel()
