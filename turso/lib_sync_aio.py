@@ -764,5 +764,6 @@ class ReplicaPool(ReplicaPoolBase[ConnectionSync]):
     without `sync_interval`). A request for a replica still pushing takes it back. docs/tenants.md has the details.
     """
 
+    # what the pool's machinery needs of this module: a tenant's replica, made (not opened yet) by connect_sync
     def _connect(self, path: str, remote_url: Optional[str], auth_token: AuthToken) -> ConnectionSync:
         return connect_sync(path, remote_url, auth_token=auth_token)
