@@ -198,7 +198,7 @@ class _Replica(Generic[ReplicaT]):
         # Closes it after idle_seconds unused (while open and held by nobody).
         self.idle_timer: Optional[asyncio.TimerHandle] = None
         # Without background sync: the push, started by the open, of changes a previous close left.
-        self.catch_up: Optional["asyncio.Task[int]"] = None
+        self.catch_up: Optional["asyncio.Task[None]"] = None
         # While closing, until its push is over (a request may take it back until then): the push, the background
         # sync it stops first, and `wake`, which ends the wait for the push early. `closed` is settled once closed.
         self.pushing = False
@@ -585,6 +585,9 @@ class ReplicaPoolBase(Generic[ReplicaT]):
             await connection
             if self._configure is not None:
                 await self._configure(replica.tenant, connection)
+            # Without background sync, the changes a previous close left unpushed are pushed by the pool: counted
+            # now, before any task writes.
+            left = 0 if self._sync_interval is not None else (await connection.stats()).cdc_operations
         except BaseException as error:
             if connection is not None:
                 # Also after a failed or cancelled open, which stopped its threads without waiting for them.
@@ -595,17 +598,17 @@ class ReplicaPoolBase(Generic[ReplicaT]):
                 raise
             return
         self._opens_running -= 1
-        self._opened(replica, connection)
+        self._opened(replica, connection, left)
 
-    def _opened(self, replica: _Replica[ReplicaT], connection: ReplicaT) -> None:
+    def _opened(self, replica: _Replica[ReplicaT], connection: ReplicaT, left: int) -> None:
         replica.connection = connection
         replica.state = _State.OPEN
         replica.task = None
         self._opens += 1
         self._start_background(replica)
-        if replica.background is None:
+        if left:
             assert self._loop is not None
-            replica.catch_up = self._loop.create_task(self._push_after_open(replica.tenant, connection))
+            replica.catch_up = self._loop.create_task(self._push_after_open(replica.tenant, connection, left))
         # Every task waiting for the open holds the replica from now on (each gives its hold back when done).
         replica.holders = replica.waiters
         self._requests += replica.waiters
@@ -640,19 +643,20 @@ class ReplicaPoolBase(Generic[ReplicaT]):
                 "tenant %r: background sync could not start: %s: %s", replica.tenant, type(error).__name__, error
             )
 
-    async def _push_after_open(self, tenant: str, connection: ReplicaT) -> int:
-        # Without background sync: push what a previous close left unpushed, once, within request_timeout.
+    async def _push_after_open(self, tenant: str, connection: ReplicaT, left: int) -> None:
+        # Without background sync: push the `left` changes a previous close left unpushed, once, within
+        # request_timeout (a push sends them all, and whatever was committed since).
         try:
-            return await asyncio.wait_for(_push_if_pending(connection), connection.request_timeout)
+            await asyncio.wait_for(connection.push(), connection.request_timeout)
         except Exception as error:
             logger.warning(
-                "tenant %r: pushing the changes a previous close left unpushed failed (%s: %s); its next close, or "
-                "your next push(), sends them",
+                "tenant %r: pushing the %d changes a previous close left unpushed failed (%s: %s); its next close, "
+                "or your next push(), sends them",
                 tenant,
+                left,
                 type(error).__name__,
                 error,
             )
-            return 0
 
     # --- closing a replica ------------------------------------------------------------------------------------------
 
