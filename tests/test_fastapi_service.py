@@ -10,12 +10,8 @@ acknowledged (204). `/health` must have answered 503 during the stall. The laten
 """
 
 import asyncio
-import os
 import random
 import signal
-import statistics
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -26,10 +22,9 @@ import httpx
 import pytest
 
 from testkit.proxy import DelayingProxy
-from testkit.sync_server import SyncServer, free_port
-from tests.helpers import CHECKOUT
+from testkit.sync_server import SyncServer
+from tests.served_app import START_SECONDS, ServedApp, latency_table
 
-EXAMPLES = CHECKOUT / "examples"
 CLIENTS = 20
 # Background sync of the app: rounds every 0.3 s, a request may wait 1 s, so /health turns 503 after
 # 2 * 0.3 + 1 = 1.6 s without a successful round.
@@ -42,8 +37,6 @@ STALLED_SECONDS = HEALTH_WINDOW + 1.5
 DOWN_SECONDS = 2.5
 # What the issue allows for SIGTERM under a stalled remote.
 EXIT_SECONDS = 2.0
-# Bounds on waiting for the app (start-up imports FastAPI: about a second here).
-START_SECONDS = 20.0
 CLIENT_TIMEOUT = 10.0
 
 NORMAL, STALLED, DOWN, BACK = "normal", "stalled", "down", "back"
@@ -68,74 +61,15 @@ class Record:
         self.statuses[self.phase][status] += 1
 
 
-class App:
-    """examples/fastapi_app.py under uvicorn in a subprocess; its stderr goes to a file."""
-
-    def __init__(self, workdir: Path, remote_url: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.stderr_path = workdir / f"uvicorn-{self.port}.log"
-        env = dict(os.environ)
-        env.update(
-            TURSO_DATABASE_URL=remote_url,
-            NOTES_REPLICA=str(workdir / "notes.db"),
-            NOTES_SYNC_INTERVAL=str(SYNC_INTERVAL),
-            NOTES_REQUEST_TIMEOUT=str(REQUEST_TIMEOUT),
-        )
-        env.pop("TURSO_AUTH_TOKEN", None)
-        with open(self.stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "--app-dir",
-                    str(EXAMPLES),
-                    "fastapi_app:app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--log-level",
-                    "warning",
-                ],
-                cwd=workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    async def wait_healthy(self, client: httpx.AsyncClient, timeout: float = START_SECONDS) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process.poll() is None, f"the app exited with {self.process.returncode}:\n{self.stderr()}"
-            try:
-                if (await client.get(f"{self.url}/health")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"the app was not healthy within {timeout} s:\n{self.stderr()}"
-            await asyncio.sleep(0.05)
-
-    def terminate(self) -> float:
-        """SIGTERM; the seconds until the process exited (killed after 10 s: the assertion then fails)."""
-        began = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(10.0)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        return time.monotonic() - began
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+def notes_app(workdir: Path, remote_url: str) -> ServedApp:
+    """examples/fastapi_app.py under uvicorn, syncing with `remote_url`."""
+    settings = {
+        "TURSO_DATABASE_URL": remote_url,
+        "NOTES_REPLICA": str(workdir / "notes.db"),
+        "NOTES_SYNC_INTERVAL": str(SYNC_INTERVAL),
+        "NOTES_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT),
+    }
+    return ServedApp("fastapi_app", workdir, settings)
 
 
 @pytest.fixture
@@ -227,24 +161,6 @@ async def probe_health(client: httpx.AsyncClient, url: str, record: Record, stop
         await asyncio.sleep(0.1)
 
 
-def latency_table(record: Record) -> str:
-    lines = [
-        f"| phase ({CLIENTS} clients) | requests | p50 ms | p99 ms | max ms | statuses |",
-        "|---|---|---|---|---|---|",
-    ]
-    for phase in PHASES:
-        values = sorted(record.latencies[phase])
-        if not values:
-            continue
-        p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
-        statuses = ", ".join(f"{code}: {count}" for code, count in sorted(record.statuses[phase].items()))
-        lines.append(
-            f"| {phase} | {len(values)} | {statistics.median(values) * 1000:.1f} | {p99 * 1000:.1f} | "
-            f"{values[-1] * 1000:.1f} | {statuses} |"
-        )
-    return "\n".join(lines)
-
-
 async def run_phase(record: Record, phase: str, seconds: float) -> None:
     record.phase = phase
     await asyncio.sleep(seconds)
@@ -255,7 +171,7 @@ async def test_the_fastapi_example_serves_through_a_stall_and_an_outage_and_exit
 ) -> None:
     server, proxy = remote
     record = Record()
-    app = App(tmp_path, proxy.url)
+    app = notes_app(tmp_path, proxy.url)
     try:
         async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT) as client:
             await app.wait_healthy(client)
@@ -308,7 +224,8 @@ async def test_the_fastapi_example_serves_through_a_stall_and_an_outage_and_exit
             stats_answer = await asyncio.wait_for(waiting_stats, CLIENT_TIMEOUT)
         stderr = app.stderr()
         print(f"\n--- the app's stderr ---\n{stderr}--- end ---")
-        print(f"\n{latency_table(record)}\nSIGTERM under a stalled remote: exited in {exit_seconds:.2f} s")
+        print(f"\n{latency_table(f'{CLIENTS} clients', PHASES, record.latencies, record.statuses)}")
+        print(f"SIGTERM under a stalled remote: exited in {exit_seconds:.2f} s")
         print(f"/sync in flight at SIGTERM answered: {sync_answer[0]!r}")
 
         assert exit_seconds < EXIT_SECONDS, (exit_seconds, stderr)
@@ -328,7 +245,7 @@ async def test_the_fastapi_example_serves_through_a_stall_and_an_outage_and_exit
 
         # Restart with the link back: everything acknowledged reaches the server, once, with its last text.
         proxy.release()
-        app = App(tmp_path, proxy.url)
+        app = notes_app(tmp_path, proxy.url)
         async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT) as client:
             await app.wait_healthy(client)
             deadline = time.monotonic() + START_SECONDS
@@ -345,4 +262,3 @@ async def test_the_fastapi_example_serves_through_a_stall_and_an_outage_and_exit
         assert "Traceback" not in app.stderr(), app.stderr()
     finally:
         app.kill()
-

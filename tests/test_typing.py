@@ -25,7 +25,7 @@ SNIPPET = """\
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 import turso.aio.sync
-from turso.lib_sync_aio import connect_sync
+from turso.lib_sync_aio import ReplicaPool, connect_sync
 from turso.sqlalchemy_sync_aio import get_sync_connection
 
 
@@ -73,6 +73,15 @@ async def application() -> None:
         reveal_type(entered_public)  # is turso.lib_sync_aio.ConnectionSync
     async with await connect_sync("app.db") as entered_awaited:
         reveal_type(entered_awaited)  # is turso.lib_sync_aio.ConnectionSync
+    async with ReplicaPool(path_for=lambda tenant: tenant + ".db", remote_url_for=lambda tenant: None) as pool:
+        reveal_type(pool)  # is turso.lib_sync_aio.ReplicaPool
+        async with pool.connection("acme") as pooled:
+            reveal_type(pooled)  # is turso.lib_sync_aio.ConnectionSync
+        reveal_type(pool.get_stats())  # is turso.lib_sync_aio.ReplicaPoolStats
+        reveal_type(pool.get_stats().failed_pushes_at_close)  # is int
+        reveal_type(pool.sync_status("acme"))  # is turso.background_sync_aio.BackgroundSyncStatus | None
+        reveal_type(pool.sync_statuses())  # is dict[str, turso.background_sync_aio.BackgroundSyncStatus]
+        reveal_type(await pool.close(timeout=1.0))  # is frozenset[str]
 
 
 async def sqlalchemy_application(connection: AsyncConnection, session: AsyncSession) -> None:

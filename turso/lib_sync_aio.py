@@ -61,6 +61,10 @@ from ._sync_aio.open_replicas import ReplicaPathClaim
 from ._sync_aio.opening import ReplicaOpener
 from ._sync_aio.pull_recovery import UnusableConnection, applied_before_failing, is_wedged, unusable_message
 from ._sync_aio.replica_files import replica_files_held_open
+from ._sync_aio.replica_pool import AuthToken, ReplicaPoolBase
+from ._sync_aio.replica_pool import POOL_CLOSE_MARGIN_SECONDS as POOL_CLOSE_MARGIN_SECONDS
+from ._sync_aio.replica_pool import PoolTimeout as PoolTimeout
+from ._sync_aio.replica_pool import ReplicaPoolStats as ReplicaPoolStats
 from ._sync_aio.transaction import Transaction as Transaction
 from ._sync_aio.transaction import TransactionHost, TransactionTurns
 from ._sync_aio.transaction import TransactionState as TransactionState
@@ -956,3 +960,44 @@ def connect_sync(
         "logical_mvcc_pull": logical_mvcc_pull,
     }
     return ConnectionSync(ReplicaOpener(path, remote_url, options))
+
+
+class ReplicaPool(ReplicaPoolBase[ConnectionSync]):
+    """Replicas for a service with a database per tenant: opened on demand, shared by the tasks that use them, at most
+    `max_open` open, closed when idle or to make room, and pushed before they close.
+
+        async with ReplicaPool(
+            path_for=lambda tenant: f"/data/tenants/{tenant}.db",
+            remote_url_for=lambda tenant: f"libsql://{tenant}-org.turso.io",
+            auth_token_for=lambda tenant: tokens[tenant],
+        ) as pool:
+            async with pool.connection("acme") as conn:   # a ConnectionSync, opened on first use
+                async with conn.transaction():
+                    await conn.execute("INSERT INTO notes VALUES (?, ?)", (note_id, body))
+
+    Parameters (all keyword-only; the functions are called on the event loop when a tenant's replica opens, so they
+    must be quick):
+    - `path_for(tenant)`: the tenant's replica file; two tenants with one file raise ValueError.
+    - `remote_url_for(tenant)`: its remote, as `connect_sync` takes it; `auth_token_for(tenant)`: its token (a string
+      or a callable read for every request), or leave it out.
+    - `max_open`: the most replicas open at once (opening and closing ones included). Past it, the least recently used
+      replica that no task holds is closed; when every one is held, a new tenant waits.
+    - `idle_seconds`: close a replica unused this long (None: never); `sync_interval`: each open replica's background
+      sync (`sync_in_background`), None for none.
+    - `wait_timeout`: how long `connection()` may wait (for a slot, then the open) before raising `PoolTimeout`.
+    - `request_timeout`: each replica's `request_timeout` (None: the default, `REQUEST_TIMEOUT_SECONDS`); it bounds a
+      fresh replica's bootstrap, and the push before each close.
+    - `max_concurrent_opens`: opens in progress at once (the rest wait their turn), so that a burst of tenants never
+      stalls the event loop.
+    - `configure(tenant, conn)`: an async function run on each replica once opened, before any task gets it (say a
+      `CREATE TABLE IF NOT EXISTS`); if it raises, the open fails.
+
+    A replica closes (eviction, idle, the pool's close) only once no task holds it, and pushes its pending changes
+    first, within its `request_timeout`. A push that fails is logged and counted (`failed_pushes_at_close`); the
+    changes stay in its files, and the next open pushes them (its first background sync round, or a push of its own
+    without `sync_interval`). A request for a replica still pushing takes it back. docs/tenants.md has the details.
+    """
+
+    # what the pool's machinery needs of this module: a tenant's replica, made (not opened yet) by connect_sync
+    def _connect(self, path: str, remote_url: Optional[str], auth_token: AuthToken) -> ConnectionSync:
+        return connect_sync(path, remote_url, auth_token=auth_token)

@@ -1,14 +1,17 @@
 # Hand-written stub for turso/lib_sync_aio.py: the typed surface that mypy and pyright users see.
 import enum
 import logging
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable, type_check_only
 
 from typing_extensions import Self, TypeAlias
 
 from turso._sync_aio.transaction import TransactionHost as _TransactionHost
-from turso.background_sync_aio import BackgroundSync
+from turso.background_sync_aio import BackgroundSync, BackgroundSyncStatus
+from turso.lib import OperationalError
 from turso.lib_aio import Connection as NonBlockingConnection
 from turso.lib_sync import ConnectionSync as BlockingConnectionSync
 from turso.lib_sync import PartialSyncOpts
@@ -22,6 +25,8 @@ TRANSACTION_WAIT_SECONDS: float
 LANE_CLOSE_SECONDS: float
 # The default of ConnectionSync.request_timeout, in seconds.
 REQUEST_TIMEOUT_SECONDS: float
+# What ReplicaPool.close(timeout) may take beyond its timeout, whatever the remotes do.
+POOL_CLOSE_MARGIN_SECONDS: float
 # The module's logger: close() warns there when it leaves a request behind.
 logger: logging.Logger
 
@@ -123,3 +128,61 @@ def connect_sync(
     pull_bytes_threshold: int | None = None,
     logical_mvcc_pull: bool | None = None,
 ) -> ConnectionSync: ...
+
+# ReplicaPool.connection() waited its wait_timeout without getting a replica.
+class PoolTimeout(OperationalError): ...
+
+# A snapshot of a ReplicaPool (get_stats()): gauges now, counters since the pool was made.
+@dataclass(frozen=True)
+class ReplicaPoolStats:
+    max_open: int
+    open: int
+    opening: int
+    closing: int
+    held: int
+    idle: int
+    waiting: int
+    requests: int
+    waits: int
+    wait_seconds: float
+    timeouts: int
+    opens: int
+    failed_opens: int
+    evictions: int
+    idle_closes: int
+    reclaimed: int
+    pushes_at_close: int
+    failed_pushes_at_close: int
+
+# Replicas of many tenants, opened on demand, at most max_open at once, pushed before they close.
+class ReplicaPool:
+    def __init__(
+        self,
+        *,
+        path_for: Callable[[str], str],
+        remote_url_for: Callable[[str], str | None],
+        auth_token_for: Callable[[str], str | Callable[[], str | None] | None] | None = None,
+        max_open: int = 100,
+        idle_seconds: float | None = 300.0,
+        sync_interval: float | None = 5.0,
+        wait_timeout: float = 30.0,
+        request_timeout: float | None = None,
+        max_concurrent_opens: int = 8,
+        configure: Callable[[str, ConnectionSync], Awaitable[None]] | None = None,
+    ) -> None: ...
+    @property
+    def max_open(self) -> int: ...
+    def connection(
+        self, tenant: str, *, wait_timeout: float | None = None
+    ) -> AbstractAsyncContextManager[ConnectionSync]: ...
+    def get_stats(self) -> ReplicaPoolStats: ...
+    def sync_status(self, tenant: str) -> BackgroundSyncStatus | None: ...
+    def sync_statuses(self) -> dict[str, BackgroundSyncStatus]: ...
+    async def close(self, timeout: float = 5.0) -> frozenset[str]: ...
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None: ...

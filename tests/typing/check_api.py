@@ -14,7 +14,17 @@ from turso.background_sync_aio import BackgroundSync, BackgroundSyncStatus, Back
 from turso.lib import BatchResult
 from turso.lib_aio import Connection, Cursor
 from turso.lib_sync import PartialSyncOpts, PartialSyncPrefixBootstrap
-from turso.lib_sync_aio import ConnectionSync, SyncStats, Transaction, TransactionState, connect_sync
+from turso.lib_sync_aio import (
+    POOL_CLOSE_MARGIN_SECONDS,
+    ConnectionSync,
+    PoolTimeout,
+    ReplicaPool,
+    ReplicaPoolStats,
+    SyncStats,
+    Transaction,
+    TransactionState,
+    connect_sync,
+)
 
 if TYPE_CHECKING:
     # Stub-only Protocol: there is no runtime class to import.
@@ -240,3 +250,46 @@ async def write_in_blocks(conn: ConnectionSync) -> None:
         async with conn.transaction() as nested:
             assert_type(nested.is_savepoint, bool)
         await conn.execute("INSERT INTO notes VALUES (?)", ("hello",))
+
+
+async def create_notes_table(tenant: str, conn: ConnectionSync) -> None:
+    async with conn.transaction():
+        await conn.execute("CREATE TABLE IF NOT EXISTS notes(body TEXT)")
+
+
+async def serve_tenants(tokens: dict[str, str]) -> None:
+    # Every setting, with the types a service passes; the token function may return a refreshing callable.
+    pool = ReplicaPool(
+        path_for=lambda tenant: f"/data/tenants/{tenant}.db",
+        remote_url_for=lambda tenant: f"libsql://{tenant}-org.turso.io",
+        auth_token_for=lambda tenant: (lambda: tokens.get(tenant)),
+        max_open=100,
+        idle_seconds=300.0,
+        sync_interval=None,
+        wait_timeout=5.0,
+        request_timeout=10.0,
+        max_concurrent_opens=8,
+        configure=create_notes_table,
+    )
+    assert_type(pool.max_open, int)
+    async with pool as entered:
+        assert_type(entered, ReplicaPool)
+        try:
+            async with pool.connection("acme", wait_timeout=1.0) as conn:
+                assert_type(conn, ConnectionSync)
+                async with conn.transaction():
+                    await conn.execute("INSERT INTO notes VALUES (?)", ("hello",))
+        except PoolTimeout as error:
+            # A PoolTimeout is a turso.OperationalError.
+            operational: turso.OperationalError = error
+            print(operational)
+        stats = pool.get_stats()
+        assert_type(stats, ReplicaPoolStats)
+        assert_type(stats.open, int)
+        assert_type(stats.wait_seconds, float)
+        status = pool.sync_status("acme")
+        if status is not None:
+            assert_type(status, BackgroundSyncStatus)
+        assert_type(pool.sync_statuses(), dict[str, BackgroundSyncStatus])
+        assert_type(await pool.close(timeout=2.0), frozenset[str])
+    assert_type(POOL_CLOSE_MARGIN_SECONDS, float)

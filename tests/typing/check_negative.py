@@ -14,7 +14,7 @@ import turso.aio.sync
 import turso.lib_aio
 import turso.lib_sync
 from turso.background_sync_aio import BackgroundSync, BackgroundSyncStatus
-from turso.lib_sync_aio import ConnectionSync, SyncStats, connect_sync
+from turso.lib_sync_aio import ConnectionSync, ReplicaPool, SyncStats, connect_sync
 
 if TYPE_CHECKING:
     from turso.lib_sync_aio import AsyncSyncOperations
@@ -134,3 +134,14 @@ async def wrong_transaction(conn: ConnectionSync) -> None:
     async with conn.transaction() as block:
         entered: ConnectionSync = block  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
         print(entered)
+
+
+async def wrong_pool(pool: ReplicaPool) -> None:
+    # A tenant key is a str.
+    pool.connection(42)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    # The pool's settings are keyword-only, and path_for is a function of the tenant, not a template.
+    ReplicaPool(str, str)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    ReplicaPool(path_for="/data/{tenant}.db", remote_url_for=lambda tenant: None)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    # connection() gives an async context manager, not the connection itself.
+    conn: ConnectionSync = pool.connection("acme")  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+    print(conn)
