@@ -54,10 +54,12 @@ from ._sync_aio.arguments import seconds
 from ._sync_aio.engine import SyncEngine
 from ._sync_aio.errors import native_dbapi_error
 from ._sync_aio.open_replicas import ReplicaPathClaim
-from ._sync_aio.opening import ReplicaOpener, close_quietly
+from ._sync_aio.opening import ReplicaOpener, close_quietly, copy_replica_blocking, recover_replica_blocking
 from ._sync_aio.pull_recovery import UnusableConnection, applied_before_failing, is_wedged, unusable_message
 from ._sync_aio.replica_files import replica_files_held_open
-from ._sync_aio.threads import ConnectionThreads, Job
+from ._sync_aio.replica_identity import ReplicaIdentityError as ReplicaIdentityError
+from ._sync_aio.replica_identity import ReplicaRecovery as ReplicaRecovery
+from ._sync_aio.threads import ConnectionThreads, Job, set_exception_unless_done, set_result_unless_done
 from ._sync_aio.transaction import Transaction as Transaction
 from ._sync_aio.transaction import TransactionHost, TransactionTurns
 from ._sync_aio.transaction import TransactionState as TransactionState
@@ -722,3 +724,79 @@ def connect_sync(
         "logical_mvcc_pull": logical_mvcc_pull,
     }
     return ConnectionSync(ReplicaOpener(path, remote_url, options))
+
+
+async def copy_replica(source: str, destination: str) -> None:
+    """Copy the replica at `source` to `destination` so that the copy syncs under an identity of its own.
+
+    Use it wherever you would copy a replica's files: a second replica on this machine, a volume or a container image
+    with a replica baked in. Every copy of the files it writes takes an identity of its own when first opened, so an
+    image started many times gives many replicas, none of which loses another's writes. Plain file copies share the
+    source's identity, and then silently lose writes (docs/troubleshooting.md, "Copies, backups and images").
+
+    `source` must be closed in every process (its file lock is held while the files are copied) and have nothing left
+    to push (push() first: the copy leaves the source's changes to the source); `destination` must not exist. Raises
+    `turso.ProgrammingError` otherwise, ValueError for a destination that exists. Makes no request.
+    """
+    await _run_in_thread("turso-replica-copy", functools.partial(copy_replica_blocking, source, destination))
+
+
+async def recover_replica(
+    path: str,
+    remote_url: Optional[str] = None,
+    *,
+    auth_token: Optional[Union[str, Callable[[], Optional[str]]]] = None,
+    client_name: Optional[str] = None,
+    remote_encryption_key: Optional[str] = None,
+) -> ReplicaRecovery:
+    """Recover a replica refused with `ReplicaIdentityError`: give it an identity of its own, then push the local
+    changes the remote does not have, and only those (nothing is sent twice). Returns what was done.
+
+    `path` must be closed in every process. The parameters are connect_sync's; `remote_url` defaults to the one the
+    replica saved, and is needed when its sync metadata is gone. Makes two requests and a push. Raises
+    `turso.OperationalError` if the remote cannot be reached (nothing was changed then, or the identity was and the
+    next push sends the changes, as the message says).
+    """
+    recovery = await _run_in_thread(
+        "turso-replica-recovery",
+        functools.partial(
+            recover_replica_blocking,
+            path,
+            remote_url,
+            auth_token,
+            client_name,
+            remote_encryption_key,
+            REQUEST_TIMEOUT_SECONDS,
+        ),
+    )
+    try:
+        options: dict[str, Any] = {"auth_token": auth_token, "client_name": client_name}
+        async with connect_sync(path, remote_url, remote_encryption_key=remote_encryption_key, **options) as conn:
+            await conn.push()
+    except Error as error:
+        raise type(error)(
+            f"{path!r} has an identity of its own now ({recovery.client_id!r}), but pushing its changes failed: "
+            f"{error}. Its next push() sends them"
+        ) from error
+    return recovery
+
+
+async def _run_in_thread(name: str, function: Callable[[], _T]) -> _T:
+    # A blocking file job of its own (copy_replica, recover_replica) on a thread that ends with it. Cancelled, the await
+    # returns at once and the job still finishes: it leaves the files whole either way.
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def run() -> None:
+        try:
+            try:
+                outcome = function()
+            except BaseException as error:
+                loop.call_soon_threadsafe(set_exception_unless_done, future, error)
+            else:
+                loop.call_soon_threadsafe(set_result_unless_done, future, outcome)
+        except RuntimeError:
+            pass  # the loop closed: nobody is left to hear of it
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await future

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import traceback
-from typing import Any, Callable, Optional, cast
+from typing import Any, Callable, Optional, Sequence, cast
 
 from .._turso import (  # the native extension has no type information
     PyTursoAsyncOperationResultKind,  # pyright: ignore[reportUnknownVariableType]
@@ -24,6 +24,7 @@ from ..lib_sync import (
     _process_full_read_item,  # pyright: ignore[reportPrivateUsage, reportUnknownVariableType]
     _process_full_write_item,  # pyright: ignore[reportPrivateUsage, reportUnknownVariableType]
 )
+from .replica_identity import ReplicaGuard
 from .transport import SyncTransport, TransportClosed, TransportError
 
 # How long the thread driving an operation waits for another thread's IO item to complete before it looks again.
@@ -72,6 +73,11 @@ class SyncEngine:
         self._in_flight = 0
         # The transport's error during the operation in flight, which the operation's own error then reports.
         self._request_failure: Optional[TransportError] = None
+        # Replica identity (issue 27): the open sets the checks that keep a copied or restored replica from losing
+        # writes (None for :memory:); push and pull call them, and _request shows them the engine's own requests.
+        self.identity: Optional[ReplicaGuard] = None
+        # The refusal of the operation in flight, which the operation then raises instead of the engine's error.
+        self._identity_failure: Optional[Error] = None
         blocking.extra_io = self.fetch_pages_for_statement
 
     @property
@@ -84,16 +90,35 @@ class SyncEngine:
         self._request_timeout.value = seconds
 
     def wait_changes(self) -> Any:
-        """On the lane: pull's network part; the remote's changes since the last pull (not applied yet)."""
-        return self._run(self.database.wait_changes, "pull", self.long_poll_seconds)
+        """On the lane: pull's network part; the remote's changes since the last pull (not applied yet). Raises
+        ReplicaIdentityError instead if applying them could drop local changes (a forked replica)."""
+        identity = self.identity
+        if identity is not None:
+            identity.before_sync(self.post)  # replica identity: refused, or a fresh identity's floor to send
+        changes = self._run(self.database.wait_changes, "pull", self.long_poll_seconds)
+        if identity is not None and changes is not None and not changes.empty():
+            # Replica identity: the apply drops local changes at or below the remote's mark for this client id.
+            identity.before_apply(self.stats().cdc_operations, self.post)
+        return changes
 
     def apply_changes(self, changes: Any) -> None:
         """On the SQL worker, between transactions: apply what wait_changes() returned."""
         self._run(lambda: self.database.apply_changes(changes), "apply pulled changes")
 
     def push_changes(self) -> None:
-        """On the lane: send the local changes to the remote."""
+        """On the lane: send the local changes to the remote. Raises ReplicaIdentityError, sending nothing, if the
+        remote holds pushes under this replica's identity that it did not make (a forked replica)."""
+        identity = self.identity
+        if identity is not None:
+            identity.before_sync(self.post)  # replica identity: refused, or a fresh identity's floor to send
         self._run(self.database.push_changes, "push")
+        if identity is not None:
+            identity.after_push()  # replica identity: the remote's mark is now the one this push set
+
+    def post(self, path: str, body: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
+        """On the lane: POST `body` to `path` of the remote through the operations' transport (deadline, abort) and
+        return the answer's body; turso.OperationalError if it fails or is not 2xx (ProgrammingError once closed)."""
+        return post_through(self.transport, path, body, headers)
 
     def checkpoint(self) -> None:
         """On the SQL worker, between transactions: checkpoint the WAL."""
@@ -152,9 +177,13 @@ class SyncEngine:
                             self._progress.wait(OPERATION_IO_WAIT_SECONDS)
         finally:
             self._request_failure = None
+            self._identity_failure = None
 
     def _failure(self, error: Exception, description: str) -> Exception:
         # The operation's error as the caller should see it: ours when our transport failed it, else the driver's.
+        identity_failure, self._identity_failure = self._identity_failure, None
+        if identity_failure is not None:
+            return identity_failure
         failure = self._request_failure
         if isinstance(failure, TransportClosed):
             return ProgrammingError(f"Cannot {description}: the connection was closed while it ran")
@@ -209,6 +238,10 @@ class SyncEngine:
 
     def _request(self, item: Any, http: Any, operation: Any, extra_wait: float) -> None:
         # An operation's request, with a deadline: a failure fails the operation, which says why.
+        body = _body(http)
+        if self.identity is not None and self._watched(item, http, body, extra_wait):
+            return
+
         def on_chunk(chunk: bytes) -> None:
             item.push_buffer(chunk)
             # Let the operation take the chunk now, so a large answer is not held whole in memory.
@@ -216,7 +249,7 @@ class SyncEngine:
                 operation.resume()
 
         try:
-            _send(self.transport, http, extra_wait, item.status, on_chunk)
+            _send(self.transport, http, body, extra_wait, item.status, on_chunk)
         except TransportError as error:
             # Its frames (the transport's, and this one's `on_chunk`) refer back to this engine: a cycle that would
             # keep the native sync database, and the replica's files, alive after close() until a garbage collection.
@@ -225,6 +258,36 @@ class SyncEngine:
             item.poison(str(error))
         else:
             item.done()
+
+    def _watched(self, item: Any, http: Any, body: Optional[bytes], extra_wait: float) -> bool:
+        # Replica identity (issue 27): the guard sees the engine's request before it is sent (a push batch: it records
+        # the mark the batch sets), and judges the answer to the engine's query of the remote's mark before the engine
+        # reads it. True if the request was handled here; a refusal fails the operation with ReplicaIdentityError.
+        assert self.identity is not None
+        try:
+            check = self.identity.watch(str(http.method), str(http.path), body)
+            if check is None:
+                return False
+            status: list[int] = []
+            chunks: list[bytes] = []
+            try:
+                _send(self.transport, http, body, extra_wait, status.append, chunks.append)
+            except TransportError as error:
+                traceback.clear_frames(error.__traceback__)  # as in _request
+                self._request_failure = error
+                item.poison(str(error))
+                return True
+            answer = b"".join(chunks)
+            check(status[-1] if status else 0, answer)
+        except Error as refusal:
+            traceback.clear_frames(refusal.__traceback__)
+            self._identity_failure = refusal
+            item.poison(str(refusal))
+            return True
+        item.status(status[-1])
+        item.push_buffer(answer)
+        item.done()
+        return True
 
     def _read_page(self, item: Any, http: Any) -> None:
         # A page read for partial sync: it must not fail, because a statement whose page read failed retries it
@@ -236,7 +299,7 @@ class SyncEngine:
             status: list[int] = []
             chunks: list[bytes] = []
             try:
-                _send(self.page_transport, http, 0.0, status.append, chunks.append)
+                _send(self.page_transport, http, _body(http), 0.0, status.append, chunks.append)
             except TransportError as error:
                 traceback.clear_frames(error.__traceback__)  # as in _request
                 logger.debug("partial sync: a page read failed (%s); retrying in %.2g s", error, delay)
@@ -262,9 +325,35 @@ class _Setting:
         return self.value
 
 
+def post_through(transport: SyncTransport, path: str, body: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
+    """POST `body` to `path` of the remote through `transport` and return the answer's body; turso.OperationalError if
+    it fails or is not 2xx (ProgrammingError once the transport was aborted or closed)."""
+    status: list[int] = []
+    chunks: list[bytes] = []
+    try:
+        transport.request("POST", path, body, list(headers), on_status=status.append, on_chunk=chunks.append)
+    except TransportClosed:
+        raise ProgrammingError("Cannot sync: the connection was closed while it ran") from None
+    except TransportError as error:
+        traceback.clear_frames(error.__traceback__)
+        raise OperationalError(f"sync failed: {error}") from None
+    answer = b"".join(chunks)
+    if not status or not 200 <= status[-1] < 300:
+        raise OperationalError(
+            f"sync failed: the remote answered {status[-1] if status else 'nothing'} to POST {path}: "
+            f"{answer[:200].decode('utf-8', 'replace')}"
+        )
+    return answer
+
+
+def _body(http: Any) -> Optional[bytes]:
+    return bytes(http.body) if http.body is not None else None
+
+
 def _send(
     transport: SyncTransport,
     http: Any,
+    body: Optional[bytes],
     extra_wait: float,
     on_status: Callable[[int], None],
     on_chunk: Callable[[bytes], None],
@@ -273,7 +362,7 @@ def _send(
     transport.request(
         http.method,
         http.path,
-        bytes(http.body) if http.body is not None else None,
+        body,
         [(str(name), str(value)) for name, value in http.headers or ()],
         url=http.url,
         extra_wait=extra_wait,
