@@ -188,8 +188,11 @@ async def test_a_copy_made_without_its_sidecar_is_refused_at_its_first_push_afte
 # --- case 2: a restore from an older copy ------------------------------------------------------------------------
 
 
-async def restored_replica(server: SyncServer, tmp_path: Path, *, same_inodes: bool) -> Path:
-    """The issue's steps: push a0, commit a1, close, back up; push a1, push a2, close; restore the backup."""
+async def restored_replica(
+    server: SyncServer, tmp_path: Path, *, same_inodes: bool, keep_current_sidecar: bool = False
+) -> Path:
+    """The issue's steps: push a0, commit a1, close, back up; push a1, push a2, close; restore the backup (all of it,
+    or all but PATH-identity)."""
     live, backup = tmp_path / "live" / "a.db", tmp_path / "backup" / "a.db"
     live.parent.mkdir()
     backup.parent.mkdir()
@@ -199,6 +202,8 @@ async def restored_replica(server: SyncServer, tmp_path: Path, *, same_inodes: b
         await bounded(conn.push())
         await commit(conn, "a2")
         await bounded(conn.push())
+    if keep_current_sidecar:
+        Path(str(backup) + SIDECAR_SUFFIX).write_bytes(Path(str(live) + SIDECAR_SUFFIX).read_bytes())
     inode = live.stat().st_ino
     if same_inodes:
         restore_over(backup, live)
@@ -482,14 +487,21 @@ async def test_every_push_is_checked_with_the_engines_own_query_and_no_request_o
     async with connect_sync(replica_path, sync_server.url) as conn:
         engine = cast(Optional[SyncEngine], cast(Any, conn)._engine)
         assert engine is not None and engine.identity is not None
+        record = engine.identity.record
         sent = engine.transport.requests_sent
+        marks: list[tuple[int, int]] = []
         for key in ("a", "b"):
             await commit(conn, key)
             await bounded(conn.push())
+            [(generation, change)] = sync_server.execute(
+                "SELECT pull_gen, change_id FROM turso_sync_last_change_id WHERE client_id = ?",
+                (client_id(Path(replica_path)),),
+            )
+            marks.append((int(cast(int, generation)), int(cast(int, change))))
         assert engine.identity.remote_checks == 2
         assert engine.transport.requests_sent - sent == 4  # the engine's own two per push
-        assert engine.identity.record.remote_mark is not None
-        assert engine.identity.record.unconfirmed == []
+        # The second push's check found the first push's mark; its own is recorded, unconfirmed until the next check.
+        assert record.remote_mark == marks[0] and record.unconfirmed == [marks[1]]
 
 
 async def test_a_cancelled_recovery_still_finishes_giving_the_replica_its_identity(
@@ -510,3 +522,27 @@ async def test_a_cancelled_recovery_still_finishes_giving_the_replica_its_identi
         await commit(conn, "b1")
         await bounded(conn.push())
     assert remote_keys(sync_server) == ["a0", "b1"]
+
+
+async def test_a_database_restored_without_its_sidecar_is_refused_at_its_open(
+    sync_server: SyncServer, tmp_path: Path
+) -> None:
+    # The database and PATH-info put back from a backup, the current PATH-identity left: the sidecar says more was
+    # pushed than the database's change log holds, and the remote's mark would pass for this file's own.
+    sync_server.execute(TABLE)
+    live = await restored_replica(sync_server, tmp_path, same_inodes=True, keep_current_sidecar=True)
+    before = fingerprint(live)
+    with pytest.raises(ReplicaIdentityError, match="older than") as refused:
+        await open_replica(str(live), sync_server.url)
+    assert refused.value.reason == "diverged"
+    assert {name: digest for name, digest in fingerprint(live).items() if not name.endswith(SIDECAR_SUFFIX)} == {
+        name: digest for name, digest in before.items() if not name.endswith(SIDECAR_SUFFIX)
+    }
+    await recovered(live, sync_server)
+    assert remote_keys(sync_server) == ["a0", "a1", "a2"]  # a1 once, though the restored file still had it pending
+    async with await open_replica(str(live), sync_server.url) as conn:
+        await commit(conn, "a3")
+        await bounded(conn.push())
+        await bounded(conn.pull())
+        assert await local_keys(conn) == ["a0", "a1", "a2", "a3"]
+    assert remote_keys(sync_server) == ["a0", "a1", "a2", "a3"]

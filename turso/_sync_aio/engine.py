@@ -112,8 +112,6 @@ class SyncEngine:
         if identity is not None:
             identity.before_sync(self.post)  # replica identity: refused, or a fresh identity's floor to send
         self._run(self.database.push_changes, "push")
-        if identity is not None:
-            identity.after_push()  # replica identity: the remote's mark is now the one this push set
 
     def post(self, path: str, body: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
         """On the lane: POST `body` to `path` of the remote through the operations' transport (deadline, abort) and
