@@ -474,6 +474,11 @@ async def test_copy_replica_refuses_pending_changes_an_open_source_and_an_existi
     with pytest.raises(ValueError, match="is there already"):
         await bounded(copy_replica(str(source), str(destination)))
     assert [entry.name for entry in files_of(destination)] == ["copy.db"]
+    with pytest.raises(turso.ProgrammingError, match="not a sync replica"):
+        await bounded(copy_replica(str(tmp_path / "missing.db"), str(tmp_path / "other.db")))
+    with pytest.raises(turso.ProgrammingError, match="no replica database there"):
+        await bounded(recover_replica(str(tmp_path / "missing.db"), sync_server.url))
+    assert not (tmp_path / "other.db").exists() and not list(tmp_path.glob("missing.db*"))
 
 
 # --- the engine's statements, as this module reads them ----------------------------------------------------------
