@@ -19,11 +19,15 @@ The verbs, one set for both:
   swallowed stay silent until `cut()` or `close()`, as a dropped flow does.
 - `trickle_bytes` / `trickle_interval`: answers reach the client that many bytes at a time, one piece per interval.
 - `cut()`: close every open connection now, both ways.
+- `hold_answers(containing)`: a request whose bytes contain `containing` reaches the server, and its answer is held
+  (the server has acted; the client hears nothing) until `release()`; `answers_held` counts them. A test kills a
+  client then, or lets its deadline expire, to play a crash or a timeout after the server applied a push.
 
-Counters: `connections` (accepted), `held` (connections whose request waits for `release()` right now) and
-`misbehaved` (connections the flaky mode refused or cut). Every wait is bounded: a connection on which nothing moves
-for `IDLE_SECONDS` is closed (held, frozen and swallowed ones excepted: `release()`, `cut()` or `close()` end them), and
-`close()` joins the proxy's thread with a bound. The thread is named `testkit-proxy` (tests count `turso...` threads).
+Counters: `connections` (accepted), `held` (connections whose request waits for `release()` right now),
+`answers_held` (answers held by `hold_answers` so far) and `misbehaved` (connections the flaky mode refused or cut).
+Every wait is bounded: a connection on which nothing moves for `IDLE_SECONDS` is closed (held, frozen and swallowed ones
+excepted: `release()`, `cut()` or `close()` end them), and `close()` joins the proxy's thread with a bound. The thread
+is named `testkit-proxy` (tests count `turso...` threads).
 """
 
 import argparse
@@ -76,6 +80,8 @@ class _Connection:
         self.frozen = False
         # True while its request bytes wait for release().
         self.held = False
+        # The request's bytes so far, for hold_answers (kept only while it is set).
+        self._request_bytes = bytearray()
 
     async def run(self) -> None:
         """Relay both ways until each direction has ended, or nothing moved for IDLE_SECONDS."""
@@ -144,6 +150,8 @@ class _Connection:
                     return
             writer = self._upstream_writer
             assert writer is not None
+            if self._proxy.answer_hold is not None:
+                self._request_bytes += chunk
             try:
                 if not chunk:
                     if writer.can_write_eof():
@@ -187,9 +195,19 @@ class _Connection:
 
     async def _send_answers(self, answers: "asyncio.Queue[tuple[float, bytes]]") -> None:
         writer = self._client_writer
+        held = False
         while True:
             due, chunk = await answers.get()
             await self._wait_until(due)
+            hold = self._proxy.answer_hold
+            if not held and hold is not None and hold in self._request_bytes:
+                held = True
+                self.held = True
+                self._proxy.answers_held += 1
+                try:
+                    await self._proxy.answers_flowing.wait()
+                finally:
+                    self.held = False
             try:
                 if not chunk:
                     if writer.can_write_eof():
@@ -256,7 +274,12 @@ class DelayingProxy(LoopServer):
         self.trickle_interval = 0.0
         self.connections = 0
         self.held = 0
+        self.answers_held = 0
         self.misbehaved = 0
+        # What hold_answers() looks for in a request (None: no answer is held); cleared by release().
+        self.answer_hold: Optional[bytes] = None
+        self.answers_flowing = asyncio.Event()
+        self.answers_flowing.set()
         # Set while request bytes may pass; cleared by stall(). Only the proxy's loop changes it.
         self.flowing = asyncio.Event()
         if not stalled:
@@ -282,7 +305,8 @@ class DelayingProxy(LoopServer):
         self.on_loop(self._stall)
 
     def release(self) -> None:
-        """End `stall()` and `black_hole()`: held bytes go on to the server, and new connections are served again."""
+        """End `stall()`, `black_hole()` and `hold_answers()`: held bytes go on to the server, held answers to their
+        clients, and new connections are served again."""
         self.on_loop(self._release)
 
     def black_hole(self, open_connections: bool = False) -> None:
@@ -292,6 +316,11 @@ class DelayingProxy(LoopServer):
     def cut(self) -> None:
         """Close every open connection now (held and swallowed ones too); new connections are served as before."""
         self.on_loop(self.cut_connections)
+
+    def hold_answers(self, containing: bytes) -> None:
+        """From now on, forward each request whose bytes contain `containing` to the server, and hold its answer until
+        `release()` (counted in `answers_held`)."""
+        self.on_loop(self._hold_answers, containing)
 
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Relay one client connection, or misbehave on it as the proxy is set to."""
@@ -318,6 +347,12 @@ class DelayingProxy(LoopServer):
     async def _release(self) -> None:
         self._black_hole = False
         self.flowing.set()
+        self.answer_hold = None
+        self.answers_flowing.set()
+
+    async def _hold_answers(self, containing: bytes) -> None:
+        self.answer_hold = containing
+        self.answers_flowing.clear()
 
     async def _swallow(self, open_connections: bool) -> None:
         self._black_hole = True

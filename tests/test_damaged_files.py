@@ -115,13 +115,15 @@ def wal_frames(path: Path) -> int:
     return max(0, (wal.stat().st_size - WAL_HEADER_BYTES) // (WAL_FRAME_HEADER_BYTES + PAGE_BYTES))
 
 
-def refused_changing_nothing(seed: Path, url: str, damage: Callable[[Path], None]) -> str:
-    """Damage the seed replica, open it in a child: the open fails with DatabaseError naming the file, and every file
-    of the replica is as the damage left it. Returns the error message."""
+def refused_changing_nothing(
+    seed: Path, url: str, damage: Callable[[Path], None], error: str = "DatabaseError"
+) -> str:
+    """Damage the seed replica, open it in a child: the open fails with `error` (DatabaseError or a subclass) naming
+    the file, and every file of the replica is as the damage left it. Returns the error message."""
     damage(seed)
     before = fingerprint(seed)
     outcome = open_in_child(seed, url)
-    assert outcome.get("error") == "DatabaseError", outcome
+    assert outcome.get("error") == error, outcome
     message = str(outcome["message"])
     assert repr(str(seed)) in message  # which file
     assert fingerprint(seed) == before  # nothing spun on, bootstrapped over or removed
@@ -231,17 +233,24 @@ def deleted_file(path: Path) -> None:
     ("damage", "expected"),
     [
         (garbage_bytes, "file is not a database"),
-        (garbage_metadata, "deserialization error"),
-        (cut_metadata, "EOF while parsing"),
         (deleted_file, "main DB file doesn't exists, but metadata is"),
         (cut_to(50), "short read on page 1"),
     ],
-    ids=["garbage bytes", "garbage metadata", "cut metadata", "deleted file", "header cut short"],
+    ids=["garbage bytes", "deleted file", "header cut short"],
 )
 def test_damage_the_driver_reports_clearly_still_fails_clearly_and_changes_nothing(
     seed: Path, sync_server: SyncServer, damage: Callable[[Path], None], expected: str
 ) -> None:
     assert expected in refused_changing_nothing(seed, sync_server.url, damage)
+
+
+@pytest.mark.parametrize("damage", [garbage_metadata, cut_metadata], ids=["garbage metadata", "cut metadata"])
+def test_damaged_metadata_is_refused_saying_how_to_recover_and_changes_nothing(
+    seed: Path, sync_server: SyncServer, damage: Callable[[Path], None]
+) -> None:
+    # The driver's own words were "deserialization error" and "EOF while parsing", with no way out but a backup.
+    message = refused_changing_nothing(seed, sync_server.url, damage, error="ReplicaIdentityError")
+    assert "is damaged" in message and "recover_replica" in message
 
 
 def test_a_refused_replica_restored_from_its_copy_opens_with_its_rows(seed: Path, sync_server: SyncServer) -> None:

@@ -220,6 +220,27 @@ def test_a_flaky_connection_fails_the_request_before_or_after_the_server_acted(
     assert remote_keys(sync_server) == on_the_server
 
 
+def test_hold_answers_lets_the_request_act_and_holds_its_answer_until_release(sync_server: SyncServer) -> None:
+    sync_server.execute(SCHEMA)
+    with DelayingProxy(sync_server.port) as proxy:
+        proxy.hold_answers(b"'held'")
+        execute(http_to(proxy.url), "INSERT INTO t VALUES ('passed')")  # not matched: answered at once
+        held: concurrent.futures.Future[int] = concurrent.futures.Future()
+
+        def insert_held() -> None:
+            try:
+                held.set_result(execute(http_to(proxy.url), "INSERT INTO t VALUES ('held')").status)
+            except BaseException as error:
+                held.set_exception(error)
+
+        threading.Thread(target=insert_held, name="testkit-client").start()
+        assert wait_until_blocking(lambda: proxy.answers_held == 1)
+        assert remote_keys(sync_server) == ["held", "passed"]  # the server acted
+        assert not held.done()
+        proxy.release()
+        assert held.result(timeout=SOCKET_SECONDS) == 200  # and execute() found it "ok"
+
+
 def test_flaky_picks_the_same_connections_for_the_same_seed(sync_server: SyncServer) -> None:
     def misbehaving(seed: int) -> list[bool]:
         picked: list[bool] = []

@@ -58,9 +58,11 @@ from ._sync_aio.engine import EngineHttp, RequestTimeout, SyncEngine
 from ._sync_aio.errors import native_dbapi_error
 from ._sync_aio.loop_turns import LoopTurns
 from ._sync_aio.open_replicas import ReplicaPathClaim
-from ._sync_aio.opening import ReplicaOpener
+from ._sync_aio.opening import ReplicaOpener, copy_replica as _copy_replica, recover_identity_of
 from ._sync_aio.pull_recovery import UnusableConnection, applied_before_failing, is_wedged, unusable_message
 from ._sync_aio.replica_files import replica_files_held_open
+from ._sync_aio.replica_identity import ReplicaIdentityError as ReplicaIdentityError
+from ._sync_aio.replica_identity import ReplicaRecovery as ReplicaRecovery
 from ._sync_aio.replica_pool import AuthToken, ReplicaPoolBase
 from ._sync_aio.replica_pool import POOL_CLOSE_MARGIN_SECONDS as POOL_CLOSE_MARGIN_SECONDS
 from ._sync_aio.replica_pool import PoolTimeout as PoolTimeout
@@ -1001,3 +1003,49 @@ class ReplicaPool(ReplicaPoolBase[ConnectionSync]):
     # what the pool's machinery needs of this module: a tenant's replica, made (not opened yet) by connect_sync
     def _connect(self, path: str, remote_url: Optional[str], auth_token: AuthToken) -> ConnectionSync:
         return connect_sync(path, remote_url, auth_token=auth_token)
+
+
+async def copy_replica(source: str, destination: str) -> None:
+    """Copy the replica at `source` to `destination` so that the copy syncs under an identity of its own.
+
+    Use it wherever you would copy a replica's files: a second replica on this machine, a volume or a container image
+    with a replica baked in. Every copy of the files it writes takes an identity of its own when first opened, so an
+    image started many times gives many replicas, none of which loses another's writes. Plain file copies share the
+    source's identity, and then silently lose writes (docs/troubleshooting.md, "Copies, backups and images").
+
+    `source` must be closed in every process (its file lock is held while the files are copied) and have nothing left
+    to push (push() first: the copy leaves the source's changes to the source); `destination` must not exist. Raises
+    `turso.ProgrammingError` otherwise, ValueError for a destination that exists. Makes no request.
+    """
+    await _copy_replica(source, destination)
+
+
+async def recover_replica(
+    path: str,
+    remote_url: Optional[str] = None,
+    *,
+    auth_token: Optional[Union[str, Callable[[], Optional[str]]]] = None,
+    client_name: Optional[str] = None,
+    remote_encryption_key: Optional[str] = None,
+) -> ReplicaRecovery:
+    """Recover a replica refused with `ReplicaIdentityError`: give it an identity of its own, then push the local
+    changes the remote does not have, and only those (nothing is sent twice). Returns what was done.
+
+    `path` must be closed in every process. The parameters are connect_sync's; `remote_url` defaults to the one the
+    replica saved, and is needed when its sync metadata is gone. Makes two requests and a push. Raises
+    `turso.OperationalError` if the remote cannot be reached (nothing was changed then, or the identity was and the
+    next push sends the changes, as the message says).
+    """
+    recovery = await recover_identity_of(
+        path, remote_url, auth_token, client_name, remote_encryption_key, REQUEST_TIMEOUT_SECONDS
+    )
+    try:
+        options: dict[str, Any] = {"auth_token": auth_token, "client_name": client_name}
+        async with connect_sync(path, remote_url, remote_encryption_key=remote_encryption_key, **options) as conn:
+            await conn.push()
+    except Error as error:
+        raise type(error)(
+            f"{path!r} has an identity of its own now ({recovery.client_id!r}), but pushing its changes failed: "
+            f"{error}. Its next push() sends them"
+        ) from error
+    return recovery

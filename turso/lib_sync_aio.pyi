@@ -11,7 +11,7 @@ from typing_extensions import Self, TypeAlias
 
 from turso._sync_aio.transaction import TransactionHost as _TransactionHost
 from turso.background_sync_aio import BackgroundSync, BackgroundSyncStatus
-from turso.lib import OperationalError
+from turso.lib import DatabaseError, OperationalError
 from turso.lib_aio import Connection as NonBlockingConnection
 from turso.lib_sync import ConnectionSync as BlockingConnectionSync
 from turso.lib_sync import PartialSyncOpts
@@ -81,6 +81,20 @@ class Transaction:
     ) -> None: ...
     @property
     def is_savepoint(self) -> bool: ...
+
+# A replica whose sync identity cannot be trusted (copied, restored from an older copy, metadata lost or damaged): the
+# open, push or pull is refused, the local rows stay; recover_replica() gives it an identity of its own.
+class ReplicaIdentityError(DatabaseError):
+    path: str
+    reason: str
+    def __init__(self, message: str, *, path: str = "", reason: str = "") -> None: ...
+
+# What recover_replica() did: the old and new client ids, and the change id up to which nothing was pushed again.
+@dataclass(frozen=True)
+class ReplicaRecovery:
+    previous_client_id: str
+    client_id: str
+    floor: int
 
 class ConnectionSync(NonBlockingConnection):
     def __init__(self, connector: Callable[[], BlockingConnectionSync]) -> None: ...
@@ -186,3 +200,13 @@ class ReplicaPool:
         exc_value: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None: ...
+
+async def copy_replica(source: str, destination: str) -> None: ...
+async def recover_replica(
+    path: str,
+    remote_url: str | None = None,
+    *,
+    auth_token: str | Callable[[], str | None] | None = None,
+    client_name: str | None = None,
+    remote_encryption_key: str | None = None,
+) -> ReplicaRecovery: ...

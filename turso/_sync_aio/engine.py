@@ -15,7 +15,7 @@ import functools
 import logging
 import traceback
 from queue import SimpleQueue
-from typing import Any, Awaitable, Callable, Optional, TypeVar, cast
+from typing import Any, Awaitable, Callable, Optional, Sequence, TypeVar, cast
 
 from .._turso import (  # the native extension has no type information
     PyTursoAsyncOperationResultKind,  # pyright: ignore[reportUnknownVariableType]
@@ -29,6 +29,7 @@ from ..lib_sync import (
     _process_full_write_item,  # pyright: ignore[reportPrivateUsage, reportUnknownVariableType]
 )
 from .http import RemoteHttp, TransportClosed, TransportError
+from .replica_identity import PIPELINE_PATH, ReplicaGuard
 from .workers import Job
 
 _T = TypeVar("_T")
@@ -87,15 +88,47 @@ class SyncEngine:
         self.fetching_pages = False
         # The transport's error during the operation in flight, which the operation's own error then reports.
         self._request_failure: Optional[TransportError] = None
+        # Replica identity (issue 27): the open sets the checks that keep a copied or restored replica from losing
+        # writes (None for :memory:); push and pull call them, and _request shows them the engine's own requests.
+        self.identity: Optional[ReplicaGuard] = None
+        # The refusal of the operation in flight, which the operation then raises instead of the engine's error.
+        self._identity_failure: Optional[Error] = None
         blocking.extra_io = self.fetch_pages_for_statement
 
     async def wait_changes(self) -> Any:
-        """Pull's network part: the remote's changes since the last pull (not applied yet)."""
-        return await self._run(self._start_wait_changes, "pull", self.long_poll_seconds)
+        """Pull's network part: the remote's changes since the last pull (not applied yet). Raises
+        ReplicaIdentityError instead if applying them could drop local changes (a forked replica)."""
+        identity = self.identity
+        if identity is not None:
+            await self._before_sync(identity)
+        changes = await self._run(self._start_wait_changes, "pull", self.long_poll_seconds)
+        if identity is not None and changes is not None and not changes.empty():
+            # Replica identity: the apply drops local changes at or below the remote's mark for this client id.
+            body = await self._on_worker(lambda: identity.apply_check_request(self.stats().cdc_operations))
+            if body is not None:
+                answer = await self.post(PIPELINE_PATH, body, identity.headers)
+                await self._on_worker(lambda: identity.judge_mark_answer(answer))
+        return changes
 
     async def push_changes(self) -> None:
-        """Send the local changes to the remote."""
+        """Send the local changes to the remote. Raises ReplicaIdentityError, sending nothing, if the remote holds
+        pushes under this replica's identity that it did not make (a forked replica)."""
+        if self.identity is not None:
+            await self._before_sync(self.identity)
         await self._run(self._start_push_changes, "push")
+
+    async def post(self, path: str, body: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
+        """POST `body` to `path` of the remote through the operations' HTTP (deadline, abort) and return the answer's
+        body; turso.OperationalError if it fails or is not 2xx (ProgrammingError once closed)."""
+        base_url, token = await self._credentials()
+        return await post(self.http.requests, path, body, headers, base_url, token)
+
+    async def _before_sync(self, identity: ReplicaGuard) -> None:
+        # Before every push and pull: the refusal of a fork found before; a fresh identity's floor told to the remote.
+        body = await self._on_worker(identity.sync_request)
+        if body is not None:
+            answer = await self.post(PIPELINE_PATH, body, identity.headers)
+            await self._on_worker(lambda: identity.seed_answered(answer))
 
     def apply_changes(self, changes: Any) -> None:
         """On the connection's worker, between transactions: apply what wait_changes() returned."""
@@ -159,6 +192,7 @@ class SyncEngine:
                     await asyncio.sleep(IDLE_RESUME_SECONDS)
         finally:
             self._request_failure = None
+            self._identity_failure = None
 
     def _start_wait_changes(self) -> Any:
         return self.database.wait_changes()
@@ -188,7 +222,11 @@ class SyncEngine:
         return None, self._take_items(), pages
 
     def _failure(self, error: Exception, description: str) -> Exception:
-        # The operation's error as the caller should see it: ours when our transport failed it, else the driver's.
+        # The operation's error as the caller should see it: a refusal of the identity checks, ours when our transport
+        # failed it, else the driver's.
+        identity_failure, self._identity_failure = self._identity_failure, None
+        if identity_failure is not None:
+            return identity_failure
         failure = self._request_failure
         if isinstance(failure, TransportClosed):
             return ProgrammingError(f"Cannot {description}: the connection was closed while it ran")
@@ -229,6 +267,11 @@ class SyncEngine:
         # An operation's request, with a deadline: a failure fails the operation, which says why. The answer is handed
         # to the engine as it arrives, and the operation resumed to take it every RESUME_EVERY_BYTES, so that a large
         # answer is not held whole in memory.
+        body = _body(http)
+        identity = self.identity
+        if identity is not None and identity.watches(str(http.method), str(http.path), body):
+            await self._watched(identity, item, http, body, extra_wait)
+            return
         unread = 0
 
         async def on_chunk(chunk: bytes) -> None:
@@ -241,7 +284,7 @@ class SyncEngine:
 
         try:
             base_url, token = await self._credentials()
-            await _send(self.http.requests, http, base_url, token, extra_wait, item.status, on_chunk)
+            await _send(self.http.requests, http, body, base_url, token, extra_wait, item.status, on_chunk)
         except TransportError as error:
             # Its frames refer back to this engine: a cycle that would keep the native sync database, and the
             # replica's files, alive after close() until a garbage collection.
@@ -250,6 +293,40 @@ class SyncEngine:
             item.poison(str(error))
         else:
             item.done()
+
+    async def _watched(
+        self, identity: ReplicaGuard, item: Any, http: Any, body: Optional[bytes], extra_wait: float
+    ) -> None:
+        # Replica identity (issue 27): the guard sees the engine's request before it is sent (a push batch: it records
+        # the mark the batch sets, on the worker since it writes a file), and judges the answer to the engine's query
+        # of the remote's mark before the engine reads it. A refusal fails the operation with ReplicaIdentityError.
+        status: list[int] = []
+        chunks: list[bytes] = []
+
+        async def keep(chunk: bytes) -> None:
+            chunks.append(chunk)
+
+        try:
+            check = await self._on_worker(lambda: identity.watch(str(http.method), str(http.path), body))
+            try:
+                base_url, token = await self._credentials()
+                await _send(self.http.requests, http, body, base_url, token, extra_wait, status.append, keep)
+            except TransportError as error:
+                traceback.clear_frames(error.__traceback__)  # as in _request
+                self._request_failure = error
+                item.poison(str(error))
+                return
+            answer = b"".join(chunks)
+            if check is not None:
+                await self._on_worker(lambda: check(status[-1] if status else 0, answer))
+        except Error as refusal:
+            traceback.clear_frames(refusal.__traceback__)
+            self._identity_failure = refusal
+            item.poison(str(refusal))
+            return
+        item.status(status[-1])
+        item.push_buffer(answer)
+        item.done()
 
     async def _read_page(self, item: Any, http: Any, credentials: tuple[Optional[str], Optional[str]]) -> None:
         # A page read for partial sync: it must not fail, because a statement whose page read failed retries it
@@ -266,7 +343,7 @@ class SyncEngine:
                 chunks.append(chunk)
 
             try:
-                await _send(self.http.pages, http, base_url, token, 0.0, status.append, keep)
+                await _send(self.http.pages, http, _body(http), base_url, token, 0.0, status.append, keep)
             except TransportClosed:
                 raise
             except TransportError as error:
@@ -372,9 +449,48 @@ class RequestTimeout:
         return self.value
 
 
+async def post(
+    http: RemoteHttp,
+    path: str,
+    body: bytes,
+    headers: Sequence[tuple[str, str]],
+    base_url: Optional[str],
+    token: Optional[str],
+) -> bytes:
+    """POST `body` to `path` of the remote through `http` and return the answer's body; turso.OperationalError if it
+    fails or is not 2xx (ProgrammingError once `http` was aborted or closed)."""
+    status: list[int] = []
+    chunks: list[bytes] = []
+
+    async def keep(chunk: bytes) -> None:
+        chunks.append(chunk)
+
+    try:
+        await http.request(
+            "POST", path, body, list(headers), base_url=base_url, token=token, on_status=status.append, on_chunk=keep
+        )
+    except TransportClosed:
+        raise ProgrammingError("Cannot sync: the connection was closed while it ran") from None
+    except TransportError as error:
+        traceback.clear_frames(error.__traceback__)
+        raise OperationalError(f"sync failed: {error}") from None
+    answer = b"".join(chunks)
+    if not status or not 200 <= status[-1] < 300:
+        raise OperationalError(
+            f"sync failed: the remote answered {status[-1] if status else 'nothing'} to POST {path}: "
+            f"{answer[:200].decode('utf-8', 'replace')}"
+        )
+    return answer
+
+
+def _body(item_http: Any) -> Optional[bytes]:
+    return bytes(item_http.body) if item_http.body is not None else None
+
+
 def _send(
     http: RemoteHttp,
     item_http: Any,
+    body: Optional[bytes],
     base_url: Optional[str],
     token: Optional[str],
     extra_wait: float,
@@ -385,7 +501,7 @@ def _send(
     return http.request(
         item_http.method,
         item_http.path,
-        bytes(item_http.body) if item_http.body is not None else None,
+        body,
         [(str(name), str(value)) for name, value in item_http.headers or ()],
         base_url=base_url,
         token=token,

@@ -17,11 +17,13 @@ import traceback
 import weakref
 from collections import deque
 from queue import Empty, SimpleQueue
-from typing import Any, Callable, Optional, cast
+from typing import Any, Callable, Optional, TypeVar, cast
 
 from ..lib import Error, OperationalError, ProgrammingError
 from ..worker import Worker
 from .errors import job_error
+
+_T = TypeVar("_T")
 
 # A job: the future that awaits its outcome (None when nobody awaits it) and the function to run.
 Job = tuple[Optional["asyncio.Future[Any]"], Callable[[], Any]]
@@ -295,11 +297,11 @@ class SerialWorker(Worker):
         self,
         jobs: "SimpleQueue[Job]",
         loop: asyncio.AbstractEventLoop,
-        on_loop_closed: "weakref.WeakMethod[Callable[[], None]]",
+        on_loop_closed: "Optional[weakref.WeakMethod[Callable[[], None]]]",
         pool: WorkerPool,
     ) -> None:
         """The worker of `jobs`, handing outcomes to `loop`; `on_loop_closed` is held weakly so that an unclosed
-        connection can still be collected while it idles."""
+        connection can still be collected while it idles (None: nothing to stop)."""
         # The driver's Worker types its queue for jobs that always have a future; ours may have none.
         driver_jobs = cast("SimpleQueue[Optional[tuple[asyncio.Future[Any], Callable[[], Any]]]]", jobs)
         super().__init__(driver_jobs, loop)  # pyright: ignore[reportUnknownMemberType]  # (the driver's bare Future)
@@ -423,7 +425,7 @@ class SerialWorker(Worker):
         # call_soon_threadsafe raised: if the loop has closed, nobody is left to hear of any result, so stop.
         if not self._loop.is_closed():
             raise error
-        on_loop_closed = self.on_loop_closed()
+        on_loop_closed = self.on_loop_closed() if self.on_loop_closed is not None else None
         if on_loop_closed is not None:
             on_loop_closed()
 
@@ -521,6 +523,19 @@ def _report_unawaited_failure(future: None, error: BaseException) -> None:
     asyncio.get_running_loop().call_exception_handler(
         {"message": "a ConnectionSync operation queued without an await failed", "exception": error}
     )
+
+
+async def run_blocking(function: Callable[[], _T]) -> _T:
+    """Run `function` on a thread of the pool, for blocking work of the running loop that belongs to no connection
+    (copy_replica, recover_replica). Cancelling the await does not stop it."""
+    loop = asyncio.get_running_loop()
+    jobs = JobQueue()
+    SerialWorker(jobs, loop, None, pool)
+    pool.attach(loop)
+    future: asyncio.Future[_T] = loop.create_future()
+    future.add_done_callback(lambda _: pool.detach(loop))
+    jobs.put_nowait((future, function))
+    return await asyncio.shield(future)
 
 
 # The process's pool: every connection's jobs run on its threads.
