@@ -1036,9 +1036,12 @@ async def recover_replica(
     `turso.OperationalError` if the remote cannot be reached (nothing was changed then, or the identity was and the
     next push sends the changes, as the message says).
     """
-    recovery = await recover_identity_of(
-        path, remote_url, auth_token, client_name, remote_encryption_key, REQUEST_TIMEOUT_SECONDS
+    # A task of its own, which a cancelled await lets finish: it leaves the replica whole either way.
+    identity_given = asyncio.ensure_future(
+        recover_identity_of(path, remote_url, auth_token, client_name, remote_encryption_key, REQUEST_TIMEOUT_SECONDS)
     )
+    identity_given.add_done_callback(_retrieve_outcome)
+    recovery = await asyncio.shield(identity_given)
     try:
         options: dict[str, Any] = {"auth_token": auth_token, "client_name": client_name}
         async with connect_sync(path, remote_url, remote_encryption_key=remote_encryption_key, **options) as conn:

@@ -170,6 +170,7 @@ async def copy_replica(source: str, destination: str) -> None:
         raise ValueError(f"cannot copy {source!r} onto itself")
     claim = ReplicaPathClaim(source)
     await claim.acquire()
+    claim.begin_closing()  # an open of `source` meanwhile waits for the copy to end, instead of failing
     try:
         await run_blocking(lambda: _copy_replica_blocking(source, destination))
     finally:
@@ -205,6 +206,7 @@ async def recover_identity_of(
     check_arguments(path, remote_url)
     claim = ReplicaPathClaim(path)
     await claim.acquire()
+    claim.begin_closing()  # an open of `path` meanwhile waits for the recovery to end, instead of failing
     loop = asyncio.get_running_loop()
     http = RemoteHttp(client_name or DEFAULT_CLIENT_NAME, RequestTimeout(request_timeout))
     try:
