@@ -102,34 +102,22 @@ class Samples:
 
 
 class CheckClock:
-    """Sums the processor time spent in a guard's calls (the ones the engine and the open make), requests excluded."""
+    """Sums the processor time spent in a guard's calls (the ones the engine and the open make), on the thread that
+    makes each (a worker of the pool, or the loop's); the requests are the engine's, made between them."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self.excluded = 0.0
 
     def wrap(self, function: Callable[..., Any]) -> Callable[..., Any]:
         def timed_call(*arguments: Any) -> Any:
             started = time.thread_time()
-            excluded = self.excluded
             try:
                 result = function(*arguments)
             finally:
-                self.seconds += time.thread_time() - started - (self.excluded - excluded)
+                self.seconds += time.thread_time() - started
             return self.wrap(result) if callable(result) else result
 
         return timed_call
-
-    def post(self, post: Callable[..., bytes]) -> Callable[..., bytes]:
-        # A request of the checks: its time is the network's, counted in the call's time, not in the checks'.
-        def timed_post(*arguments: Any) -> bytes:
-            started = time.thread_time()
-            try:
-                return post(*arguments)
-            finally:
-                self.excluded += time.thread_time() - started
-
-        return timed_post
 
 
 def clock_guard(conn: ConnectionSync, clock: CheckClock) -> None:
@@ -137,9 +125,9 @@ def clock_guard(conn: ConnectionSync, clock: CheckClock) -> None:
     engine = engine_of(conn)
     guard = engine.identity
     assert guard is not None
-    for name in ("before_sync", "before_apply", "watch"):
+    # The guard's own steps (its requests are the engine's, on the loop, between them: not counted).
+    for name in ("sync_request", "seed_answered", "apply_check_request", "judge_mark_answer", "watch"):
         setattr(guard, name, clock.wrap(getattr(guard, name)))
-    engine.post = clock.post(engine.post)  # type: ignore[method-assign]
     # The pending count that before_apply is given is read for it alone (no one else asks the engine for stats here).
     engine.stats = clock.wrap(engine.stats)  # type: ignore[method-assign]
 
@@ -162,8 +150,8 @@ async def measure_opens(paths: dict[str, str], url: str, calls: int) -> Samples:
                     samples.seconds[variant].append(time.perf_counter() - started)
                 if variant == CHECKED:
                     samples.in_checks.append(clock.seconds)
-                # Opening an existing replica sends nothing: the transport is made by the open, so its count is all.
-                samples.requests[variant].append(engine_of(conn).transport.requests_sent)
+                # Opening an existing replica sends nothing: its HTTP client is made by the open, so its count is all.
+                samples.requests[variant].append(engine_of(conn).http.requests.requests_sent)
                 await conn.close()
     return samples
 
@@ -176,7 +164,7 @@ async def measure_sync(
     for turn in range(calls // BLOCK):
         for variant in (CHECKED, UNCHECKED) if turn % 2 == 0 else (UNCHECKED, CHECKED):
             conn = conns[variant]
-            transport = engine_of(conn).transport
+            transport = engine_of(conn).http.requests
             for _ in range(BLOCK):
                 counter += 1
                 if kind == "push":

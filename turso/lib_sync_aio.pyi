@@ -5,7 +5,7 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable, type_check_only
+from typing import Any, NamedTuple, Protocol, runtime_checkable, type_check_only
 
 from typing_extensions import Self, TypeAlias
 
@@ -23,12 +23,28 @@ _RemoteEncryptionCipher: TypeAlias = Any
 TRANSACTION_WAIT_SECONDS: float
 # How long close() waits for the sync operations called before it, before it fails the request in flight.
 LANE_CLOSE_SECONDS: float
+# How long the close() of the process's last open connection waits for the worker pool's idle threads to exit.
+THREADS_EXIT_SECONDS: float
+# How many replicas of one event loop apply pulled changes or checkpoint at once.
+APPLIES_AT_ONCE: int
 # The default of ConnectionSync.request_timeout, in seconds.
 REQUEST_TIMEOUT_SECONDS: float
 # What ReplicaPool.close(timeout) may take beyond its timeout, whatever the remotes do.
 POOL_CLOSE_MARGIN_SECONDS: float
 # The module's logger: close() warns there when it leaves a request behind.
 logger: logging.Logger
+
+# A snapshot of the process's worker pool (worker_pool_stats()).
+class WorkerPoolStats(NamedTuple):
+    threads: int
+    idle_threads: int
+    waiting_connections: int
+    max_threads: int
+
+# Cap the threads of the process's worker pool (16 by default).
+def set_max_worker_threads(count: int) -> None: ...
+# The worker pool's threads, idle ones, connections waiting for a thread, and the cap.
+def worker_pool_stats() -> WorkerPoolStats: ...
 
 # What ConnectionSync.stats() reports; read-only fields of the driver's native stats object.
 @runtime_checkable

@@ -56,7 +56,7 @@ class JobQueue(SimpleQueue[Job]):
 
     def put_nowait(self, item: Job) -> None:
         """Queue `item` behind the connection's other jobs; a thread of the pool runs it in turn."""
-        SimpleQueue.put_nowait(self, item)
+        super().put_nowait(item)
         worker = self.worker
         if not worker.scheduled:
             worker.schedule()
@@ -65,7 +65,7 @@ class JobQueue(SimpleQueue[Job]):
         """`put_nowait` for `__del__`, which the garbage collector may run anywhere, also while this thread holds a
         lock of the pool's or of `threading`'s: it takes no lock and starts no thread. The pool adopts the connection
         soon after (`WorkerPool.adopt_orphans`)."""
-        SimpleQueue.put_nowait(self, item)
+        super().put_nowait(item)
         worker = self.worker
         worker.pool.orphans.put_nowait(worker)
         try:
@@ -104,7 +104,7 @@ class WorkerPool:
         return self._max_threads
 
     @max_threads.setter
-    def max_threads(self, count: int) -> None:
+    def max_threads(self, count: object) -> None:
         if isinstance(count, bool) or not isinstance(count, int):
             raise TypeError(f"max_threads must be an int, not {type(count).__name__}")
         if count < 1:
