@@ -13,8 +13,8 @@ from ..lib_sync import (
     connect_sync as blocking_connect_sync,  # pyright: ignore[reportUnknownVariableType]  # (its cipher parameter)
 )
 from .engine import RequestTimeout, SyncEngine, post
-from .http import RemoteHttp
 from .errors import native_dbapi_error
+from .http import RemoteHttp
 from .loop_turns import LoopTurns
 from .open_replicas import ReplicaPathClaim
 from .replica_files import check_arguments, check_replica_files, describe_remote, replica_files
