@@ -73,7 +73,8 @@ class ReplicaOpener:
         opened: Optional[tuple[BlockingConnectionSync, SyncEngine, bool]] = None
         try:
             async with _opening_turns():
-                opened = cast(tuple[BlockingConnectionSync, SyncEngine, bool], await run(lambda: self._open_locally(take_over)))
+                outcome = await run(lambda: self._open_locally(take_over))
+                opened = cast(tuple[BlockingConnectionSync, SyncEngine, bool], outcome)
             blocking, engine, bootstrap = opened
             if bootstrap:
                 await self._bootstrap(engine, run)

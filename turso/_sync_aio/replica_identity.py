@@ -8,14 +8,14 @@ out the same change ids and silently drop each other's rows. docs/design.md ("Co
 is detected and how; this module holds all of it, as blocking functions on paths, the blocking connection and the
 engine's JSON requests:
 
-- `open_identity` (on the connection's worker, before the driver opens the files): the sidecar PATH-identity against the files.
-  It refuses a copy whose original is still at the recorded path, foreign or damaged metadata, and a replica refused
-  before; it gives a copy made by `copy_replica_files` an identity of its own.
+- `open_identity` (on the connection's worker, before the driver opens the files): the sidecar PATH-identity against the
+  files. It refuses a copy whose original is still at the recorded path, foreign or damaged metadata, and a replica
+  refused before; it gives a copy made by `copy_replica_files` an identity of its own.
 - `IdentityAtOpen.confirm` (right after the driver's open, before a bootstrap): refuses a replica whose PATH-info is
   gone while it holds local changes, and records the sidecar; returns the connection's `ReplicaGuard`.
-- `ReplicaGuard` (in the connection's sync turns): `watch` reads the engine's own requests (the mark it asks for before a push, the
-  mark a push batch sets), `before_sync` tells the remote a fresh identity's floor, `before_apply` asks the remote for
-  the mark before a pull's apply when local changes are pending.
+- `ReplicaGuard` (in the connection's sync turns): `watch` reads the engine's own requests (the mark it asks for before
+  a push, the mark a push batch sets), `before_sync` tells the remote a fresh identity's floor, `before_apply` asks the
+  remote for the mark before a pull's apply when local changes are pending.
 - `copy_replica_files` and `recover_identity`: copy_replica() and recover_replica() (turso.lib_sync_aio) without the
   opening and the requests: a copy marked to mint its own identity, and a refused replica under a fresh identity, with
   the remote told which of its changes it already has.
@@ -237,10 +237,10 @@ class IdentityAtOpen:
         self.moved = moved
 
     def confirm(self, blocking: BlockingConnection, encryption_key: Optional[str] = None) -> Optional["ReplicaGuard"]:
-        """On the connection's worker, after the driver's open and before a bootstrap: refuse a replica whose PATH-info was gone
-        while it holds local changes (the bootstrap would push them again under a new identity), record the sidecar,
-        and return the connection's guard (None for an in-memory replica). `encryption_key` is the remote's, which
-        the guard's own requests carry as the engine's do."""
+        """On the connection's worker, after the driver's open and before a bootstrap: refuse a replica whose PATH-info
+        was gone while it holds local changes (the bootstrap would push them again under a new identity), record
+        the sidecar, and return the connection's guard (None for an in-memory replica). `encryption_key` is the
+        remote's, which the guard's own requests carry as the engine's do."""
         path = self.path
         if path == MEMORY_PATH:
             return None
