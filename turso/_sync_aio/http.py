@@ -32,6 +32,7 @@ import math
 import os
 import re
 import ssl
+import traceback
 import sys
 import urllib.parse
 import urllib.request
@@ -625,6 +626,19 @@ def _start_closing(session: aiohttp.ClientSession) -> None:
     asyncio.ensure_future(_close_session(session))
 
 
+def _forget_history(error: BaseException) -> None:
+    # Clear the frames of the exceptions `error` was raised from, then drop them: our message already says what failed.
+    seen: set[int] = set()
+    chained: Optional[BaseException] = error
+    while chained is not None and id(chained) not in seen:
+        seen.add(id(chained))
+        if chained is not error:
+            traceback.clear_frames(chained.__traceback__)
+        chained = chained.__cause__ or chained.__context__
+    error.__cause__ = None
+    error.__context__ = None
+
+
 class RemoteHttp:
     """HTTP of one replica's sync engine, on the event loop of the connection (aiohttp). `request` sends one HTTP
     item and streams its answer; `abort()` cuts every request in flight and refuses later ones; `close()` lets go of
@@ -764,7 +778,10 @@ class RemoteHttp:
         return error
 
     def _as_reported(self, error: TransportError, token: Optional[str]) -> TransportError:
-        """The error as request() raises it: TransportClosed once aborted, and never a message with the token."""
+        """The error as request() raises it: TransportClosed once aborted, and never a message with the token; and
+        without aiohttp's exception as its context, whose frames (and so the engine's callbacks on the stack below
+        them) it would keep alive in a reference cycle until a garbage collection: the replica's files with them."""
+        _forget_history(error)
         message = str(error)
         # Shorter strings than this would be found in the message's own words; real tokens are far longer.
         if token and len(token) >= MIN_SCRUBBED_TOKEN_CHARS and token in message:
