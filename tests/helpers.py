@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +38,52 @@ HEAVY_COUNT_RESULT = 1_000_000
 
 # What an event loop's exception handler receives.
 LoopContext = dict[str, Any]
+
+
+class StatementGate:
+    """Holds a statement on the SQL worker until the test opens the gate: a statement whose rows are built by this
+    gate's `row_factory` waits in it, on the worker, before its first row is returned.
+
+    This is how a test makes "a statement that is still running" certain. A CPU-bound query (a recursive count) only
+    makes it likely: a busy machine stretches it past any wait the test bounds. `entered` is set once a statement waits
+    at the gate. Use it as a context manager, so that a failed test still lets the worker go; the worker waits at most
+    AWAIT_SECONDS in any case.
+    """
+
+    def __init__(self) -> None:
+        """A closed gate that no statement has reached yet."""
+        self.entered = threading.Event()
+        self._opened = threading.Event()
+
+    def __enter__(self) -> "StatementGate":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.open()
+
+    def row_factory(self, cursor: object, row: Sequence[Any]) -> tuple[Any, ...]:
+        """On the worker: wait until the gate opens, then build the row as a plain tuple."""
+        self.entered.set()
+        if not self._opened.wait(AWAIT_SECONDS):
+            raise TimeoutError(f"the test did not open its StatementGate within {AWAIT_SECONDS} s")
+        return tuple(row)
+
+    def open(self) -> None:
+        """Let every statement held at the gate, and any that reaches it later, go on."""
+        self._opened.set()
+
+
+async def hold_statement(conn: ConnectionSync, gate: StatementGate, sql: str = "SELECT 1") -> "asyncio.Task[list[Any]]":
+    """Run `sql` (a statement that returns a row) on `conn` with `execute_fetchall`, and return once it waits at `gate`
+    on the SQL worker; the task that awaits its rows ends once the gate opens. The statements called after this one get
+    `conn`'s row_factory back as it was (None)."""
+    conn.row_factory = gate.row_factory
+    held = asyncio.ensure_future(conn.execute_fetchall(sql))
+    if not await wait_until(gate.entered.is_set, AWAIT_SECONDS):
+        held.cancel()
+        raise AssertionError(f"the statement never reached the gate on the SQL worker: {held}")
+    conn.row_factory = None
+    return held
 
 
 def turso_threads() -> set[threading.Thread]:

@@ -28,8 +28,9 @@ from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer
 from tests.helpers import (
     AWAIT_SECONDS,
-    HEAVY_COUNT,
     LoopContext,
+    StatementGate,
+    hold_statement,
     insert_and_commit,
     new_threads,
     open_replica,
@@ -46,6 +47,8 @@ from turso.lib_sync_aio import ConnectionSync, connect_sync
 # What the issue promises: a timed-out pull returns after about this long; close() returns within CLOSE_SECONDS.
 PULL_TIMEOUT_SECONDS = 0.5
 CLOSE_SECONDS = 1.0
+# How long a test holds a statement called before close() on the SQL worker, to see that close() waits for it.
+HOLD_SECONDS = 0.3
 # A local statement must finish well within this (it takes about a millisecond; generous for a busy machine).
 LOCAL_SECONDS = 0.5
 # How long a thread may take to exit once its stuck request ended.
@@ -118,24 +121,29 @@ async def test_close_returns_within_a_second_of_its_queued_sql_while_a_request_i
     await time_out_on_the_stalled_remote(conn, proxy, operation)
     lanes = sync_lanes()
     sql_done_at: list[float] = []
-    heavy: "Optional[asyncio.Future[Any]]" = None
-    if queued_sql:
-        # About half a second of local work queued before close(): it runs first, then close() has 1 s.
-        heavy = asyncio.ensure_future(conn.executescript(HEAVY_COUNT))
-        heavy.add_done_callback(lambda _: sql_done_at.append(time.monotonic()))
-        # Let the task queue its script: since 3.12, wait_for() below starts close() at once, in this task.
-        await asyncio.sleep(0)
+    with StatementGate() as gate:
+        held: "Optional[asyncio.Task[list[Any]]]" = None
+        if queued_sql:
+            # Local work called before close(), held on the SQL worker until the test lets it go: it runs first, then
+            # close() has CLOSE_SECONDS, counted from when it ended.
+            held = await hold_statement(conn, gate)
+            held.add_done_callback(lambda _: sql_done_at.append(time.monotonic()))
 
-    started = time.monotonic()
-    try:
-        await asyncio.wait_for(conn.close(), CLOSE_SECONDS + 2.0)
-    except asyncio.TimeoutError:
-        proxy.release()
-        await asyncio.wait_for(conn.close(), AWAIT_SECONDS)
+        started = time.monotonic()
+        closing = asyncio.ensure_future(conn.close())
+        if held is not None:
+            done, _ = await asyncio.wait({closing}, timeout=HOLD_SECONDS)
+            assert not done, "close() returned while SQL called before it was still running"
+            gate.open()
+        try:
+            await asyncio.wait_for(closing, CLOSE_SECONDS + 2.0)
+        except asyncio.TimeoutError:
+            proxy.release()
+            await asyncio.wait_for(conn.close(), AWAIT_SECONDS)
     returned = time.monotonic()
     assert lanes, f"no {SYNC_LANE} thread while a {operation} is stuck"
-    if heavy is not None:
-        assert heavy.done() and heavy.exception() is None, heavy
+    if held is not None:
+        assert held.done() and held.result() == [(1,)], held
         took = returned - sql_done_at[0]
     else:
         took = returned - started
