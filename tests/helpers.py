@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, ItemsView, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,7 +42,8 @@ LoopContext = dict[str, Any]
 
 class StatementGate:
     """Holds a statement on the SQL worker until the test opens the gate: a statement whose rows are built by this
-    gate's `row_factory` waits in it, on the worker, before its first row is returned.
+    gate's `row_factory` waits in it before its first row is returned; one bound with `parameters(...)` waits while its
+    parameters are bound, before it runs (for a statement without rows, say an INSERT by `execute`).
 
     This is how a test makes "a statement that is still running" certain. A CPU-bound query (a recursive count) only
     makes it likely: a busy machine stretches it past any wait the test bounds. `entered` is set once a statement waits
@@ -63,14 +64,45 @@ class StatementGate:
 
     def row_factory(self, cursor: object, row: Sequence[Any]) -> tuple[Any, ...]:
         """On the worker: wait until the gate opens, then build the row as a plain tuple."""
+        self.wait()
+        return tuple(row)
+
+    def parameters(self, values: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Named parameters `values` that make their statement wait at the gate while the worker binds them."""
+        return _GatedParameters(self, values)
+
+    def wait(self) -> None:
+        """On the worker: say the statement is at the gate, and wait until the test opens it."""
+        if threading.current_thread() is threading.main_thread():
+            raise AssertionError("a StatementGate was reached on the test's own thread, not on the SQL worker")
         self.entered.set()
         if not self._opened.wait(AWAIT_SECONDS):
             raise TimeoutError(f"the test did not open its StatementGate within {AWAIT_SECONDS} s")
-        return tuple(row)
 
     def open(self) -> None:
         """Let every statement held at the gate, and any that reaches it later, go on."""
         self._opened.set()
+
+
+class _GatedParameters(Mapping[str, Any]):
+    """Named parameters whose `items()`, which the driver calls on the worker to bind them, waits at a StatementGate."""
+
+    def __init__(self, gate: StatementGate, values: Mapping[str, Any]) -> None:
+        self._gate = gate
+        self._values = dict(values)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def items(self) -> ItemsView[str, Any]:
+        self._gate.wait()
+        return self._values.items()
 
 
 async def hold_statement(conn: ConnectionSync, gate: StatementGate, sql: str = "SELECT 1") -> "asyncio.Task[list[Any]]":
