@@ -20,8 +20,7 @@ from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer
 from tests.helpers import (
     AWAIT_SECONDS,
-    HEAVY_COUNT,
-    HEAVY_COUNT_RESULT,
+    StatementGate,
     bounded,
     insert_and_commit,
     local_keys,
@@ -296,8 +295,9 @@ async def test_pull_fails_when_a_transaction_stays_open_past_the_busy_timeout_an
 async def test_a_pull_waiting_for_an_open_transaction_gives_up_at_the_busy_timeout_while_statements_keep_coming(
     sync_server: SyncServer, replica_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The busy timeout, shortened: it passes while the first of two queries (about 0.5 s each) runs.
-    monkeypatch.setattr(turso.lib_sync_aio, "TRANSACTION_WAIT_SECONDS", 0.1)
+    # The busy timeout, shortened: it passes while the first of two queries, each held by the test, runs.
+    busy_timeout = 0.1
+    monkeypatch.setattr(turso.lib_sync_aio, "TRANSACTION_WAIT_SECONDS", busy_timeout)
     sync_server.execute(SCHEMA)
     async with await open_replica(replica_path, sync_server.url) as conn:
         sync_server.execute("INSERT INTO t VALUES ('remote', 0)")
@@ -305,11 +305,21 @@ async def test_a_pull_waiting_for_an_open_transaction_gives_up_at_the_busy_timeo
         pulling = asyncio.create_task(conn.pull())
         assert await wait_until(lambda: a_step_waits_between_transactions(conn)), "the pull never reached its apply"
         # The worker is never idle from now until the last query ends: the apply gives up between two of them.
-        queries = [asyncio.create_task(conn.execute_fetchall(HEAVY_COUNT)) for _ in range(2)]
-        with pytest.raises(turso.OperationalError, match="transaction stayed open"):
-            await bounded(pulling)
-        assert not queries[-1].done(), "the pull gave up only once the statements let the worker idle"
-        assert await bounded(asyncio.gather(*queries)) == [[(HEAVY_COUNT_RESULT,)]] * 2
+        with StatementGate() as first, StatementGate() as second:
+            conn.row_factory = first.row_factory
+            queries = [asyncio.create_task(conn.execute_fetchall("SELECT 1"))]
+            await asyncio.sleep(0)  # the first query is queued
+            conn.row_factory = second.row_factory
+            queries.append(asyncio.create_task(conn.execute_fetchall("SELECT 2")))
+            await asyncio.sleep(0)  # the second query is queued
+            conn.row_factory = None
+            assert await wait_until(first.entered.is_set), "the first query never ran"
+            await asyncio.sleep(2 * busy_timeout)  # the busy timeout passes while the first query runs
+            first.open()
+            with pytest.raises(turso.OperationalError, match="transaction stayed open"):
+                await bounded(pulling)
+            assert not queries[-1].done(), "the pull gave up only once the statements let the worker idle"
+        assert await bounded(asyncio.gather(*queries)) == [[(1,)], [(2,)]]
         await bounded(conn.commit())
         assert await bounded(conn.pull()) is True  # nothing was lost
         assert await local_keys(conn) == ["local", "remote"]
