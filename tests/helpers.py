@@ -29,13 +29,6 @@ THREADS_PER_CONNECTION = 2
 WORKER_EXIT_SECONDS = 5.0
 # Upper bound for any single await in the tests; a hang fails the test instead of blocking the run.
 AWAIT_SECONDS = 10.0
-# About 0.5 s of work on the worker thread (a recursive query counting to a million); executescript runs it fully.
-HEAVY_COUNT = (
-    "SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) "
-    "SELECT x FROM c)"
-)
-HEAVY_COUNT_RESULT = 1_000_000
-
 # What an event loop's exception handler receives.
 LoopContext = dict[str, Any]
 

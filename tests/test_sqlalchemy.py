@@ -22,7 +22,7 @@ import turso
 import turso.aio
 from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer
-from tests.helpers import THREADS_PER_CONNECTION, turso_threads
+from tests.helpers import THREADS_PER_CONNECTION, StatementGate, turso_threads, wait_until
 from turso.background_sync_aio import BackgroundSync
 from turso.lib_sync_aio import ConnectionSync
 from turso.sqlalchemy_sync_aio import (
@@ -794,21 +794,26 @@ def test_request_timeout_is_the_dialects_own_parameter_and_not_warned_about(repl
 
 # --- a cancelled statement never leads to a second open of the replica (issue 18) ----------------------------------
 
-# About 0.5 s of work on the SQL worker: the statement that wait_for cancels.
-HEAVY_COUNT = (
-    "SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) "
-    "SELECT x FROM c)"
-)
+# How long the cancelled statement stays held on the SQL worker after its cancel, while its connection is closed.
+HOLD_SECONDS = 0.3
 NOTES = "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)"
 
 
 async def cancelled_then_next(engine: AsyncEngine) -> list[tuple[object, ...]]:
-    """A statement cancelled by wait_for in one connection (which invalidates it), then a write and a read in the
+    """A statement cancelled while it runs in one connection (which invalidates it), then a write and a read in the
     next one; returns the bodies in the replica."""
     async with engine.connect() as conn:
         await conn.execute(text("INSERT INTO notes(body) VALUES ('rolled back with the invalidated connection')"))
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(conn.execute(text(HEAVY_COUNT)), 0.05)
+        with StatementGate() as gate:
+            # The statement waits on the SQL worker until the gate opens, HOLD_SECONDS after the cancel: SQLAlchemy
+            # invalidates the connection and closes it (which waits for the statement) while it still runs.
+            (await get_sync_connection(conn)).row_factory = gate.row_factory
+            selecting = asyncio.ensure_future(conn.execute(text("SELECT 1")))
+            assert await wait_until(gate.entered.is_set), "the statement never reached the SQL worker"
+            asyncio.get_running_loop().call_later(HOLD_SECONDS, gate.open)
+            selecting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(selecting, TIMEOUT)
     async with engine.connect() as conn:
         await conn.execute(text("INSERT INTO notes(body) VALUES ('next')"))
         await conn.commit()
