@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from testkit.sync_server import SyncServer
+from turso import lib_aio
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
 _T = TypeVar("_T")
@@ -109,6 +110,56 @@ async def hold_statement(conn: ConnectionSync, gate: StatementGate, sql: str = "
         raise AssertionError(f"the statement never reached the gate on the SQL worker: {held}")
     conn.row_factory = None
     return held
+
+
+class LocalSpeed:
+    """What a local statement takes on this machine at this moment: the same kind of read, or write and commit, on a
+    plain local database of the driver's (`turso.lib_aio`, no sync at all), run beside the statement under test.
+
+    A test that bounds a local statement ("a local write takes under half a second while the remote is stalled")
+    checks it as "under half a second more than the same statement beside it". A busy machine, or a pause of the
+    whole process, slows both alike; a statement that waits for the network, or for a lock a sync holds, slows alone.
+    Made by the `local_speed` fixture (tests/conftest.py); its worker exits when the fixture closes it.
+    """
+
+    def __init__(self, reference: lib_aio.Connection) -> None:
+        """The reference database, open, with its table made (use `LocalSpeed.open`)."""
+        self._reference = reference
+        self._writes = 0
+
+    @classmethod
+    async def open(cls, path: str) -> "LocalSpeed":
+        """Open (create) the reference database at `path`."""
+        reference = await bounded(lib_aio.connect(path))
+        await bounded(reference.execute("CREATE TABLE IF NOT EXISTS reference(k TEXT, v INTEGER)"))
+        await bounded(reference.commit())
+        return cls(reference)
+
+    async def close(self) -> None:
+        """Close the reference database and stop its worker."""
+        await bounded(self._reference.close())
+
+    async def beside(self, work: Awaitable[_T], *, write: bool) -> tuple[_T, float, float]:
+        """Run `work` and the reference read (or, with `write`, an INSERT and a commit) at the same time; returns
+        what `work` returned, how long it took and how long the reference took, in seconds."""
+        reference = self._write() if write else self._read()
+        (result, took), (_, reference_took) = await bounded(asyncio.gather(_timed(work), _timed(reference)))
+        return result, took, reference_took
+
+    async def _read(self) -> None:
+        cursor = await self._reference.execute("SELECT count(*) FROM reference")
+        await cursor.fetchall()
+
+    async def _write(self) -> None:
+        self._writes += 1
+        await self._reference.execute("INSERT INTO reference VALUES (?, ?)", (f"reference-{self._writes}", 0))
+        await self._reference.commit()
+
+
+async def _timed(work: Awaitable[_T]) -> tuple[_T, float]:
+    started = time.monotonic()
+    result = await work
+    return result, time.monotonic() - started
 
 
 def turso_threads() -> set[threading.Thread]:
