@@ -216,19 +216,31 @@ async def test_two_replicas_in_background_sync_converge_within_three_intervals_w
 ) -> None:
     first, second = await two_replicas(tmp_path, sync_server.url)
     async with first, second:
+        # A row needs a round of the writer (its push) and then one of the reader (its pull), each at most an interval
+        # away (plus jitter): three intervals, plus the work of the rounds themselves, which is not the schedule's
+        # and which a busy machine stretches. That work is measured here, on this machine, now: the longest of a
+        # round on each replica (stats and pull; a push round does one more request), counted three times.
+        round_seconds = 0.0
+        for replica in (first, second):
+            began = time.monotonic()
+            await bounded(replica.sync())
+            round_seconds = max(round_seconds, time.monotonic() - began)
+        allowed = 3 * INTERVAL + 3 * round_seconds
         async with first.sync_in_background(INTERVAL), second.sync_in_background(INTERVAL) as background:
             assert await wait_until(lambda: background.status.rounds >= 1)
             await insert(first, "hello")
             written = time.monotonic()
             assert await wait_until(lambda: background.status.rounds >= 1)
             while await values(second) != ["hello"]:
-                assert time.monotonic() - written < 3 * INTERVAL, "the row did not reach the other replica in time"
+                late = f"the row did not reach the other replica in {allowed:.2f} s (a round takes {round_seconds:.2f})"
+                assert time.monotonic() - written < allowed, late
                 await asyncio.sleep(0.01)
             # And back the other way.
             await insert(second, "world")
             written = time.monotonic()
             while await values(first) != ["hello", "world"]:
-                assert time.monotonic() - written < 3 * INTERVAL, "the row did not reach the other replica in time"
+                late = f"the row did not reach the other replica in {allowed:.2f} s (a round takes {round_seconds:.2f})"
+                assert time.monotonic() - written < allowed, late
                 await asyncio.sleep(0.01)
         assert remote_counts(sync_server) == {"hello": 1, "world": 1}
 
