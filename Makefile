@@ -76,9 +76,9 @@ $(TURSODB) $(PYRIGHT): package.json package-lock.json
 
 # `make test`: the lint and the type gates, then every other check: the installed wheel, the suite on each Python in
 # PYTHON_VERSIONS, the SQLAlchemy releases and pyturso's own tests. What they need is made first. scripts/run_checks.py
-# runs them JOBS at once, the longest first (the order of CHECKS): JOBS is the number of cores by default (at least 2),
-# since more suites than cores stretch the statements and deadlines the tests prove behaviour with. `make test JOBS=1`
-# runs them one after the other, `make test JOBS=4` four at once.
+# runs them JOBS at once, the longest first (the order of CHECKS). JOBS is one more than the cores by default (3 on two
+# cores): a suite waits far more than it computes, but all seven at once stretched the statements and deadlines the
+# tests prove behaviour with. `make test JOBS=1` runs them one after the other, `make test JOBS=4` four at once.
 CHECKS = test-wheel $(PYTHON_VERSIONS:%=unit-%) test-sqlalchemy-versions test-pyturso
 JOBS ?=
 RUN_CHECKS = $(PY) scripts/run_checks.py $(if $(JOBS),--jobs $(JOBS))
