@@ -9,9 +9,8 @@ PYRIGHT := $(BIN)/pyright
 RUFF := $(VENV)/bin/ruff
 export TURSODB_BIN := $(CURDIR)/$(TURSODB)
 
-# The CPython versions `make test` runs the whole suite on, one after the other (the tests start real servers and
-# count threads, so parallel runs would only add noise): from pyturso's floor to the newest release we test. Each
-# has its own venv, .venvs/X.Y, with the pinned requirements; the driver in .driver is an abi3 wheel serving them all.
+# The CPython versions `make test` runs the whole suite on (JOBS suites at once, see `test` below): from pyturso's floor
+# to the newest release we test. Each has its own venv, .venvs/X.Y, with the pinned requirements; the driver in .driver is an abi3 wheel serving them all.
 PYTHON_VERSIONS ?= 3.10 3.11 3.12 3.13
 # The versions the type gates (mypy, pyright, stubtest) run at: pyturso's floor and the newest.
 TYPECHECK_PYTHON_VERSIONS ?= 3.10 3.13
@@ -75,12 +74,16 @@ $(TURSODB) $(PYRIGHT): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $(TURSODB) $(PYRIGHT)
 
-# `make test`: the lint and the type gates, then every other check at once (scripts/run_checks.py: they mostly wait on
-# servers and timeouts, so side by side they take the time of the longest): the suite on each Python in
-# PYTHON_VERSIONS, the SQLAlchemy releases, the installed wheel and pyturso's own tests. What they need is made first.
-CHECKS = $(PYTHON_VERSIONS:%=unit-%) test-sqlalchemy-versions test-wheel test-pyturso
+# `make test`: the lint and the type gates, then every other check: the installed wheel, the suite on each Python in
+# PYTHON_VERSIONS, the SQLAlchemy releases and pyturso's own tests. What they need is made first. scripts/run_checks.py
+# runs them JOBS at once, the longest first (the order of CHECKS). JOBS is one more than the cores by default (3 on two
+# cores): a suite waits far more than it computes, but all seven at once stretched the statements and deadlines the
+# tests prove behaviour with. `make test JOBS=1` runs them one after the other, `make test JOBS=4` four at once.
+CHECKS = test-wheel $(PYTHON_VERSIONS:%=unit-%) test-sqlalchemy-versions test-pyturso
+JOBS ?=
+RUN_CHECKS = $(PY) scripts/run_checks.py $(if $(JOBS),--jobs $(JOBS))
 test: setup lint typecheck checks-ready
-	$(PY) scripts/run_checks.py $(CHECKS)
+	$(RUN_CHECKS) $(CHECKS)
 
 checks-ready: setup $(call venv_ready,$(PYTHON_VERSIONS)) $(SQLALCHEMY_VENVS:%=%/.installed) wheel \
 	build/pyturso-tests/.extracted
@@ -92,7 +95,7 @@ lint: setup
 # Each gate at every version in TYPECHECK_PYTHON_VERSIONS, run by that version's interpreter and packages, at once
 # (each version has its own mypy cache).
 typecheck: setup $(TYPECHECK_PYTHON_VERSIONS:%=.venvs/%/.linked)
-	$(PY) scripts/run_checks.py $(TYPECHECK_PYTHON_VERSIONS:%=typecheck-%)
+	$(RUN_CHECKS) $(TYPECHECK_PYTHON_VERSIONS:%=typecheck-%)
 
 typecheck-%: setup .venvs/%/.linked
 	.venvs/$*/bin/python -m mypy --cache-dir .mypy_cache/$* --python-version $* turso/lib_sync_aio.py \
@@ -101,10 +104,10 @@ typecheck-%: setup .venvs/%/.linked
 	$(PYRIGHT) --pythonpath .venvs/$*/bin/python --pythonversion $*
 	.venvs/$*/bin/python -m mypy.stubtest turso.lib_sync_aio --allowlist stubtest-allowlist.txt
 
-# The whole suite on every version in PYTHON_VERSIONS, at once; one Python only: `make unit-3.13` (or `make unit
+# The whole suite on every version in PYTHON_VERSIONS, JOBS at once; one Python only: `make unit-3.13` (or `make unit
 # PYTHON_VERSIONS=3.13`). Each run has its own pytest temporary folder, build/pytest/X.Y.
 unit: setup $(call venv_ready,$(PYTHON_VERSIONS))
-	$(PY) scripts/run_checks.py $(PYTHON_VERSIONS:%=unit-%)
+	$(RUN_CHECKS) $(PYTHON_VERSIONS:%=unit-%)
 
 unit-%: setup .venvs/%/.linked
 	@mkdir -p build/pytest

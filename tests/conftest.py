@@ -1,7 +1,7 @@
 """Fixtures: a real sync server per test, a replica path, and a guard that fails any test leaving a worker behind."""
 
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -9,7 +9,7 @@ from sqlalchemy.dialects import registry
 
 from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer
-from tests.helpers import UNDER_TEST, WORKER_EXIT_SECONDS, turso_threads
+from tests.helpers import UNDER_TEST, WORKER_EXIT_SECONDS, LocalSpeed, turso_threads
 
 # In the checkout the dialect is not installed with an entry point: register it the way SQLAlchemy documents, for every
 # test module. Against the installed wheel (`make test-wheel`) nothing is registered, so the URL must resolve through
@@ -36,6 +36,16 @@ def proxy(sync_server: SyncServer) -> Iterator[DelayingProxy]:
 def replica_path(tmp_path: Path) -> str:
     """Where a test's local replica lives (the file does not exist yet)."""
     return str(tmp_path / "replica.db")
+
+
+@pytest.fixture
+async def local_speed(tmp_path: Path) -> AsyncIterator[LocalSpeed]:
+    """A plain local database beside the test's replica, to time local statements against (tests/helpers.py)."""
+    speed = await LocalSpeed.open(str(tmp_path / "local-speed.db"))
+    try:
+        yield speed
+    finally:
+        await speed.close()
 
 
 @pytest.fixture(autouse=True)

@@ -7,11 +7,12 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, ItemsView, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from testkit.sync_server import SyncServer
+from turso import lib_aio
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
 _T = TypeVar("_T")
@@ -29,15 +30,136 @@ POOL_THREAD_PREFIX = "turso-worker"
 WORKER_EXIT_SECONDS = 5.0
 # Upper bound for any single await in the tests; a hang fails the test instead of blocking the run.
 AWAIT_SECONDS = 10.0
-# About 0.5 s of work on the worker thread (a recursive query counting to a million); executescript runs it fully.
-HEAVY_COUNT = (
-    "SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) "
-    "SELECT x FROM c)"
-)
-HEAVY_COUNT_RESULT = 1_000_000
-
 # What an event loop's exception handler receives.
 LoopContext = dict[str, Any]
+
+
+class StatementGate:
+    """Holds a statement on the SQL worker until the test opens the gate: a statement whose rows are built by this
+    gate's `row_factory` waits in it before its first row is returned; one bound with `parameters(...)` waits while its
+    parameters are bound, before it runs (for a statement without rows, say an INSERT by `execute`).
+
+    This is how a test makes "a statement that is still running" certain. A CPU-bound query (a recursive count) only
+    makes it likely: a busy machine stretches it past any wait the test bounds. `entered` is set once a statement waits
+    at the gate. Use it as a context manager, so that a failed test still lets the worker go; the worker waits at most
+    AWAIT_SECONDS in any case.
+    """
+
+    def __init__(self) -> None:
+        """A closed gate that no statement has reached yet."""
+        self.entered = threading.Event()
+        self._opened = threading.Event()
+
+    def __enter__(self) -> "StatementGate":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.open()
+
+    def row_factory(self, cursor: object, row: Sequence[Any]) -> tuple[Any, ...]:
+        """On the worker: wait until the gate opens, then build the row as a plain tuple."""
+        self.wait()
+        return tuple(row)
+
+    def parameters(self, values: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Named parameters `values` that make their statement wait at the gate while the worker binds them."""
+        return _GatedParameters(self, values)
+
+    def wait(self) -> None:
+        """On the worker: say the statement is at the gate, and wait until the test opens it."""
+        if threading.current_thread() is threading.main_thread():
+            raise AssertionError("a StatementGate was reached on the test's own thread, not on the SQL worker")
+        self.entered.set()
+        if not self._opened.wait(AWAIT_SECONDS):
+            raise TimeoutError(f"the test did not open its StatementGate within {AWAIT_SECONDS} s")
+
+    def open(self) -> None:
+        """Let every statement held at the gate, and any that reaches it later, go on."""
+        self._opened.set()
+
+
+class _GatedParameters(Mapping[str, Any]):
+    """Named parameters whose `items()`, which the driver calls on the worker to bind them, waits at a StatementGate."""
+
+    def __init__(self, gate: StatementGate, values: Mapping[str, Any]) -> None:
+        self._gate = gate
+        self._values = dict(values)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def items(self) -> ItemsView[str, Any]:
+        self._gate.wait()
+        return self._values.items()
+
+
+async def hold_statement(conn: ConnectionSync, gate: StatementGate, sql: str = "SELECT 1") -> "asyncio.Task[list[Any]]":
+    """Run `sql` (a statement that returns a row) on `conn` with `execute_fetchall`, and return once it waits at `gate`
+    on the SQL worker; the task that awaits its rows ends once the gate opens. The statements called after this one get
+    `conn`'s row_factory back as it was (None)."""
+    conn.row_factory = gate.row_factory
+    held = asyncio.ensure_future(conn.execute_fetchall(sql))
+    if not await wait_until(gate.entered.is_set, AWAIT_SECONDS):
+        held.cancel()
+        raise AssertionError(f"the statement never reached the gate on the SQL worker: {held}")
+    conn.row_factory = None
+    return held
+
+
+class LocalSpeed:
+    """What a local statement takes on this machine at this moment: the same kind of read, or write and commit, on a
+    plain local database of the driver's (`turso.lib_aio`, no sync at all), run beside the statement under test.
+
+    A test that bounds a local statement ("a local write takes under half a second while the remote is stalled")
+    checks it as "under half a second more than the same statement beside it". A busy machine, or a pause of the
+    whole process, slows both alike; a statement that waits for the network, or for a lock a sync holds, slows alone.
+    Made by the `local_speed` fixture (tests/conftest.py); its worker exits when the fixture closes it.
+    """
+
+    def __init__(self, reference: lib_aio.Connection) -> None:
+        """The reference database, open, with its table made (use `LocalSpeed.open`)."""
+        self._reference = reference
+        self._writes = 0
+
+    @classmethod
+    async def open(cls, path: str) -> "LocalSpeed":
+        """Open (create) the reference database at `path`."""
+        reference = await bounded(lib_aio.connect(path))
+        await bounded(reference.execute("CREATE TABLE IF NOT EXISTS reference(k TEXT, v INTEGER)"))
+        await bounded(reference.commit())
+        return cls(reference)
+
+    async def close(self) -> None:
+        """Close the reference database and stop its worker."""
+        await bounded(self._reference.close())
+
+    async def beside(self, work: Awaitable[_T], *, write: bool) -> tuple[_T, float, float]:
+        """Run `work` and the reference read (or, with `write`, an INSERT and a commit) at the same time; returns
+        what `work` returned, how long it took and how long the reference took, in seconds."""
+        reference = self._write() if write else self._read()
+        (result, took), (_, reference_took) = await bounded(asyncio.gather(_timed(work), _timed(reference)))
+        return result, took, reference_took
+
+    async def _read(self) -> None:
+        cursor = await self._reference.execute("SELECT count(*) FROM reference")
+        await cursor.fetchall()
+
+    async def _write(self) -> None:
+        self._writes += 1
+        await self._reference.execute("INSERT INTO reference VALUES (?, ?)", (f"reference-{self._writes}", 0))
+        await self._reference.commit()
+
+
+async def _timed(work: Awaitable[_T]) -> tuple[_T, float]:
+    started = time.monotonic()
+    result = await work
+    return result, time.monotonic() - started
 
 
 def turso_threads() -> set[threading.Thread]:

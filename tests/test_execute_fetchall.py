@@ -9,13 +9,13 @@ import turso
 from testkit.sync_server import SyncServer
 from tests.helpers import (
     AWAIT_SECONDS,
-    HEAVY_COUNT,
-    HEAVY_COUNT_RESULT,
     POOL_THREAD_PREFIX,
+    StatementGate,
     open_replica,
     record_loop_errors,
     rows,
     turso_threads,
+    wait_until,
 )
 from turso.lib_sync_aio import connect_sync
 
@@ -102,14 +102,20 @@ async def test_cancelled_execute_fetchall_logs_nothing_and_its_insert_lands_befo
     sync_server.execute("CREATE TABLE t(x INTEGER)")
     async with await open_replica(replica_path, sync_server.url) as conn:
         errors = record_loop_errors()
-        with pytest.raises(asyncio.TimeoutError):
-            # Cancelled while it runs on the worker (the insert computes for about half a second).
-            await asyncio.wait_for(conn.execute_fetchall(f"INSERT INTO t {HEAVY_COUNT} RETURNING x"), 0.05)
+        with StatementGate() as gate:
+            # Cancelled while it runs on the worker: held there, building its returned row, until the gate opens.
+            conn.row_factory = gate.row_factory
+            inserting = asyncio.ensure_future(conn.execute_fetchall("INSERT INTO t VALUES (42) RETURNING x"))
+            assert await wait_until(gate.entered.is_set), "the insert never reached the worker"
+            conn.row_factory = None
+            inserting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(inserting, AWAIT_SECONDS)
 
-        assert await conn.execute_fetchall("SELECT x FROM t") == [(HEAVY_COUNT_RESULT,)]
+        assert await conn.execute_fetchall("SELECT x FROM t") == [(42,)]
         await asyncio.wait_for(conn.commit(), AWAIT_SECONDS)
         await asyncio.wait_for(conn.push(), AWAIT_SECONDS)
-        assert sync_server.execute("SELECT x FROM t") == [(HEAVY_COUNT_RESULT,)]
+        assert sync_server.execute("SELECT x FROM t") == [(42,)]
         assert errors == []
 
 

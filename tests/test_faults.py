@@ -2,7 +2,7 @@
 
 No worker outlives its connection, no await hangs, cancellation is safe, no write is lost, and bad input gets a clear
 error and leaves nothing behind. Slow remotes are made with a loopback proxy that holds each request for a while
-(`DelayingProxy`); slow local work with a recursive query that counts to a million.
+(`DelayingProxy`); slow local work with a statement the test holds on the SQL worker (`StatementGate`).
 """
 
 import asyncio
@@ -24,10 +24,10 @@ from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer, free_port
 from tests.helpers import (
     AWAIT_SECONDS,
-    HEAVY_COUNT,
-    HEAVY_COUNT_RESULT,
     WORKER_EXIT_SECONDS,
     LoopContext,
+    StatementGate,
+    hold_statement,
     new_threads,
     open_replica,
     pool_thread_serves,
@@ -41,6 +41,8 @@ from turso.lib_sync_aio import ConnectionSync, connect_sync
 
 # How long the delaying proxy holds each request before it forwards it to the sync server.
 PROXY_DELAY_SECONDS = 0.5
+# How long a test holds a statement on the SQL worker to see that what it called after it waits.
+HOLD_SECONDS = 0.3
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
@@ -225,11 +227,19 @@ def test_event_loop_closing_mid_operation_stops_the_worker_without_traceback(
     async def open_it() -> ConnectionSync:
         return await asyncio.wait_for(connect_sync(replica_path, url), AWAIT_SECONDS)
 
+    gate = StatementGate()
+
     async def run_operation(conn: ConnectionSync) -> None:
         if operation == "slow_pull":
             await conn.pull()
         else:
-            await conn.executescript(HEAVY_COUNT)
+            conn.row_factory = gate.row_factory  # the statement waits on the SQL worker until the gate opens
+            await conn.execute_fetchall("SELECT 1")
+
+    def operation_is_running() -> bool:
+        if operation == "slow_pull":
+            return slow_proxy.requests > requests_before  # the pull is held by the proxy
+        return gate.entered.is_set()
 
     loop_errors: list[LoopContext] = []
     loop = asyncio.new_event_loop()
@@ -238,13 +248,12 @@ def test_event_loop_closing_mid_operation_stops_the_worker_without_traceback(
         conn = loop.run_until_complete(open_it())
         requests_before = slow_proxy.requests
         running = loop.create_task(run_operation(conn))
-        loop.run_until_complete(asyncio.sleep(0.1))
+        assert loop.run_until_complete(wait_until(operation_is_running)), f"the {operation} never started"
         assert not running.done()
-        if operation == "slow_pull":
-            assert slow_proxy.requests > requests_before  # the pull is held by the proxy
         assert pool_thread_serves(baseline)
     finally:
         loop.close()
+        gate.open()  # the statement ends after the loop has closed
 
     assert wait_until_blocking(lambda: not new_threads(baseline)), "the worker outlived its event loop"
     assert thread_errors == [], [f"{args.exc_type.__name__}: {args.exc_value}" for args in thread_errors]
@@ -265,6 +274,9 @@ async def test_operations_racing_close_complete_or_raise_programming_error(
     errors = record_loop_errors()
     baseline = turso_threads()
     conn = await open_replica(replica_path, sync_server.url)
+    gate = StatementGate()
+    # Only the held statement builds rows: it waits on the SQL worker until the gate opens.
+    conn.row_factory = gate.row_factory
 
     def operations() -> list[Awaitable[object]]:
         # Single calls, each queued by its first step (executescript commits its INSERT on its own).
@@ -273,17 +285,21 @@ async def test_operations_racing_close_complete_or_raise_programming_error(
             conn.executescript("INSERT INTO t VALUES (1)"),
             conn.push(),
             conn.stats(),
-            conn.executescript(HEAVY_COUNT),
+            conn.execute_fetchall("SELECT 1"),
             conn.checkpoint(),
         ]
 
-    # Tasks start in creation order: the first batch is called before close(), the second after it began.
-    before_close = [asyncio.create_task(asyncio.wait_for(op, AWAIT_SECONDS)) for op in operations()]
-    closing = asyncio.create_task(asyncio.wait_for(conn.close(), AWAIT_SECONDS))
-    after_close = [asyncio.create_task(asyncio.wait_for(op, AWAIT_SECONDS)) for op in operations()]
-    outcomes = await asyncio.wait_for(
-        asyncio.gather(*before_close, closing, *after_close, return_exceptions=True), 3 * AWAIT_SECONDS
-    )
+    with gate:
+        # Tasks start in creation order: the first batch is called before close(), the second after it began.
+        before_close = [asyncio.create_task(asyncio.wait_for(op, AWAIT_SECONDS)) for op in operations()]
+        closing = asyncio.create_task(asyncio.wait_for(conn.close(), AWAIT_SECONDS))
+        after_close = [asyncio.create_task(asyncio.wait_for(op, AWAIT_SECONDS)) for op in operations()]
+        everything = asyncio.gather(*before_close, closing, *after_close, return_exceptions=True)
+        assert await wait_until(gate.entered.is_set), "the statement called before close() never ran"
+        await asyncio.sleep(HOLD_SECONDS)
+        assert not closing.done(), "close() returned while a statement called before it was still running"
+        gate.open()
+        outcomes = await asyncio.wait_for(everything, 3 * AWAIT_SECONDS)
 
     for outcome in outcomes:
         assert not isinstance(outcome, BaseException) or isinstance(outcome, turso.ProgrammingError), repr(outcome)
@@ -352,17 +368,21 @@ async def test_close_from_two_tasks_at_once_both_return_after_the_worker_exited(
     errors = record_loop_errors()
     baseline = turso_threads()
     conn = await open_replica(replica_path, sync_server.url)
-    busy = asyncio.create_task(conn.executescript(HEAVY_COUNT))  # so that both closes really wait
-    await asyncio.sleep(0)
 
     async def close_and_look() -> set[threading.Thread]:
         await conn.close()
         return {thread for thread in new_threads(baseline) if thread.is_alive()}
 
-    first, second = await asyncio.wait_for(asyncio.gather(close_and_look(), close_and_look()), AWAIT_SECONDS)
+    with StatementGate() as gate:
+        busy = await hold_statement(conn, gate)  # so that both closes really wait
+        closes = asyncio.gather(close_and_look(), close_and_look())
+        done, _ = await asyncio.wait({closes}, timeout=HOLD_SECONDS)
+        assert not done, "close() returned while a statement called before it was still running"
+        gate.open()
+        first, second = await asyncio.wait_for(closes, AWAIT_SECONDS)
     assert not first, f"first close() returned with the worker alive: {first}"
     assert not second, f"second close() returned with the worker alive: {second}"
-    await asyncio.wait_for(busy, AWAIT_SECONDS)
+    assert await asyncio.wait_for(busy, AWAIT_SECONDS) == [(1,)]
     assert errors == []
 
 
@@ -414,14 +434,18 @@ async def test_cancelled_execute_logs_nothing_and_its_insert_lands_before_the_ne
     sync_server.execute("CREATE TABLE t(x INTEGER)")
     async with await open_replica(replica_path, sync_server.url) as conn:
         errors = record_loop_errors()
-        with pytest.raises(asyncio.TimeoutError):
-            # Cancelled while it runs on the worker (the insert computes for about half a second).
-            await asyncio.wait_for(conn.execute(f"INSERT INTO t {HEAVY_COUNT}"), 0.05)
+        with StatementGate() as gate:
+            # Cancelled while it runs on the worker: held there, binding its parameters, until the gate opens.
+            inserting = asyncio.ensure_future(conn.execute("INSERT INTO t VALUES (:x)", gate.parameters({"x": 42})))
+            assert await wait_until(gate.entered.is_set), "the insert never reached the worker"
+            inserting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(inserting, AWAIT_SECONDS)
 
-        assert await rows(conn, "SELECT x FROM t") == [(HEAVY_COUNT_RESULT,)]
+        assert await rows(conn, "SELECT x FROM t") == [(42,)]
         await asyncio.wait_for(conn.commit(), AWAIT_SECONDS)
         await asyncio.wait_for(conn.push(), AWAIT_SECONDS)
-        assert sync_server.execute("SELECT x FROM t") == [(HEAVY_COUNT_RESULT,)]
+        assert sync_server.execute("SELECT x FROM t") == [(42,)]
         assert errors == []
 
 
@@ -431,13 +455,14 @@ async def test_cancelled_executescript_insert_and_commit_still_reach_the_server(
     sync_server.execute("CREATE TABLE t(x INTEGER)")
     async with await open_replica(replica_path, sync_server.url) as conn:
         errors = record_loop_errors()
-        busy = asyncio.create_task(conn.executescript(HEAVY_COUNT))  # the script queues behind this
-        script = asyncio.create_task(conn.executescript("BEGIN; INSERT INTO t VALUES (42); COMMIT;"))
-        await asyncio.sleep(0.05)
-        assert not script.done()
-        script.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(script, AWAIT_SECONDS)
+        with StatementGate() as gate:
+            busy = await hold_statement(conn, gate)  # the script queues behind this
+            script = asyncio.create_task(conn.executescript("BEGIN; INSERT INTO t VALUES (42); COMMIT;"))
+            await asyncio.sleep(0.05)
+            assert not script.done()
+            script.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(script, AWAIT_SECONDS)
         await asyncio.wait_for(busy, AWAIT_SECONDS)
         # SQL runs in call order: the cancelled script has committed once a statement called after it returns. (push()
         # runs on the sync lane and sends what is committed when it starts, so it needs this to include the script.)
@@ -481,12 +506,14 @@ async def test_cancelled_checkpoint_logs_nothing_and_still_empties_the_wal(
         await asyncio.wait_for(conn.commit(), AWAIT_SECONDS)
         assert (await asyncio.wait_for(conn.stats(), AWAIT_SECONDS)).main_wal_size > 0
 
-        busy = asyncio.create_task(conn.executescript(HEAVY_COUNT))
-        checkpointing = asyncio.create_task(conn.checkpoint())
-        await asyncio.sleep(0.05)
-        checkpointing.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(checkpointing, AWAIT_SECONDS)
+        with StatementGate() as gate:
+            busy = await hold_statement(conn, gate)  # the checkpoint's turn on the SQL worker comes after this
+            checkpointing = asyncio.create_task(conn.checkpoint())
+            await asyncio.sleep(0.05)
+            assert not checkpointing.done()
+            checkpointing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(checkpointing, AWAIT_SECONDS)
         await asyncio.wait_for(busy, AWAIT_SECONDS)
 
         assert (await asyncio.wait_for(conn.stats(), AWAIT_SECONDS)).main_wal_size == 0

@@ -17,11 +17,12 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer
-from tests.helpers import AWAIT_SECONDS, wait_until
+from tests.helpers import AWAIT_SECONDS, LocalSpeed, wait_until
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 from turso.sqlalchemy_sync_aio import background_sync_of
 
-# What the issue allows any single local operation, however the remote behaves.
+# What the issue allows any single local operation, however the remote behaves: counted beyond what a plain local
+# database's write and commit, run beside it, takes at that moment (LocalSpeed), so a busy machine does not count.
 LOCAL_SECONDS = 0.5
 # The phases of the loop: the remote answers, then holds every request, then answers again.
 NORMAL_SECONDS = 1.0
@@ -46,9 +47,12 @@ async def other_replica_pushing(path: str, url: str, stop: asyncio.Event, keys: 
             await asyncio.sleep(OTHER_PUSH_SECONDS)
 
 
-async def run_phases(proxy: DelayingProxy, operation: Operation) -> tuple[list[float], list[str]]:
-    """Run `operation` in a loop through the normal, held and normal-again phases; its durations and keys."""
-    durations: list[float] = []
+async def run_phases(
+    proxy: DelayingProxy, operation: Operation, local_speed: LocalSpeed
+) -> tuple[list[tuple[float, float]], list[str]]:
+    """Run `operation` in a loop through the normal, held and normal-again phases, each beside a local write; its
+    durations with the local write's, and its keys."""
+    durations: list[tuple[float, float]] = []
     keys: list[str] = []
     for held, seconds in ((False, NORMAL_SECONDS), (True, HELD_SECONDS), (False, NORMAL_SECONDS)):
         if held:
@@ -58,9 +62,8 @@ async def run_phases(proxy: DelayingProxy, operation: Operation) -> tuple[list[f
         phase_ends = time.monotonic() + seconds
         while time.monotonic() < phase_ends:
             key = f"local-{uuid.uuid4()}"
-            started = time.monotonic()
-            await asyncio.wait_for(operation(key), AWAIT_SECONDS)
-            durations.append(time.monotonic() - started)
+            _, took, beside = await local_speed.beside(operation(key), write=True)
+            durations.append((took, beside))
             keys.append(key)
             await asyncio.sleep(0)
     proxy.release()
@@ -84,7 +87,7 @@ def remote_keys(server: SyncServer, source: str) -> list[str]:
 
 
 async def test_local_sql_in_a_service_loop_never_waits_for_a_held_remote(
-    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, other_replica: list[str]
+    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, other_replica: list[str], local_speed: LocalSpeed
 ) -> None:
     async with await asyncio.wait_for(connect_sync(replica_path, proxy.url), AWAIT_SECONDS) as conn:
         async with conn.sync_in_background(SYNC_INTERVAL):
@@ -94,15 +97,15 @@ async def test_local_sql_in_a_service_loop_never_waits_for_a_held_remote(
                 await conn.commit()
                 await conn.execute_fetchall("SELECT count(*) FROM log")
 
-            durations, keys = await run_phases(proxy, insert_commit_count)
+            durations, keys = await run_phases(proxy, insert_commit_count, local_speed)
             await asyncio.wait_for(conn.push(), AWAIT_SECONDS)
             await expect_converged(conn, sync_server, keys, other_replica)
-    slowest = max(durations)
-    assert slowest < LOCAL_SECONDS, f"a local operation took {slowest:.2f} s (of {len(durations)})"
+    took, beside = max(durations, key=lambda timing: timing[0] - timing[1])
+    assert took < LOCAL_SECONDS + beside, f"a local operation took {took:.2f} s ({beside:.2f} s beside it)"
 
 
 async def test_sqlalchemy_sessions_in_a_service_loop_never_wait_for_a_held_remote(
-    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, other_replica: list[str]
+    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, other_replica: list[str], local_speed: LocalSpeed
 ) -> None:
     url = f"sqlite+aioturso_sync:///{replica_path}?remote_url={proxy.url}&sync_interval={SYNC_INTERVAL}"
     engine = create_async_engine(url)
@@ -114,15 +117,15 @@ async def test_sqlalchemy_sessions_in_a_service_loop_never_wait_for_a_held_remot
             async with engine.connect() as connection:
                 await connection.execute(text("SELECT count(*) FROM log"))
 
-        durations, keys = await run_phases(proxy, insert_commit_count)
+        durations, keys = await run_phases(proxy, insert_commit_count, local_speed)
         background = await background_sync_of(engine)
         assert background is not None
         await asyncio.wait_for(background.sync_now(), AWAIT_SECONDS)
         assert await wait_until(lambda: remote_keys(sync_server, "local") == sorted(keys), AWAIT_SECONDS)
     finally:
         await engine.dispose()
-    slowest = max(durations)
-    assert slowest < LOCAL_SECONDS, f"a session took {slowest:.2f} s (of {len(durations)})"
+    took, beside = max(durations, key=lambda timing: timing[0] - timing[1])
+    assert took < LOCAL_SECONDS + beside, f"a session took {took:.2f} s ({beside:.2f} s beside it)"
 
 
 async def expect_converged(conn: ConnectionSync, server: SyncServer, keys: list[str], others: list[str]) -> None:

@@ -20,8 +20,8 @@ from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer
 from tests.helpers import (
     AWAIT_SECONDS,
-    HEAVY_COUNT,
-    HEAVY_COUNT_RESULT,
+    LocalSpeed,
+    StatementGate,
     bounded,
     insert_and_commit,
     local_keys,
@@ -37,8 +37,8 @@ T = TypeVar("T")
 
 # How long the proxy holds each answer of the remote while a test needs a sync in flight.
 SLOW_SECONDS = 1.0
-# A local statement during a slow sync must finish well within this (it takes about a millisecond; the bound is
-# generous because the machine running the suite may be busy).
+# A local statement during a slow sync must finish within this much more than the same statement on a plain local
+# database run beside it (LocalSpeed: it takes about a millisecond; on a busy machine both take longer).
 LOCAL_SECONDS = 0.5
 # The timeout of an abandoned sync operation.
 ABANDON_AFTER_SECONDS = 0.2
@@ -50,13 +50,6 @@ CPU_SHARE = 0.5
 SCHEMA = "CREATE TABLE t(k TEXT PRIMARY KEY, v INTEGER)"
 # No key at all: a row pushed twice would show up twice.
 LOG_SCHEMA = "CREATE TABLE log(k TEXT, v INTEGER)"
-
-
-async def timed(awaitable: Awaitable[T]) -> tuple[T, float]:
-    """The awaitable's result and how long it took, bounded."""
-    started = time.monotonic()
-    result = await asyncio.wait_for(awaitable, AWAIT_SECONDS)
-    return result, time.monotonic() - started
 
 
 async def start_and_wait_for_the_remote(proxy: DelayingProxy, operation: Awaitable[T]) -> "asyncio.Task[T]":
@@ -94,17 +87,18 @@ def a_step_waits_between_transactions(conn: ConnectionSync) -> bool:
     return vars(worker)["_waiting"] is not None
 
 
-async def local_sql_timings(conn: ConnectionSync, prefix: str, rounds: int = 5) -> tuple[list[float], list[float]]:
-    """Time `rounds` local reads and `rounds` local INSERT + commit; returns (reads, writes) in seconds."""
+async def local_sql_timings(
+    conn: ConnectionSync, local_speed: LocalSpeed, prefix: str, rounds: int = 5
+) -> tuple[list[float], list[float]]:
+    """Time `rounds` local reads and `rounds` local INSERT + commit, each beside the same on a plain local database;
+    returns (reads, writes): how much longer each took than the one beside it, in seconds."""
     reads: list[float] = []
     writes: list[float] = []
     for n in range(rounds):
-        _, took = await timed(conn.execute_fetchall("SELECT count(*) FROM t"))
-        reads.append(took)
-        started = time.monotonic()
-        await bounded(conn.execute("INSERT INTO t VALUES (?, ?)", (f"{prefix}-{n}", n)))
-        await bounded(conn.commit())
-        writes.append(time.monotonic() - started)
+        _, took, beside = await local_speed.beside(conn.execute_fetchall("SELECT count(*) FROM t"), write=False)
+        reads.append(round(took - beside, 3))
+        _, took, beside = await local_speed.beside(insert_and_commit(conn, "t", [f"{prefix}-{n}"]), write=True)
+        writes.append(round(took - beside, 3))
     return reads, writes
 
 
@@ -113,7 +107,7 @@ async def local_sql_timings(conn: ConnectionSync, prefix: str, rounds: int = 5) 
 
 @pytest.mark.parametrize("operation", ["pull", "push"])
 async def test_local_reads_and_commits_during_a_slow_sync_finish_long_before_it(
-    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, operation: str
+    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, operation: str, local_speed: LocalSpeed
 ) -> None:
     sync_server.execute(SCHEMA)
     async with await open_replica(replica_path, proxy.url) as conn:
@@ -122,20 +116,21 @@ async def test_local_reads_and_commits_during_a_slow_sync_finish_long_before_it(
             sync_server.execute("INSERT INTO t VALUES ('remote', 0)")
         else:
             await insert_and_commit(conn, "t", ["before"])
-        proxy.answer_delay = SLOW_SECONDS
-        started = time.monotonic()
-        syncing = await start_and_wait_for_the_remote(proxy, conn.pull() if operation == "pull" else conn.push())
-
-        reads, writes = await local_sql_timings(conn, "during")
-        sync_done_during_sql = syncing.done()
+        # The sync's request is held by the proxy until the local SQL is done: it is in flight throughout, however
+        # long the local SQL takes on a busy machine (a fixed answer delay made that a race).
+        proxy.stall()
+        try:
+            syncing = await start_and_wait_for_the_remote(proxy, conn.pull() if operation == "pull" else conn.push())
+            assert await wait_until(lambda: proxy.held >= 1), "the sync's request never reached the stalled proxy"
+            reads, writes = await local_sql_timings(conn, local_speed, "during")
+            sync_done_during_sql = syncing.done()
+        finally:
+            proxy.release()
         await bounded(syncing)
-        sync_seconds = time.monotonic() - started
 
-        assert max(reads) < LOCAL_SECONDS, f"local reads during a {operation} took {reads} s ({sync_seconds:.2f} s)"
-        assert max(writes) < LOCAL_SECONDS, f"local writes during a {operation} took {writes} s"
-        assert not sync_done_during_sql, "the sync finished before the local SQL: the proxy did not slow it down"
-        assert sync_seconds >= SLOW_SECONDS
-        proxy.answer_delay = 0
+        assert max(reads) < LOCAL_SECONDS, f"local reads during a {operation} took {reads} s more than beside it"
+        assert max(writes) < LOCAL_SECONDS, f"local writes during a {operation} took {writes} s more than beside it"
+        assert not sync_done_during_sql, "the sync finished before the local SQL: the proxy did not hold it"
         await bounded(conn.push())
         expected = ["remote"] if operation == "pull" else ["before"]
         expected += [f"during-{n}" for n in range(5)]
@@ -296,8 +291,9 @@ async def test_pull_fails_when_a_transaction_stays_open_past_the_busy_timeout_an
 async def test_a_pull_waiting_for_an_open_transaction_gives_up_at_the_busy_timeout_while_statements_keep_coming(
     sync_server: SyncServer, replica_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The busy timeout, shortened: it passes while the first of two queries (about 0.5 s each) runs.
-    monkeypatch.setattr(turso.lib_sync_aio, "TRANSACTION_WAIT_SECONDS", 0.1)
+    # The busy timeout, shortened: it passes while the first of two queries, each held by the test, runs.
+    busy_timeout = 0.1
+    monkeypatch.setattr(turso.lib_sync_aio, "TRANSACTION_WAIT_SECONDS", busy_timeout)
     sync_server.execute(SCHEMA)
     async with await open_replica(replica_path, sync_server.url) as conn:
         sync_server.execute("INSERT INTO t VALUES ('remote', 0)")
@@ -305,11 +301,21 @@ async def test_a_pull_waiting_for_an_open_transaction_gives_up_at_the_busy_timeo
         pulling = asyncio.create_task(conn.pull())
         assert await wait_until(lambda: a_step_waits_between_transactions(conn)), "the pull never reached its apply"
         # The worker is never idle from now until the last query ends: the apply gives up between two of them.
-        queries = [asyncio.create_task(conn.execute_fetchall(HEAVY_COUNT)) for _ in range(2)]
-        with pytest.raises(turso.OperationalError, match="transaction stayed open"):
-            await bounded(pulling)
-        assert not queries[-1].done(), "the pull gave up only once the statements let the worker idle"
-        assert await bounded(asyncio.gather(*queries)) == [[(HEAVY_COUNT_RESULT,)]] * 2
+        with StatementGate() as first, StatementGate() as second:
+            conn.row_factory = first.row_factory
+            queries = [asyncio.create_task(conn.execute_fetchall("SELECT 1"))]
+            await asyncio.sleep(0)  # the first query is queued
+            conn.row_factory = second.row_factory
+            queries.append(asyncio.create_task(conn.execute_fetchall("SELECT 2")))
+            await asyncio.sleep(0)  # the second query is queued
+            conn.row_factory = None
+            assert await wait_until(first.entered.is_set), "the first query never ran"
+            await asyncio.sleep(2 * busy_timeout)  # the busy timeout passes while the first query runs
+            first.open()
+            with pytest.raises(turso.OperationalError, match="transaction stayed open"):
+                await bounded(pulling)
+            assert not queries[-1].done(), "the pull gave up only once the statements let the worker idle"
+        assert await bounded(asyncio.gather(*queries)) == [[(1,)], [(2,)]]
         await bounded(conn.commit())
         assert await bounded(conn.pull()) is True  # nothing was lost
         assert await local_keys(conn) == ["local", "remote"]
@@ -336,7 +342,7 @@ async def test_pull_awaited_inside_its_own_open_transaction_fails_instead_of_han
 
 @pytest.mark.parametrize("how", ["timeout", "cancel"])
 async def test_cancelled_push_returns_at_once_and_its_rows_reach_the_server_exactly_once(
-    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, how: str
+    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, how: str, local_speed: LocalSpeed
 ) -> None:
     sync_server.execute(LOG_SCHEMA)
     async with await open_replica(replica_path, proxy.url) as conn:
@@ -348,8 +354,8 @@ async def test_cancelled_push_returns_at_once_and_its_rows_reach_the_server_exac
         assert returned_after < LOCAL_SECONDS, f"control came back {returned_after:.2f} s after the cancel"
 
         # Local SQL at once, while the push still finishes on the sync lane.
-        _, took = await timed(conn.execute_fetchall("SELECT count(*) FROM log"))
-        assert took < LOCAL_SECONDS
+        _, took, beside = await local_speed.beside(conn.execute_fetchall("SELECT count(*) FROM log"), write=False)
+        assert took < LOCAL_SECONDS + beside, f"a local read took {took:.2f} s ({beside:.2f} s beside it)"
         await insert_and_commit(conn, "log", ["d"])
         proxy.answer_delay = 0
         await bounded(conn.push())  # the next call works
@@ -362,7 +368,7 @@ async def test_cancelled_push_returns_at_once_and_its_rows_reach_the_server_exac
 
 @pytest.mark.parametrize("how", ["timeout", "cancel"])
 async def test_cancelled_pull_returns_at_once_and_its_changes_are_applied_exactly_once(
-    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, how: str
+    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, how: str, local_speed: LocalSpeed
 ) -> None:
     sync_server.execute(LOG_SCHEMA)
     async with await open_replica(replica_path, proxy.url) as conn:
@@ -371,8 +377,8 @@ async def test_cancelled_pull_returns_at_once_and_its_changes_are_applied_exactl
         proxy.answer_delay = SLOW_SECONDS
         returned_after = await abandon(proxy, conn.pull, how)
         assert returned_after < LOCAL_SECONDS, f"control came back {returned_after:.2f} s after the cancel"
-        _, took = await timed(conn.execute_fetchall("SELECT count(*) FROM log"))
-        assert took < LOCAL_SECONDS
+        _, took, beside = await local_speed.beside(conn.execute_fetchall("SELECT count(*) FROM log"), write=False)
+        assert took < LOCAL_SECONDS + beside, f"a local read took {took:.2f} s ({beside:.2f} s beside it)"
 
         proxy.answer_delay = 0
         # The next pull runs after the cancelled one, which applied the remote row.
@@ -387,7 +393,7 @@ async def test_cancelled_pull_returns_at_once_and_its_changes_are_applied_exactl
 
 
 async def test_stats_and_checkpoint_during_a_slow_pull_wait_their_turn_without_spinning_or_holding_up_sql(
-    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str
+    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, local_speed: LocalSpeed
 ) -> None:
     sync_server.execute(SCHEMA)
     async with await open_replica(replica_path, proxy.url) as conn:
@@ -400,9 +406,9 @@ async def test_stats_and_checkpoint_during_a_slow_pull_wait_their_turn_without_s
         checkpoint = asyncio.create_task(conn.checkpoint())
         await asyncio.sleep(0.1)
         assert not stats.done() and not checkpoint.done(), "stats() or checkpoint() ran while the pull was on the wire"
-        reads, writes = await local_sql_timings(conn, "local")
-        assert max(reads) < LOCAL_SECONDS, f"local reads took {reads} s while stats() and checkpoint() waited"
-        assert max(writes) < LOCAL_SECONDS, f"local writes took {writes} s while stats() and checkpoint() waited"
+        reads, writes = await local_sql_timings(conn, local_speed, "local")
+        assert max(reads) < LOCAL_SECONDS, f"local reads took {reads} s more than beside it while stats() waited"
+        assert max(writes) < LOCAL_SECONDS, f"local writes took {writes} s more than beside it while stats() waited"
         await asyncio.sleep(0.3)  # more waiting, to make a spinning thread show in the CPU time
 
         await bounded(asyncio.gather(pulling, stats, checkpoint))

@@ -21,18 +21,15 @@ import pytest
 import turso
 from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer, free_port
-from tests.helpers import AWAIT_SECONDS, open_replica
+from tests.helpers import AWAIT_SECONDS, StatementGate, hold_statement, open_replica
 from turso.lib_sync_aio import ConnectionSync, connect_sync
 
 # How long a child process may take to open the replica and read it, or to run its commits.
 CHILD_SECONDS = 60.0
 # The pull under wait_for that a stalled remote times out.
 PULL_TIMEOUT_SECONDS = 0.5
-# About 0.5 s of work on the SQL worker (a recursive query counting to a million).
-HEAVY_COUNT = (
-    "SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) "
-    "SELECT x FROM c)"
-)
+# How long the first connection's statement is held while the second open waits: well within CLOSING_WAIT_SECONDS.
+HOLD_SECONDS = 0.3
 # What the refusal of a second open says.
 ALREADY_OPEN = "is already open in this process"
 SHARE_ADVICE = "share the open connection"
@@ -231,13 +228,20 @@ async def test_an_open_of_a_file_whose_connection_is_closing_waits_for_it_instea
 ) -> None:
     first = await open_replica(replica_path, sync_server.url)
     await write_notes(first, 1)
-    counting = asyncio.ensure_future(first.execute_fetchall(HEAVY_COUNT))  # close() lets it finish first
-    closing = asyncio.ensure_future(first.close())
-    await asyncio.sleep(0)  # close() has begun
-    # Not refused: the open waits for the first connection's release (its SQL worker first finishes the count).
-    async with connect_sync(replica_path, sync_server.url) as second:
-        assert await asyncio.wait_for(second.execute_fetchall("SELECT count(*) FROM notes"), AWAIT_SECONDS) == [(1,)]
-    assert await asyncio.wait_for(counting, AWAIT_SECONDS) == [(1_000_000,)]
+    with StatementGate() as gate:
+        # A statement the test holds on the first connection's SQL worker: close() lets it finish first.
+        counting = await hold_statement(first, gate, "SELECT count(*) FROM notes")
+        closing = asyncio.ensure_future(first.close())
+        await asyncio.sleep(0)  # close() has begun
+        opening = asyncio.ensure_future(connect_sync(replica_path, sync_server.url))
+        # Not refused: the open waits for the first connection's release, which waits for the held statement.
+        done, _ = await asyncio.wait({opening, closing}, timeout=HOLD_SECONDS)
+        assert not done, f"the open or the close ended while the first connection's statement was held: {done}"
+        gate.open()
+        async with await asyncio.wait_for(opening, AWAIT_SECONDS) as second:
+            rows = await asyncio.wait_for(second.execute_fetchall("SELECT count(*) FROM notes"), AWAIT_SECONDS)
+            assert rows == [(1,)]
+    assert await asyncio.wait_for(counting, AWAIT_SECONDS) == [(1,)]
     await asyncio.wait_for(closing, AWAIT_SECONDS)
 
 

@@ -27,8 +27,10 @@ from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer
 from tests.helpers import (
     AWAIT_SECONDS,
-    HEAVY_COUNT,
+    LocalSpeed,
     LoopContext,
+    StatementGate,
+    hold_statement,
     insert_and_commit,
     new_threads,
     open_replica,
@@ -46,7 +48,10 @@ from turso.lib_sync_aio import ConnectionSync, connect_sync
 # What the issue promises: a timed-out pull returns after about this long; close() returns within CLOSE_SECONDS.
 PULL_TIMEOUT_SECONDS = 0.5
 CLOSE_SECONDS = 1.0
-# A local statement must finish well within this (it takes about a millisecond; generous for a busy machine).
+# How long a test holds a statement called before close() on the SQL worker, to see that close() waits for it.
+HOLD_SECONDS = 0.3
+# A local statement must finish within this much more than the same statement on a plain local database run beside it
+# (LocalSpeed: it takes about a millisecond; on a busy machine both take longer, and only the difference is ours).
 LOCAL_SECONDS = 0.5
 # How long a thread may take to exit once its stuck request ended.
 THREAD_EXIT_SECONDS = 5.0
@@ -80,7 +85,7 @@ async def time_out_on_the_stalled_remote(conn: ConnectionSync, proxy: DelayingPr
 
 
 async def test_pull_on_a_stalled_remote_times_out_after_half_a_second_and_local_sql_then_runs_at_local_speed(
-    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str
+    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, local_speed: LocalSpeed
 ) -> None:
     sync_server.execute(LOG_SCHEMA)
     async with opened(replica_path, proxy.url, proxy) as conn:
@@ -89,12 +94,10 @@ async def test_pull_on_a_stalled_remote_times_out_after_half_a_second_and_local_
         assert PULL_TIMEOUT_SECONDS * 0.9 <= took < PULL_TIMEOUT_SECONDS + 0.5, f"TimeoutError after {took:.2f} s"
 
         for n in range(5):
-            started = time.monotonic()
-            await asyncio.wait_for(conn.execute_fetchall("SELECT count(*) FROM log"), AWAIT_SECONDS)
-            read = time.monotonic() - started
-            write = await insert_and_commit(conn, "log", [f"local-{n}"])
-            assert read < LOCAL_SECONDS, f"a local read took {read:.2f} s after the pull timed out"
-            assert write < LOCAL_SECONDS, f"a local write took {write:.2f} s after the pull timed out"
+            _, read, beside = await local_speed.beside(conn.execute_fetchall("SELECT count(*) FROM log"), write=False)
+            assert read < LOCAL_SECONDS + beside, f"a local read took {read:.2f} s ({beside:.2f} s beside it)"
+            _, write, beside = await local_speed.beside(insert_and_commit(conn, "log", [f"local-{n}"]), write=True)
+            assert write < LOCAL_SECONDS + beside, f"a local write took {write:.2f} s ({beside:.2f} s beside it)"
         assert proxy.held >= 1  # the pull is still stuck
         proxy.release()
     assert errors == []
@@ -112,23 +115,28 @@ async def test_close_returns_within_a_second_of_its_queued_sql_while_a_request_i
     await insert_and_commit(conn, "log", ["a"])
     await time_out_on_the_stalled_remote(conn, proxy, operation)
     sql_done_at: list[float] = []
-    heavy: "Optional[asyncio.Future[Any]]" = None
-    if queued_sql:
-        # About half a second of local work queued before close(): it runs first, then close() has 1 s.
-        heavy = asyncio.ensure_future(conn.executescript(HEAVY_COUNT))
-        heavy.add_done_callback(lambda _: sql_done_at.append(time.monotonic()))
-        # Let the task queue its script: since 3.12, wait_for() below starts close() at once, in this task.
-        await asyncio.sleep(0)
+    with StatementGate() as gate:
+        held: "Optional[asyncio.Task[list[Any]]]" = None
+        if queued_sql:
+            # Local work called before close(), held on the SQL worker until the test lets it go: it runs first, then
+            # close() has CLOSE_SECONDS, counted from when it ended.
+            held = await hold_statement(conn, gate)
+            held.add_done_callback(lambda _: sql_done_at.append(time.monotonic()))
 
-    started = time.monotonic()
-    try:
-        await asyncio.wait_for(conn.close(), CLOSE_SECONDS + 2.0)
-    except asyncio.TimeoutError:
-        proxy.release()
-        await asyncio.wait_for(conn.close(), AWAIT_SECONDS)
+        started = time.monotonic()
+        closing = asyncio.ensure_future(conn.close())
+        if held is not None:
+            done, _ = await asyncio.wait({closing}, timeout=HOLD_SECONDS)
+            assert not done, "close() returned while SQL called before it was still running"
+            gate.open()
+        try:
+            await asyncio.wait_for(closing, CLOSE_SECONDS + 2.0)
+        except asyncio.TimeoutError:
+            proxy.release()
+            await asyncio.wait_for(conn.close(), AWAIT_SECONDS)
     returned = time.monotonic()
-    if heavy is not None:
-        assert heavy.done() and heavy.exception() is None, heavy
+    if held is not None:
+        assert held.done() and held.result() == [(1,)], held
         took = returned - sql_done_at[0]
     else:
         took = returned - started
@@ -142,7 +150,7 @@ async def test_close_returns_within_a_second_of_its_queued_sql_while_a_request_i
 
 @pytest.mark.parametrize("operation", ["pull", "push"])
 async def test_reopening_the_replica_while_the_old_request_is_stuck_works_and_every_row_reaches_the_server_once(
-    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, operation: str
+    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, operation: str, local_speed: LocalSpeed
 ) -> None:
     sync_server.execute(LOG_SCHEMA)
     sync_server.execute("INSERT INTO log VALUES ('remote-1', 0)")
@@ -153,7 +161,8 @@ async def test_reopening_the_replica_while_the_old_request_is_stuck_works_and_ev
     sync_server.execute("INSERT INTO log VALUES ('remote-2', 0)")
     try:
         await time_out_on_the_stalled_remote(old, proxy, operation)
-        assert await insert_and_commit(old, "log", ["old-3"]) < LOCAL_SECONDS
+        _, write, beside = await local_speed.beside(insert_and_commit(old, "log", ["old-3"]), write=True)
+        assert write < LOCAL_SECONDS + beside, f"a local write took {write:.2f} s ({beside:.2f} s beside it)"
         await asyncio.wait_for(old.close(), CLOSE_SECONDS)
     except BaseException:
         proxy.release()  # let the old connection close, then report the failure
@@ -164,7 +173,8 @@ async def test_reopening_the_replica_while_the_old_request_is_stuck_works_and_ev
     async with opened(replica_path, proxy.url, proxy) as new:
         local = [row[0] for row in await asyncio.wait_for(new.execute_fetchall("SELECT k FROM log"), AWAIT_SECONDS)]
         assert {"old-1", "old-2", "old-3", "remote-1"} <= set(local)
-        assert await insert_and_commit(new, "log", ["new-1"]) < LOCAL_SECONDS
+        _, write, beside = await local_speed.beside(insert_and_commit(new, "log", ["new-1"]), write=True)
+        assert write < LOCAL_SECONDS + beside, f"a local write took {write:.2f} s ({beside:.2f} s beside it)"
         assert proxy.held >= 1
 
         proxy.release()  # the remote answers again: the old request and the new calls go through
@@ -225,7 +235,7 @@ async def test_connection_dropped_without_close_warns_and_lets_go_of_its_threads
 
 @pytest.mark.parametrize("operation", ["pull", "push"])
 async def test_sync_operations_queued_behind_a_stuck_request_fail_at_close_instead_of_hanging(
-    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, operation: str
+    sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, operation: str, local_speed: LocalSpeed
 ) -> None:
     sync_server.execute(LOG_SCHEMA)
     baseline = turso_threads()
@@ -238,7 +248,8 @@ async def test_sync_operations_queued_behind_a_stuck_request_fail_at_close_inste
     cpu_started, wall_started = time.process_time(), time.monotonic()
     await asyncio.sleep(0.5)
     assert not any(task.done() for task in queued), [task for task in queued if task.done()]
-    assert await insert_and_commit(conn, "log", ["b"]) < LOCAL_SECONDS
+    _, write, beside = await local_speed.beside(insert_and_commit(conn, "log", ["b"]), write=True)
+    assert write < LOCAL_SECONDS + beside, f"a local write took {write:.2f} s ({beside:.2f} s beside it)"
     cpu, wall = time.process_time() - cpu_started, time.monotonic() - wall_started
     assert cpu < 0.5 * wall, f"the process used {cpu:.2f} s of CPU in {wall:.2f} s while operations waited"
 
