@@ -123,6 +123,13 @@ class TenantsSettings:
     # How long the parent waits for acknowledged rows to reach the servers.
     check_timeout: float
 
+    def __post_init__(self) -> None:
+        counts = (self.servers, self.active_count, self.open_concurrency, *self.idle_counts)
+        if min(counts) < 1:
+            raise ValueError(f"servers, replica counts and open_concurrency must be at least 1: {self}")
+        if min(self.interval, self.write_rate, self.idle_window, self.active_window, self.check_timeout) <= 0:
+            raise ValueError(f"interval, write_rate, the windows and check_timeout must be positive: {self}")
+
 
 TENANTS_FULL = TenantsSettings(
     servers=8, interval=5.0, idle_counts=(100, 500, 1000), active_count=500, write_rate=50.0, open_concurrency=50,
@@ -604,6 +611,14 @@ def _failed(config: _ChildConfig, servers: int, error: str) -> TenantsResult:
     )
 
 
+def _headline(message: str) -> str:
+    """A failed child's message in one line: what happened, and the last line of its standard error (the error)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) < 2:
+        return lines[0] if lines else message
+    return f"{lines[0].removesuffix('; its standard error ends with:')}: {lines[-1]}"
+
+
 def configurations(settings: TenantsSettings) -> list[tuple[str, int]]:
     """(load, N) of every configuration, in the order run."""
     return [(IDLE, count) for count in settings.idle_counts] + [(ACTIVE, settings.active_count)]
@@ -622,7 +637,7 @@ async def _run_one(settings: TenantsSettings, config: _ChildConfig, folder: Path
             if smoke:
                 raise
             print(f"{error}", file=sys.stderr, flush=True)
-            return _failed(config, settings.servers, str(error).splitlines()[0])
+            return _failed(config, settings.servers, _headline(str(error)))
         finally:
             # The replicas' files: up to 1,000 per child, not needed once measured.
             shutil.rmtree(folder / "files", ignore_errors=True)
