@@ -173,7 +173,7 @@ test-sqlalchemy-versions: setup $(SQLALCHEMY_VENVS:%=%/.installed)
 		$$venv/bin/python -m pytest -p no:cacheprovider --basetemp=build/pytest/$$venv tests/test_sqlalchemy.py; \
 	done
 
-# The full benchmark (about six minutes): tables on stdout; benchmarks/results/results.json, RESULTS.md and the charts.
+# The full benchmark (about 18 minutes): tables on stdout; benchmarks/results/results.json, RESULTS.md and the charts.
 bench: setup
 	$(PY) -m benchmarks
 

@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark against local sync servers; write the tables, results.json, the charts and the
 results page (benchmarks/results/RESULTS.md).
 
-    python -m benchmarks            # the full run (about six minutes); every target met or missed
+    python -m benchmarks            # the full run (about 18 minutes); every target met or missed
     python -m benchmarks --smoke    # a tiny run (under a minute) into benchmarks/results/smoke/; checks no target
     python -m benchmarks --workdir /dev/shm   # replicas and remotes in another folder (default: the temp folder)
 
@@ -27,7 +27,7 @@ from typing import Optional
 
 from benchmarks import before
 from benchmarks.background import ROUTE_ARGUMENTS, ROUTES, TLS, BackgroundRecord, BackgroundResult, measure_background
-from benchmarks.chart import write_chart, write_local_sql_chart, write_sync_chart
+from benchmarks.chart import write_chart, write_local_sql_chart, write_sync_chart, write_tenants_chart
 from benchmarks.common import (
     FULL,
     RESULTS_DIR,
@@ -56,17 +56,20 @@ from benchmarks.report import (
     round_trip_targets,
     settings_dict,
     tables,
+    tenants_targets,
     write_json,
     write_page,
 )
 from benchmarks.responsiveness import measure_responsiveness
 from benchmarks.round_trips import measure_round_trips, round_trips_per_call
 from benchmarks.round_trips import ours_over_pyturso as round_trip_ratios
+from benchmarks.tenant_pool import measure_pool
+from benchmarks.tenants import TENANTS_FULL, TENANTS_SMOKE, measure_tenants, settings_record
 
 DESCRIPTION = "Benchmarks of turso.lib_sync_aio against local sync servers."
 # The record of the background benchmark on the module before our transport (benchmarks/before.py).
 BEFORE_RECORD = RESULTS_DIR / "before.json"
-STEPS = 10
+STEPS = 12
 
 
 def _progress(step: int, message: str, start: float) -> None:
@@ -122,7 +125,7 @@ async def _run(settings: Settings, workdir: Path) -> Results:
     load_start = load_average()
     start = time.perf_counter()
     names = ("overhead", "queries", "responsiveness", "concurrency", "footprint", "local_sql", "round_trips",
-             "background", "half_open")
+             "background", "half_open", "tenants", "tenant_pool")
     folders = {name: workdir / name for name in names}
     for folder in folders.values():
         folder.mkdir()
@@ -146,7 +149,11 @@ async def _run(settings: Settings, workdir: Path) -> Results:
     )
     _progress(9, "a half-open link during background sync", start)
     half_open = await measure_half_open(settings, folders["half_open"])
-    _progress(10, "writing the results", start)
+    _progress(10, "a database per tenant: N replicas in one process, ours, pyturso's module and the JS binding", start)
+    tenants = await measure_tenants(settings.smoke, folders["tenants"])
+    _progress(11, "a replica pool for a database per tenant (skipped while there is no ReplicaPool)", start)
+    tenant_pool = await measure_pool(settings.smoke, folders["tenant_pool"])
+    _progress(12, "writing the results", start)
     ratios = round_trip_ratios(round_trips)
     return Results(
         machine=machine(),
@@ -177,10 +184,14 @@ async def _run(settings: Settings, workdir: Path) -> Results:
         background_before=background_before,
         background_before_interleaved=before_interleaved,
         half_open=half_open,
+        tenants=tenants,
+        tenants_settings=settings_record(TENANTS_SMOKE if settings.smoke else TENANTS_FULL),
+        tenant_pool=tenant_pool,
         targets=check_targets(settings.smoke, overhead, queries, responsiveness, speedups, local_sql, local_sql_notes)
         + round_trip_targets(settings.smoke, round_trips, ratios)
         + background_targets(settings.smoke, background)
-        + half_open_targets(settings.smoke, half_open),
+        + half_open_targets(settings.smoke, half_open)
+        + tenants_targets(settings.smoke, tenants),
     )
 
 
@@ -202,10 +213,11 @@ def main(argv: "list[str] | None" = None) -> int:
     write_chart(results, folder / "chart.png")
     write_local_sql_chart(results, folder / "local_sql.png")
     write_sync_chart(results, folder / "sync.png")
+    write_tenants_chart(results, folder / "tenants.png")
     write_page(results, folder / "RESULTS.md")
     print(tables(results))
     print()
-    print(f"Wrote results.json, chart.png, local_sql.png, sync.png and RESULTS.md in {folder}")
+    print(f"Wrote results.json, chart.png, local_sql.png, sync.png, tenants.png and RESULTS.md in {folder}")
     return 0
 
 

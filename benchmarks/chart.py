@@ -9,7 +9,7 @@ as a partially unknown member type on each call; that one rule is off in this fi
 
 import statistics
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -42,9 +42,22 @@ from benchmarks.report import (
     format_us,
     lateness_of,
     local_sql_of,
+    tenants_configurations,
 )
 from benchmarks.responsiveness import BOOTSTRAP, IDLE, PULL, LatenessResult
 from benchmarks.round_trips import FAR, LOOPBACK, NEAR, OPERATIONS, ROUTES, round_trip_of
+from benchmarks.tenants import (
+    ACTIVE,
+    ACTIVE_LATENESS_P99_LIMIT_MS,
+    ACTIVE_WRITE_P99_LIMIT_MS,
+    IDLE_CPU_LIMIT_S,
+    IDLE_LATENESS_MAX_LIMIT_MS,
+    IDLE_LATENESS_P99_LIMIT_MS,
+    RSS_PER_REPLICA_LIMIT_MIB,
+    THREADS_LIMIT,
+    TenantsResult,
+)
+from benchmarks.tenants import IDLE as TENANTS_IDLE
 
 
 def _plain_number(value: float, position: Optional[int]) -> str:
@@ -514,6 +527,149 @@ def write_sync_chart(results: Results, path: Path) -> None:
     pulls_and_pushes = {f"{operation} ({route})" for operation in OPERATIONS for route in (FAR, LOOPBACK)}
     cells = [f"{check.short}: {check.measured} {check.verdict}" for check in results.targets
              if check.short in pulls_and_pushes or check.short.startswith(("half-open", "background lateness"))]
+    verdicts = "\n".join("    ".join(cells[start:start + 2]) for start in range(0, len(cells), 2))
+    figure.text(0.5, -0.01, f"{results.machine.describe()}\n{results.module.describe()}    {results.started}\n"
+                f"{verdicts}", ha="center", va="top", fontsize=8)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+
+
+# The implementations of the tenants chart, in the order drawn.
+TENANTS_ORDER = (JS, PYTURSO, OURS)
+
+
+def _short(value: float) -> str:
+    """A figure for a label: whole numbers from 100 up (with thousands separators), else three digits."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _tenants_idle(results: Results) -> dict[str, list[TenantsResult]]:
+    """Each implementation's idle results that ran, by N."""
+    return {
+        name: sorted((result for result in results.tenants if result.implementation == name
+                      and result.load == TENANTS_IDLE and result.error is None), key=lambda result: result.replicas)
+        for name in TENANTS_ORDER
+    }
+
+
+def _tenants_lines(axes: Axes, results: Results, value: Callable[[TenantsResult], float], label: str,
+                   limit: Optional[float], limit_label: str, log: bool) -> None:
+    """One measure of the idle configurations against N, a line per implementation, the target dashed."""
+    counts: set[int] = set()
+    for name, found in _tenants_idle(results).items():
+        if not found:
+            continue
+        values = [value(result) for result in found]
+        axes.plot([result.replicas for result in found], values, marker="o", color=COLORS[name], label=LABELS[name])
+        for result, shown in zip(found, values):
+            axes.annotate(_short(shown), (result.replicas, shown), textcoords="offset points", xytext=(5, 3),
+                          fontsize=7, color=COLORS[name])
+        counts.update(result.replicas for result in found)
+    if limit is not None:
+        axes.axhline(limit, color="red", linestyle="--", linewidth=1, label=limit_label)
+    if log:
+        axes.set_yscale("log")
+        axes.yaxis.set_major_formatter(FuncFormatter(_plain_number))
+        axes.yaxis.set_minor_formatter(FuncFormatter(_no_label))
+    if counts:
+        axes.set_xticks(sorted(counts), [f"{count:,}" for count in sorted(counts)])
+    axes.set_xlabel("idle replicas in the process (N)")
+    axes.set_ylabel(label)
+    axes.legend(fontsize=7, loc="upper left")
+    axes.grid(True, which="both", alpha=0.3)
+
+
+def _tenants_open(axes: Axes, results: Results) -> None:
+    _tenants_lines(axes, results, lambda result: result.open_s, "time to open all N (s)", None, "", False)
+    for result in results.tenants:
+        if result.all_at_once_open_s is not None and result.all_at_once_lateness is not None:
+            axes.plot([result.replicas], [result.all_at_once_open_s], marker="*", markersize=12, color=COLORS[OURS],
+                      linestyle="none", label=f"ours, {result.replicas:,} at once (loop max "
+                                              f"{result.all_at_once_lateness.max_ms:,.0f} ms)")
+    first = results.tenants[0] if results.tenants else None
+    concurrency = first.open_concurrency if first is not None else 0
+    axes.set_title(f"Time to open N fresh replicas ({concurrency} at a time; target: ours <= JS)", fontsize=10)
+    axes.legend(fontsize=7, loc="upper left")
+
+
+def _tenants_lateness(axes: Axes, results: Results) -> None:
+    configurations = tenants_configurations(results.tenants)
+    width = 0.8 / len(TENANTS_ORDER)
+    for index, name in enumerate(TENANTS_ORDER):
+        positions: list[float] = []
+        p99s: list[float] = []
+        maxima: list[float] = []
+        for group, (load, count) in enumerate(configurations):
+            for result in results.tenants:
+                if (result.load, result.replicas, result.implementation) == (load, count, name) and not result.error:
+                    positions.append(group + (index - (len(TENANTS_ORDER) - 1) / 2) * width)
+                    p99s.append(max(result.lateness.p99_ms, 0.01))
+                    maxima.append(max(result.lateness.max_ms, 0.01))
+        axes.bar(positions, p99s, width=width, color=COLORS[name], label=f"{LABELS[name]}: bar p99, dash max")
+        axes.plot(positions, maxima, "_", color="black", markersize=10)
+        for position, value in zip(positions, p99s):
+            axes.annotate(_short(value), (position, value), textcoords="offset points", xytext=(0, 2), ha="center",
+                          fontsize=6)
+    axes.axhline(IDLE_LATENESS_P99_LIMIT_MS, color="red", linestyle="--", linewidth=1,
+                 label=f"targets, idle: p99 <= {IDLE_LATENESS_P99_LIMIT_MS:g} ms, max <= "
+                       f"{IDLE_LATENESS_MAX_LIMIT_MS:g} ms; active: p99 <= {ACTIVE_LATENESS_P99_LIMIT_MS:g} ms")
+    axes.axhline(IDLE_LATENESS_MAX_LIMIT_MS, color="red", linestyle=":", linewidth=1)
+    axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(FuncFormatter(_plain_number))
+    axes.yaxis.set_minor_formatter(FuncFormatter(_no_label))
+    axes.set_xticks(range(len(configurations)), [f"{count:,} {load}" for load, count in configurations])
+    axes.set_ylabel("loop lateness of a 10 ms ticker (ms, log scale)")
+    axes.set_title("Event-loop lateness in the steady window", fontsize=10)
+    axes.legend(fontsize=7, loc="upper left")
+    axes.grid(True, axis="y", which="both", alpha=0.3)
+
+
+def _tenants_active(axes: Axes, results: Results) -> None:
+    found = [result for result in results.tenants if result.load == ACTIVE and result.error is None]
+    names = [name for name in TENANTS_ORDER if any(result.implementation == name for result in found)]
+    for index, name in enumerate(names):
+        result = next(result for result in found if result.implementation == name)
+        values = [max(result.writes.p50_ms, 0.01), max(result.writes.p99_ms, 0.01)]
+        bars = axes.bar([index - 0.2, index + 0.2], values, width=0.4, color=COLORS[name],
+                        hatch=["", "//"], label=LABELS[name])
+        axes.bar_label(bars, [f"p50 {_short(values[0])}", f"p99 {_short(values[1])}"], fontsize=7)
+    axes.axhline(ACTIVE_WRITE_P99_LIMIT_MS, color="red", linestyle="--", linewidth=1,
+                 label=f"target: ours p99 <= {ACTIVE_WRITE_P99_LIMIT_MS:g} ms")
+    axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(FuncFormatter(_plain_number))
+    axes.yaxis.set_minor_formatter(FuncFormatter(_no_label))
+    axes.set_xticks(range(len(names)), [LABELS[name] for name in names], fontsize=8)
+    axes.set_ylabel("local write (INSERT in a transaction), ms, log scale")
+    count = found[0].replicas if found else 0
+    axes.set_title(f"{count:,} active replicas: local write p50 and p99 (hatched)", fontsize=10)
+    axes.legend(fontsize=7, loc="upper left")
+    axes.grid(True, axis="y", which="both", alpha=0.3)
+
+
+def write_tenants_chart(results: Results, path: Path) -> None:
+    """Six panels: OS threads, time to open, loop lateness, CPU per replica-hour, RSS per replica, local writes."""
+    figure = Figure(figsize=(18, 11), layout="constrained")
+    grid = figure.add_gridspec(2, 3)
+    if results.tenants:
+        threads_axes = figure.add_subplot(grid[0, 0])
+        _tenants_lines(threads_axes, results, lambda result: float(result.threads_max), "OS threads (most seen)",
+                       THREADS_LIMIT, f"target: ours <= {THREADS_LIMIT}", True)
+        threads_axes.set_title("OS threads of the process (/proc/PID/task)", fontsize=10)
+        _tenants_open(figure.add_subplot(grid[0, 1]), results)
+        _tenants_lateness(figure.add_subplot(grid[0, 2]), results)
+        cpu_axes = figure.add_subplot(grid[1, 0])
+        _tenants_lines(cpu_axes, results, lambda result: result.cpu_s_per_replica_hour,
+                       "process CPU s per replica-hour", IDLE_CPU_LIMIT_S,
+                       f"target: ours <= {IDLE_CPU_LIMIT_S:g} s at the largest N", False)
+        cpu_axes.set_title("CPU of idle replicas syncing", fontsize=10)
+        rss_axes = figure.add_subplot(grid[1, 1])
+        _tenants_lines(rss_axes, results, lambda result: result.rss_per_replica_mib, "RSS per replica (MiB)",
+                       RSS_PER_REPLICA_LIMIT_MIB, f"target: ours <= {RSS_PER_REPLICA_LIMIT_MIB:g} MiB", False)
+        rss_axes.set_title("Resident memory per replica (after opening - before) / N", fontsize=10)
+        _tenants_active(figure.add_subplot(grid[1, 2]), results)
+    figure.suptitle("turso-sync-aio: a database per tenant, N replicas in one process"
+                    + (" (smoke run: targets not checked)" if results.smoke else ""), fontsize=14)
+    cells = [f"{check.short}: {check.measured} {check.verdict}" for check in results.targets
+             if check.short.startswith("tenants")]
     verdicts = "\n".join("    ".join(cells[start:start + 2]) for start in range(0, len(cells), 2))
     figure.text(0.5, -0.01, f"{results.machine.describe()}\n{results.module.describe()}    {results.started}\n"
                 f"{verdicts}", ha="center", va="top", fontsize=8)

@@ -58,6 +58,20 @@ from benchmarks.queries import (
 )
 from benchmarks.responsiveness import BOOTSTRAP, IDLE, PULL, LatenessResult
 from benchmarks.round_trips import FAR, LOOPBACK, NEAR, OPERATIONS, ROUTES, RoundTripResult, round_trip_of
+from benchmarks.tenant_pool import PoolResult
+from benchmarks.tenant_workload import Summary
+from benchmarks.tenants import ACTIVE as TENANTS_ACTIVE
+from benchmarks.tenants import (
+    ACTIVE_LATENESS_P99_LIMIT_MS,
+    ACTIVE_WRITE_P99_LIMIT_MS,
+    IDLE_CPU_LIMIT_S,
+    IDLE_LATENESS_MAX_LIMIT_MS,
+    IDLE_LATENESS_P99_LIMIT_MS,
+    RSS_PER_REPLICA_LIMIT_MIB,
+    THREADS_LIMIT,
+    TenantsResult,
+)
+from benchmarks.tenants import IDLE as TENANTS_IDLE
 
 # The targets: our median per call at most this many times pyturso's module's (stats and the local queries; pull and
 # push, whose 10-20 ms are the HTTP round trip, at most the looser limit); execute_fetchall at most this fraction of
@@ -159,6 +173,11 @@ class Results:
     background_before_interleaved: bool
     # A half-open link during background sync (benchmarks/half_open.py), per request_timeout.
     half_open: list[HalfOpenResult]
+    # A database per tenant (benchmarks/tenants.py): every configuration and implementation, and the settings.
+    tenants: list[TenantsResult]
+    tenants_settings: dict[str, Any]
+    # The replica pool's benchmark (benchmarks/tenant_pool.py); None while turso.lib_sync_aio has no ReplicaPool.
+    tenant_pool: Optional[PoolResult]
     targets: list[TargetCheck]
 
 
@@ -440,6 +459,8 @@ def sections(results: Results) -> list[tuple[str, list[str]]]:
         ("Pull and push over a far link with TLS, and on plain loopback", round_trip_table(results)),
         ("Background sync of many replicas", background_table(results)),
         ("A half-open link during background sync", half_open_table(results)),
+        ("A database per tenant: N replicas in background sync in one process", tenants_table(results)),
+        ("A replica pool for a database per tenant", pool_table(results)),
         ("Per-call overhead", overhead_table(results)),
         ("Local queries", query_table(results)),
         ("Event-loop responsiveness", responsiveness_table(results)),
@@ -463,6 +484,8 @@ CHARTS = {
                 "our transport, and the half-open link",
     "chart.png": "Concurrency, per-call overhead, event-loop lateness, footprint, local queries, background sync",
     "local_sql.png": "Local SQL while syncing",
+    "tenants.png": "A database per tenant: threads, time to open, loop lateness, CPU, memory and local writes of N "
+                   "replicas in one process, against the JS binding and pyturso's module",
 }
 
 
@@ -801,3 +824,212 @@ def settings_dict(settings: Settings) -> dict[str, Any]:
     values["results_dir"] = str(settings.results_dir)
     return values
 
+
+
+def tenants_of(results: list[TenantsResult], load: str, replicas: int, implementation: str
+               ) -> Optional[TenantsResult]:
+    """The result of one implementation in one configuration, if measured."""
+    for result in results:
+        if (result.load, result.replicas, result.implementation) == (load, replicas, implementation):
+            return result
+    return None
+
+
+def tenants_configurations(results: list[TenantsResult]) -> list[tuple[str, int]]:
+    """(load, N) of every configuration measured, in the order run."""
+    seen: list[tuple[str, int]] = []
+    for result in results:
+        if (result.load, result.replicas) not in seen:
+            seen.append((result.load, result.replicas))
+    return seen
+
+
+def _largest(results: list[TenantsResult], load: str) -> int:
+    counts = [result.replicas for result in results if result.load == load]
+    return max(counts) if counts else 0
+
+
+def tenants_targets(smoke: bool, results: list[TenantsResult]) -> list[TargetCheck]:
+    """Ours against issue 24's targets: at the largest idle N (1,000 in the full run) and on the active load; a
+    configuration that failed misses every target it is in."""
+    checks: list[tuple[str, str, str, bool]] = []
+    ours = [result for result in results if result.implementation == OURS]
+    failed = [result for result in ours if result.error is not None]
+    threads = [max(result.threads_max, result.all_at_once_threads_max or 0) for result in ours]
+    checks.append((
+        "tenants threads", f"a database per tenant: OS threads <= {THREADS_LIMIT} at any N (ours)",
+        ", ".join(f"{result.load} {result.replicas:,}: {count:,}" for result, count in zip(ours, threads)),
+        not failed and all(count <= THREADS_LIMIT for count in threads),
+    ))
+    checks.append((
+        "tenants RSS per replica", f"a database per tenant: RSS per replica <= {RSS_PER_REPLICA_LIMIT_MIB} MiB (ours)",
+        ", ".join(f"{result.load} {result.replicas:,}: {result.rss_per_replica_mib:.2f}" for result in ours),
+        not failed and all(result.rss_per_replica_mib <= RSS_PER_REPLICA_LIMIT_MIB for result in ours),
+    ))
+    idle_count = _largest(results, TENANTS_IDLE)
+    idle = tenants_of(results, TENANTS_IDLE, idle_count, OURS)
+    js_idle = tenants_of(results, TENANTS_IDLE, idle_count, JS)
+    active_count = _largest(results, TENANTS_ACTIVE)
+    active = tenants_of(results, TENANTS_ACTIVE, active_count, OURS)
+    usable = [found for found in (idle, js_idle, active) if found is not None and found.error is None]
+    if idle is not None and js_idle is not None and idle in usable and js_idle in usable:
+        concurrency = idle.open_concurrency
+        checks.append((
+            f"tenants open {idle_count:,}",
+            f"a database per tenant: time to open {idle_count:,} ({concurrency} at a time) <= the JS binding's (ours)",
+            f"{idle.open_s:,.1f} s against {js_idle.open_s:,.1f} s", idle.open_s <= js_idle.open_s,
+        ))
+        at_once = idle.all_at_once_lateness
+        if at_once is not None and idle.all_at_once_open_s is not None:
+            checks.append((
+                f"tenants open {idle_count:,} at once",
+                f"a database per tenant: {idle_count:,} connect_sync awaited at once: loop lateness p99 <= "
+                f"{IDLE_LATENESS_P99_LIMIT_MS:g} ms and max <= {IDLE_LATENESS_MAX_LIMIT_MS:g} ms (ours)",
+                f"p99 {at_once.p99_ms:,.1f} ms, max {at_once.max_ms:,.1f} ms; all open in "
+                f"{idle.all_at_once_open_s:,.1f} s",
+                at_once.p99_ms <= IDLE_LATENESS_P99_LIMIT_MS and at_once.max_ms <= IDLE_LATENESS_MAX_LIMIT_MS,
+            ))
+    if idle is not None:
+        ok = idle.error is None
+        checks.append((
+            f"tenants idle {idle_count:,} lateness",
+            f"{idle_count:,} idle replicas: loop lateness p99 <= {IDLE_LATENESS_P99_LIMIT_MS:g} ms and max <= "
+            f"{IDLE_LATENESS_MAX_LIMIT_MS:g} ms (ours)",
+            f"p99 {idle.lateness.p99_ms:,.1f} ms, max {idle.lateness.max_ms:,.1f} ms" if ok else "failed",
+            ok and idle.lateness.p99_ms <= IDLE_LATENESS_P99_LIMIT_MS
+            and idle.lateness.max_ms <= IDLE_LATENESS_MAX_LIMIT_MS,
+        ))
+        checks.append((
+            f"tenants idle {idle_count:,} CPU",
+            f"{idle_count:,} idle replicas: CPU per replica-hour <= {IDLE_CPU_LIMIT_S:g} s (ours)",
+            f"{idle.cpu_s_per_replica_hour:,.2f} s" if ok else "failed",
+            ok and idle.cpu_s_per_replica_hour <= IDLE_CPU_LIMIT_S,
+        ))
+    if active is not None:
+        ok = active.error is None
+        checks += [
+            (f"tenants active {active_count:,} lateness",
+             f"{active_count:,} active replicas: loop lateness p99 <= {ACTIVE_LATENESS_P99_LIMIT_MS:g} ms (ours)",
+             f"{active.lateness.p99_ms:,.1f} ms" if ok else "failed",
+             ok and active.lateness.p99_ms <= ACTIVE_LATENESS_P99_LIMIT_MS),
+            (f"tenants active {active_count:,} writes",
+             f"{active_count:,} active replicas: local write p99 <= {ACTIVE_WRITE_P99_LIMIT_MS:g} ms (ours)",
+             f"{active.writes.p99_ms:,.1f} ms" if ok else "failed",
+             ok and active.writes.p99_ms <= ACTIVE_WRITE_P99_LIMIT_MS and active.writes.count > 0),
+            (f"tenants active {active_count:,} rows",
+             f"{active_count:,} active replicas: every acknowledged write reaches its server; no write fails (ours)",
+             f"{active.rows_found:,} of {active.rows_acknowledged:,} found, {active.write_errors} failed, "
+             f"{active.writes_unfinished} unfinished" if ok else "failed",
+             ok and active.rows_missing == 0 and active.write_errors == 0 and active.writes_unfinished == 0),
+        ]
+    return [TargetCheck(short, target, measured, verdict(smoke, passed)) for short, target, measured, passed in checks]
+
+
+def _summary_cell(summary: Summary) -> str:
+    return f"{summary.p50_ms:,.1f} / {summary.p99_ms:,.1f} / {summary.max_ms:,.1f}"
+
+
+def _tenants_rows(result: TenantsResult) -> list[tuple[str, str]]:
+    """(measure, cell) of one implementation in one configuration."""
+    if result.error is not None:
+        return [("failed", result.error)]
+    rows = [
+        ("OS threads: before opening / most seen / after close",
+         f"{result.threads_before:,} / {result.threads_max:,} / {result.threads_after_close:,}"),
+        ("RSS per replica (MiB)", f"{result.rss_per_replica_mib:.2f}"),
+        (f"time to open all ({result.open_concurrency} at a time); loop lateness max meanwhile",
+         f"{result.open_s:,.1f} s; {result.open_lateness.max_ms:,.0f} ms"),
+        ("loop lateness p50 / p99 / max (ms, 10 ms ticker)", _summary_cell(result.lateness)),
+        ("CPU per replica-hour (process CPU, cores)",
+         f"{result.cpu_s_per_replica_hour:,.2f} s ({result.cpu_cores:.2f})"),
+        ("rounds per replica in the window; replicas with a failed round",
+         f"{result.rounds_per_replica:.1f}; {result.replicas_with_failures}"),
+    ]
+    if result.round_error_messages:
+        rows.append(("errors of failed rounds", "; ".join(result.round_error_messages)))
+    if result.load == TENANTS_ACTIVE:
+        rows += [
+            ("local write p50 / p99 / max (ms)", _summary_cell(result.writes)),
+            ("acknowledged writes on the servers (failed, unfinished writes)",
+             f"{result.rows_found:,} of {result.rows_acknowledged:,} after {result.rows_wait_s:.1f} s "
+             f"({result.write_errors}, {result.writes_unfinished})"),
+        ]
+        if result.write_error_messages:
+            rows.append(("errors of failed writes", "; ".join(result.write_error_messages)))
+    rows.append(("close time (all at once)", f"{result.close_s:,.2f} s"))
+    if result.all_at_once_open_s is not None and result.all_at_once_lateness is not None:
+        rows += [
+            ("opened all at once, fresh: time; loop lateness p50 / p99 / max (ms)",
+             f"{result.all_at_once_open_s:,.1f} s; {_summary_cell(result.all_at_once_lateness)}"),
+            ("opened all at once: OS threads; close time",
+             f"{result.all_at_once_threads_max or 0:,}; {result.all_at_once_close_s or 0:,.2f} s"),
+        ]
+    return rows
+
+
+def tenants_table(results: Results) -> list[str]:
+    """The tenants benchmark of this run (`tenants_lines`)."""
+    return tenants_lines(results.tenants, results.tenants_settings)
+
+
+def tenants_lines(tenants: list[TenantsResult], settings: dict[str, Any]) -> list[str]:
+    """Every configuration: one row per measure, one column per implementation (JS binding, pyturso's module,
+    ours), as issue 24 laid it out."""
+    if not tenants:
+        return ["Not measured."]
+    first = tenants[0]
+    out = [
+        f"N replicas, each its own file, over {first.servers} local sync servers, in one process per implementation, "
+        f"each syncing every {first.interval_s:g} s (push, then pull): ours with sync_in_background, pyturso's "
+        "module and the JS binding with a loop per replica. Idle: no writes; active: "
+        f"{settings.get('write_rate', 0):g} writes a second (an INSERT in a transaction each) on random tenants. "
+        f"Windows of {settings.get('idle_window', 0):g} s (idle) and {settings.get('active_window', 0):g} s (active) "
+        f"after {settings.get('warm_up', 0):g} s of warm-up. Threads from /proc/PID/task (native ones count); CPU is "
+        "the process's (every thread) over the window. JS: @tursodatabase/sync " + js_version() + ".",
+        "",
+    ]
+    names = {JS: "JS binding", PYTURSO: "pyturso's module", OURS: "ours"}
+    order = [JS, PYTURSO, OURS]
+    rows: list[list[str]] = []
+    for load, count in tenants_configurations(tenants):
+        cells: dict[str, dict[str, str]] = {}
+        measures: list[str] = []
+        for name in order:
+            found = tenants_of(tenants, load, count, name)
+            for measure, cell in _tenants_rows(found) if found is not None else []:
+                cells.setdefault(name, {})[measure] = cell
+                if measure not in measures:
+                    measures.append(measure)
+        for measure in measures:
+            rows.append([f"{count:,} {load}: {measure}", *(cells.get(name, {}).get(measure, "-") for name in order)])
+    return out + _table(["measure", *(names[name] for name in order)], rows)
+
+
+def pool_table(results: Results) -> list[str]:
+    """The replica pool's benchmark, or why it did not run."""
+    pool = results.tenant_pool
+    if pool is None:
+        return ["Not measured: turso.lib_sync_aio has no ReplicaPool yet (benchmarks/tenant_pool.py runs once it has)."]
+    if pool.error is not None:
+        return [f"Failed: {pool.error}"]
+    rows = [
+        ["requests (failed, unfinished)", f"{pool.requests.count:,} ({pool.errors}, {pool.unfinished})"],
+        ["request p50 / p99 / max (ms), opens and evictions waited for included", _summary_cell(pool.requests)],
+        ["writes p50 / p99 / max (ms)", _summary_cell(pool.writes)],
+        ["opens / evictions per second (the pool's statistics)",
+         f"{'-' if pool.opens_per_s is None else f'{pool.opens_per_s:.1f}'} / "
+         f"{'-' if pool.evictions_per_s is None else f'{pool.evictions_per_s:.1f}'}"],
+        ["loop lateness p50 / p99 / max (ms, 10 ms ticker)", _summary_cell(pool.lateness)],
+        ["OS threads: most seen; RSS at the end (MiB)", f"{pool.threads_max:,}; {pool.rss_mib:,.1f}"],
+        ["pool close time", f"{pool.close_s:,.2f} s"],
+        ["acknowledged writes on the servers after the pool closed",
+         f"{pool.rows_found:,} of {pool.rows_acknowledged:,} ({pool.rows_unacknowledged} unacknowledged found)"],
+    ]
+    return [
+        f"{pool.tenants:,} tenants through ReplicaPool(max_open={pool.max_open}, sync_interval={pool.interval_s:g}) "
+        f"over {pool.servers} local sync servers; skewed access (Zipf-like, exponent {pool.skew:g}), "
+        f"{pool.rate:g} requests a second, half writes (an INSERT in a transaction), half reads, for "
+        f"{pool.duration_s:g} s. Pool statistics at the end: {pool.statistics}",
+        "",
+        *_table(["measure", "ours"], rows),
+    ]
