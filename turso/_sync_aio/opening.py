@@ -17,7 +17,7 @@ from .errors import native_dbapi_error
 from .http import RemoteHttp
 from .loop_turns import LoopTurns
 from .open_replicas import ReplicaPathClaim
-from .replica_files import check_arguments, check_replica_files, describe_remote, replica_files
+from .replica_files import check_arguments, check_replica_files, describe_remote, known_replica_files
 from .replica_identity import (
     ReplicaIdentityError,
     ReplicaRecovery,
@@ -96,7 +96,7 @@ class ReplicaOpener:
     ) -> tuple[BlockingConnectionSync, SyncEngine, bool]:
         # On the worker: the driver's own open, made local for a fresh replica (bootstrapped by us after), then our
         # engine in charge. Returns the connection, its engine, and whether to bootstrap.
-        self._existing = replica_files(self.path)
+        self._existing = known_replica_files(self.path)
         check_replica_files(self.path)
         options = self.options
         # A fresh replica opens locally and bootstraps as a pull, with deadlines; partial sync's native open needs the
@@ -130,7 +130,7 @@ class ReplicaOpener:
         try:
             if opened is not None:
                 close_quietly(opened[1], opened[0])
-            for leftover in replica_files(self.path) - self._existing:
+            for leftover in known_replica_files(self.path) - self._existing:
                 try:
                     os.remove(leftover)
                 except OSError:

@@ -13,6 +13,10 @@ from typing import Callable, Optional, Union
 
 from ..lib import DatabaseError, OperationalError, ProgrammingError
 
+# The files of a replica PATH: the database, its write-ahead log, the sync engine's metadata, change log and revert log,
+# and our identity sidecar (the driver's temporary writes remove themselves when they fail).
+REPLICA_SUFFIXES = ("", "-wal", "-info", "-changes", "-wal-revert", "-identity")
+
 # URL schemes the sync driver can reach; libsql:// and turso:// are rewritten to https:// by the driver.
 REMOTE_SCHEMES = ("libsql", "turso", "https", "http")
 
@@ -66,9 +70,16 @@ def check_arguments(path: object, remote_url: object) -> None:
 
 def replica_files(path: str) -> set[str]:
     """The database file and the files the sync engine keeps beside it (-wal, -info, -changes, temporary writes),
-    those that exist now."""
+    those that exist now. It lists the directory: for messages; `known_replica_files` is the cheap one."""
     pattern = glob.escape(path)
     return {*glob.glob(pattern), *glob.glob(pattern + "-*"), *glob.glob(pattern + ".tmp.*")}
+
+
+def known_replica_files(path: str) -> set[str]:
+    """The replica's files of the names that the driver and this module create (REPLICA_SUFFIXES), those that exist
+    now: what an open notes before it starts, to remove what it created if it fails. It looks up each name instead of
+    listing the directory, which a folder of a thousand replicas would make slow."""
+    return {path + suffix for suffix in REPLICA_SUFFIXES if os.path.lexists(path + suffix)}
 
 
 def check_replica_files(path: str) -> None:
