@@ -1,5 +1,5 @@
 """A replica pool for a database per tenant (issue 25): the tenants benchmark's workload through
-`turso.lib_sync_aio.ReplicaPool`. Skipped (`measure_pool` returns None) while the module has no ReplicaPool.
+`turso.lib_sync_aio.ReplicaPool`.
 
 1,000 tenants (keys "tenant-K"), each a replica file of its own over 8 local sync servers (tenant K on server K % 8),
 reached through one `ReplicaPool(path_for=..., remote_url_for=..., max_open=200, sync_interval=5.0)` in a child
@@ -8,7 +8,7 @@ with a Zipf-like skew (a few hot tenants, a long tail), for 60 s; every other re
 `async with conn.transaction()`), the others a read of the tenant's notes, each inside
 `async with pool.connection(tenant) as conn`. Reported: request latency p50/p99 (including any open or eviction the
 request waited for), the pool's opens and evictions per second (from its statistics, if they have `opens` and
-`evictions`), loop lateness (10 ms ticker), OS threads (the most seen), RSS at the end, the pool's close time, and
+`evictions`; also its waits, timeouts and failed pushes at close), loop lateness (10 ms ticker), OS threads (the most seen), RSS at the end, the pool's close time, and
 the acknowledged writes found on the servers once the pool has closed (the pool pushes on close: the target is all).
 """
 
@@ -124,8 +124,8 @@ def pool_class() -> Optional[Callable[..., _Pool]]:
 
 
 def _statistics(pool: _Pool) -> tuple[Optional[int], Optional[int], str]:
-    """(opens, evictions, the statistics as text) from whatever statistics the pool has."""
-    found: object = getattr(pool, "stats", None) or getattr(pool, "statistics", None)
+    """(opens, evictions, the statistics as text) from the pool's `get_stats()`."""
+    found: object = getattr(pool, "get_stats", None)
     if callable(found):
         found = found()
     opens: object = getattr(found, "opens", None)
