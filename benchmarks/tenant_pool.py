@@ -2,13 +2,13 @@
 `turso.lib_sync_aio.ReplicaPool`.
 
 1,000 tenants (keys "tenant-K"), each a replica file of its own over 8 local sync servers (tenant K on server K % 8),
-reached through one `ReplicaPool(path_for=..., remote_url_for=..., max_open=200, sync_interval=5.0)` in a child
-process. Requests come at 40 a second in an open loop (benchmarks/tenant_workload.py's `Pacer`), on tenants drawn
-with a Zipf-like skew (a few hot tenants, a long tail), for 60 s; every other request is a write (an INSERT in
-`async with conn.transaction()`), the others a read of the tenant's notes, each inside
-`async with pool.connection(tenant) as conn`. Reported: request latency p50/p99 (including any open or eviction the
-request waited for), the pool's opens and evictions per second (from its statistics, if they have `opens` and
-`evictions`; also its waits, timeouts and failed pushes at close), loop lateness (10 ms ticker), OS threads (the most seen), RSS at the end, the pool's close time, and
+reached through one `ReplicaPool(path_for=..., remote_url_for=..., max_open=200, sync_interval=5.0)` in a child process.
+Requests come at 40 a second in an open loop (benchmarks/tenant_workload.py's `Pacer`), on tenants drawn with a Zipf-
+like skew (a few hot tenants, a long tail), for 60 s; every other request is a write (an INSERT in `async with
+conn.transaction()`), the others a read of the tenant's notes, each inside `async with pool.connection(tenant) as conn`.
+Reported: request latency p50/p99 (including any open or eviction the request waited for), the pool's opens and
+evictions per second (from its statistics, if they have `opens` and `evictions`; also its waits, timeouts and failed
+pushes at close), loop lateness (10 ms ticker), OS threads (the most seen), RSS at the end, the pool's close time, and
 the acknowledged writes found on the servers once the pool has closed (the pool pushes on close: the target is all).
 """
 

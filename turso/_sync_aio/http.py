@@ -32,8 +32,8 @@ import math
 import os
 import re
 import ssl
-import traceback
 import sys
+import traceback
 import urllib.parse
 import urllib.request
 import weakref

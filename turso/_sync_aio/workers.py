@@ -372,7 +372,7 @@ class SerialWorker(Worker):
         # `_schedule_lock`; read without it on the fast path (the GIL orders it with the queue's own operations).
         self.scheduled = False
         self._schedule_lock = threading.Lock()
-        # When the queue last ran empty (time.monotonic()), and whether the calls come back to back (see LINGER_SECONDS).
+        # When the queue last ran empty (time.monotonic()), and whether calls come back to back (see LINGER_SECONDS).
         self._emptied_at = 0.0
         self._lingers = False
         # The step waiting for the connection to be between transactions, if any.
