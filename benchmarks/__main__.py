@@ -151,7 +151,7 @@ async def _run(settings: Settings, workdir: Path) -> Results:
     half_open = await measure_half_open(settings, folders["half_open"])
     _progress(10, "a database per tenant: N replicas in one process, ours, pyturso's module and the JS binding", start)
     tenants = await measure_tenants(settings.smoke, folders["tenants"])
-    _progress(11, "a replica pool for a database per tenant (skipped while there is no ReplicaPool)", start)
+    _progress(11, "a replica pool for a database per tenant", start)
     tenant_pool = await measure_pool(settings.smoke, folders["tenant_pool"])
     _progress(12, "writing the results", start)
     ratios = round_trip_ratios(round_trips)
