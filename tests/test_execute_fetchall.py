@@ -9,11 +9,8 @@ import turso
 from testkit.sync_server import SyncServer
 from tests.helpers import (
     AWAIT_SECONDS,
-    HEAVY_COUNT,
-    HEAVY_COUNT_RESULT,
     POOL_THREAD_PREFIX,
     open_replica,
-    record_loop_errors,
     rows,
     turso_threads,
 )
@@ -94,23 +91,6 @@ async def test_execute_fetchall_error_raises_the_driver_error_and_the_connection
         with pytest.raises(turso.Error):
             await asyncio.wait_for(conn.execute_fetchall("SELECT ?", (1, 2, 3)), AWAIT_SECONDS)
         assert await conn.execute_fetchall("SELECT 1") == [(1,)]
-
-
-async def test_cancelled_execute_fetchall_logs_nothing_and_its_insert_lands_before_the_next_call(
-    sync_server: SyncServer, replica_path: str
-) -> None:
-    sync_server.execute("CREATE TABLE t(x INTEGER)")
-    async with await open_replica(replica_path, sync_server.url) as conn:
-        errors = record_loop_errors()
-        with pytest.raises(asyncio.TimeoutError):
-            # Cancelled while it runs on the worker (the insert computes for about half a second).
-            await asyncio.wait_for(conn.execute_fetchall(f"INSERT INTO t {HEAVY_COUNT} RETURNING x"), 0.05)
-
-        assert await conn.execute_fetchall("SELECT x FROM t") == [(HEAVY_COUNT_RESULT,)]
-        await asyncio.wait_for(conn.commit(), AWAIT_SECONDS)
-        await asyncio.wait_for(conn.push(), AWAIT_SECONDS)
-        assert sync_server.execute("SELECT x FROM t") == [(HEAVY_COUNT_RESULT,)]
-        assert errors == []
 
 
 async def test_execute_fetchall_after_close_or_before_open_raises_programming_error_at_once(
