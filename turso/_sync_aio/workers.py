@@ -346,7 +346,7 @@ class SerialWorker(Worker):
             self.scheduled = True
         self.pool.submit(self)
 
-    def serve(self) -> bool:
+    def serve(self) -> bool:  # noqa: C901 - one loop, inlined on purpose (see below)
         """On a thread of the pool: run jobs until the queue is empty (False), or for one turn of JOBS_PER_TURN jobs
         while it still has some (True; it stays scheduled)."""
         jobs = self.jobs
