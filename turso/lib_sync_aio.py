@@ -260,8 +260,10 @@ class ConnectionSync(NonBlockingConnection):
 
         Work called before close() runs first. Sync operations get `LANE_CLOSE_SECONDS`; then the request in flight
         fails and they raise `turso.ProgrammingError`. When it returns, the replica's files are released, and if this
-        was the process's last open connection, no thread of ours runs. Cancelled, it still does all that, without
-        waiting (the request in flight fails at once).
+        was the process's last open connection, no thread of ours runs. Cancelled (or bounded, as by
+        `asyncio.wait_for`), it stops what it would wait for: the statement running is interrupted, the statements
+        still queued fail with `turso.ProgrammingError`, the request in flight fails at once; and the closing still
+        goes on to its end, so that the replica's path is released soon after.
         """
         if not self._started:
             self._state = _State.CLOSED
