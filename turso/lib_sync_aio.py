@@ -762,6 +762,8 @@ class ConnectionSync(NonBlockingConnection):
         finally:
             if self._sync_started is this_task:
                 self._sync_started = None
+            # The task's error refers to this frame: the frame must not refer back to the task.
+            this_task = None
             _hand_on_turn(previous, turn)
 
     async def _pull_in_turn(self, engine: SyncEngine) -> bool:
