@@ -81,14 +81,14 @@ async def time_out_on_the_stalled_remote(conn: ConnectionSync, proxy: DelayingPr
 
 async def stuck_on_the_stalled_remote(
     conn: ConnectionSync, proxy: DelayingProxy, operation: str
-) -> "Optional[asyncio.Future[object]]":
+) -> "Optional[asyncio.Future[bool]]":
     """Leave a pull or push stuck on the stalled remote: a push timed out by wait_for (it goes on, to be sent once), a
     pull still awaited in a task, returned (a cancelled pull would end its request at once)."""
     if operation == "push":
         await time_out_on_the_stalled_remote(conn, proxy, operation)
         return None
     proxy.stall()
-    pulling: "asyncio.Future[object]" = asyncio.ensure_future(conn.pull())
+    pulling = asyncio.ensure_future(conn.pull())
     assert await wait_until(lambda: proxy.held >= 1), "the pull never reached the stalled remote"
     return pulling
 
