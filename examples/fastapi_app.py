@@ -2,7 +2,9 @@
 
 One connection to the local replica is shared by every request; writes run in `conn.transaction()` blocks, so one
 request's rollback never undoes another's commit. Background sync keeps the replica in sync with the remote (and
-its WAL bounded); `/health` answers 503 while the sync is not healthy; every `turso.Error` becomes a 503.
+its WAL bounded); `/health` answers 503 while the sync is not healthy; every `turso.Error` becomes a 503. A report
+that may be slow (`/notes/activity`) is bounded with `asyncio.timeout`: past it the query stops, the request answers
+504, and the shared connection serves the next requests at once.
 
 Run it (a local `tursodb --sync-server` is `make server`):
 
@@ -15,11 +17,13 @@ Settings, from the environment:
 - NOTES_SYNC_INTERVAL: seconds between background sync rounds (default 5).
 - NOTES_REQUEST_TIMEOUT: seconds a sync request may wait for the remote (default: the library's, 30).
 - NOTES_CHECKPOINT_WAL_BYTES: the WAL size past which background sync checkpoints (default 16 MiB; `none`: never).
+- NOTES_QUERY_SECONDS: how long `/notes/activity` may run its query before it answers 504 (default 2).
 """
 
 import asyncio
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -27,7 +31,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Optional, cast
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -36,6 +40,11 @@ import turso.aio.sync
 from turso.background_sync_aio import CHECKPOINT_WAL_BYTES, BackgroundSync
 from turso.lib_sync_aio import ConnectionSync
 
+if sys.version_info >= (3, 11):
+    from asyncio import timeout
+else:  # Python 3.10: async-timeout, which aiohttp installs there, is the same context manager
+    from async_timeout import timeout  # pyright: ignore[reportMissingImports, reportUnknownVariableType]
+
 # How long POST /sync waits for its round before it answers 202 (the round goes on), and GET /stats for the counters
 # (they wait for a sync in flight on the sync lane) before it answers 503. uvicorn waits for requests in flight before
 # it runs the lifespan's shutdown, so no handler may wait on the network unbounded: this bound, plus the lifespan's
@@ -43,6 +52,19 @@ from turso.lib_sync_aio import ConnectionSync
 SYNC_WAIT_SECONDS = 0.5
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS notes(id TEXT PRIMARY KEY, body TEXT NOT NULL, updated REAL NOT NULL)"
+
+# How many notes were last updated in each bucket of :bucket seconds from :since to :until, for the buckets with any.
+# Its work grows with the number of buckets: a fine report over a long span takes long, hence the timeout around it.
+ACTIVITY = """
+WITH RECURSIVE buckets(start) AS (
+    SELECT :since UNION ALL SELECT start + :bucket FROM buckets WHERE start + :bucket < :until
+)
+SELECT start, notes FROM (
+    SELECT start, (SELECT count(*) FROM notes WHERE updated >= start AND updated < start + :bucket) AS notes
+    FROM buckets
+)
+WHERE notes > 0
+"""
 
 
 @dataclass(frozen=True)
@@ -55,6 +77,7 @@ class Settings:
     sync_interval: float
     request_timeout: Optional[float]
     checkpoint_wal_bytes: Optional[int]
+    query_seconds: float
 
     @classmethod
     def from_environment(cls) -> "Settings":
@@ -71,15 +94,17 @@ class Settings:
             sync_interval=float(os.environ.get("NOTES_SYNC_INTERVAL", "5")),
             request_timeout=float(timeout) if timeout else None,
             checkpoint_wal_bytes=None if wal_bytes == "none" else int(wal_bytes),
+            query_seconds=float(os.environ.get("NOTES_QUERY_SECONDS", "2")),
         )
 
 
 @dataclass(frozen=True)
 class Service:
-    """What the requests share: the replica's one connection and its background sync."""
+    """What the requests share: the replica's one connection, its background sync, and the bound on slow queries."""
 
     replica: ConnectionSync
     background: BackgroundSync
+    query_seconds: float
 
 
 def configure_logging() -> None:
@@ -102,7 +127,7 @@ async def lifespan(app: FastAPI) -> AsyncGenerator[None, None]:
         async with replica.sync_in_background(
             settings.sync_interval, checkpoint_wal_bytes=settings.checkpoint_wal_bytes
         ) as background:
-            app.state.service = Service(replica, background)
+            app.state.service = Service(replica, background, settings.query_seconds)
             yield
 
 
@@ -159,6 +184,31 @@ async def list_notes(shared: Shared, limit: int = 100) -> list[Note]:
         "SELECT id, body, updated FROM notes ORDER BY updated DESC LIMIT ?", (limit,)
     )
     return [as_note(row) for row in rows]
+
+
+class Bucket(BaseModel):
+    """How many notes were last updated in the bucket of time that begins at `start` (Unix time)."""
+
+    start: float
+    notes: int
+
+
+@app.get("/notes/activity")
+async def note_activity(
+    shared: Shared, since: float, bucket_seconds: Annotated[float, Query(gt=0)] = 3600.0
+) -> list[Bucket]:
+    """How many notes were last updated in each bucket of `bucket_seconds` since `since` (Unix time), for the buckets
+    with any. A fine report over a long span is a slow query: past `query_seconds` it stops (cancelling the await
+    interrupts it), the answer is 504, and the shared connection serves the other requests at once."""
+    parameters = {"since": since, "bucket": bucket_seconds, "until": time.time()}
+    try:
+        async with timeout(shared.query_seconds):
+            rows = await shared.replica.execute_fetchall(ACTIVITY, parameters)
+    except asyncio.TimeoutError:
+        raise HTTPException(
+            status_code=504, detail=f"the report took over {shared.query_seconds:g} s: ask for larger buckets"
+        ) from None
+    return [Bucket(start=row[0], notes=row[1]) for row in rows]
 
 
 @app.get("/notes/{note_id}")

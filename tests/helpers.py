@@ -30,6 +30,13 @@ POOL_THREAD_PREFIX = "turso-worker"
 WORKER_EXIT_SECONDS = 5.0
 # Upper bound for any single await in the tests; a hang fails the test instead of blocking the run.
 AWAIT_SECONDS = 10.0
+# A statement that runs until it is stopped: counting to a hundred million takes about a minute on the worker (tens of
+# seconds on a fast machine). The tests that use it stop it within a second, and never rely on how long it would run.
+RUNS_UNTIL_STOPPED = (
+    "SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 100000000) "
+    "SELECT x FROM c)"
+)
+
 # What an event loop's exception handler receives.
 LoopContext = dict[str, Any]
 
@@ -221,6 +228,40 @@ def collect_until_stopped(baseline: set[threading.Thread], timeout: float = WORK
     stopped = wait_until_blocking(collected_and_stopped, timeout)
     gc.collect()
     return stopped
+
+
+class HeldWorker:
+    """A fetch that holds its connection's worker until the test releases it: its row factory waits for `release` at
+    the first row. Made by `hold_worker`; `fetch` is the task awaiting it."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.fetch: "asyncio.Task[list[Any]] | None" = None
+
+    def row_factory(self, cursor: object, row: Any) -> tuple[object, ...]:
+        if not self.entered.is_set():
+            self.entered.set()
+            self.release.wait(AWAIT_SECONDS)
+        return tuple(row)
+
+    async def end(self) -> list[Any]:
+        """Release the worker, and return what the fetch returned (bounded)."""
+        self.release.set()
+        assert self.fetch is not None
+        return await bounded(self.fetch)
+
+
+async def hold_worker(conn: ConnectionSync, sql: str = "SELECT 1") -> HeldWorker:
+    """Hold `conn`'s worker in a fetch of `sql`, at its first row, until `end()`: statements called meanwhile wait in
+    its queue."""
+    held = HeldWorker()
+    conn.row_factory = held.row_factory
+    cursor = await bounded(conn.execute(sql))
+    conn.row_factory = None
+    held.fetch = asyncio.create_task(cursor.fetchall())
+    assert await wait_until(held.entered.is_set), "the fetch never reached its row factory"
+    return held
 
 
 async def bounded(awaitable: Awaitable[_T], timeout: float = AWAIT_SECONDS) -> _T:

@@ -12,7 +12,6 @@ from tests.helpers import (
     POOL_THREAD_PREFIX,
     StatementGate,
     open_replica,
-    record_loop_errors,
     rows,
     turso_threads,
     wait_until,
@@ -94,29 +93,6 @@ async def test_execute_fetchall_error_raises_the_driver_error_and_the_connection
         with pytest.raises(turso.Error):
             await asyncio.wait_for(conn.execute_fetchall("SELECT ?", (1, 2, 3)), AWAIT_SECONDS)
         assert await conn.execute_fetchall("SELECT 1") == [(1,)]
-
-
-async def test_cancelled_execute_fetchall_logs_nothing_and_its_insert_lands_before_the_next_call(
-    sync_server: SyncServer, replica_path: str
-) -> None:
-    sync_server.execute("CREATE TABLE t(x INTEGER)")
-    async with await open_replica(replica_path, sync_server.url) as conn:
-        errors = record_loop_errors()
-        with StatementGate() as gate:
-            # Cancelled while it runs on the worker: held there, building its returned row, until the gate opens.
-            conn.row_factory = gate.row_factory
-            inserting = asyncio.ensure_future(conn.execute_fetchall("INSERT INTO t VALUES (42) RETURNING x"))
-            assert await wait_until(gate.entered.is_set), "the insert never reached the worker"
-            conn.row_factory = None
-            inserting.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await asyncio.wait_for(inserting, AWAIT_SECONDS)
-
-        assert await conn.execute_fetchall("SELECT x FROM t") == [(42,)]
-        await asyncio.wait_for(conn.commit(), AWAIT_SECONDS)
-        await asyncio.wait_for(conn.push(), AWAIT_SECONDS)
-        assert sync_server.execute("SELECT x FROM t") == [(42,)]
-        assert errors == []
 
 
 async def test_execute_fetchall_after_close_or_before_open_raises_programming_error_at_once(

@@ -37,6 +37,10 @@ STALLED_SECONDS = HEALTH_WINDOW + 1.5
 DOWN_SECONDS = 2.5
 # What the issue allows for SIGTERM under a stalled remote.
 EXIT_SECONDS = 2.0
+# How long the app's /notes/activity may run its query (NOTES_QUERY_SECONDS), and what the requests queued behind it on
+# the shared connection may take beyond that once it has stopped.
+QUERY_SECONDS = 0.5
+AFTER_THE_STOP_SECONDS = 1.0
 CLIENT_TIMEOUT = 10.0
 
 NORMAL, STALLED, DOWN, BACK = "normal", "stalled", "down", "back"
@@ -61,13 +65,14 @@ class Record:
         self.statuses[self.phase][status] += 1
 
 
-def notes_app(workdir: Path, remote_url: str) -> ServedApp:
+def notes_app(workdir: Path, remote_url: str, query_seconds: float = QUERY_SECONDS) -> ServedApp:
     """examples/fastapi_app.py under uvicorn, syncing with `remote_url`."""
     settings = {
         "TURSO_DATABASE_URL": remote_url,
         "NOTES_REPLICA": str(workdir / "notes.db"),
         "NOTES_SYNC_INTERVAL": str(SYNC_INTERVAL),
         "NOTES_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT),
+        "NOTES_QUERY_SECONDS": str(query_seconds),
     }
     return ServedApp("fastapi_app", workdir, settings)
 
@@ -258,6 +263,44 @@ async def test_the_fastapi_example_serves_through_a_stall_and_an_outage_and_exit
         assert not missing, f"{len(missing)} acknowledged notes are not on the server"
         assert {note_id: on_server[note_id] for note_id in record.notes} == record.notes
         assert not record.deleted & set(on_server)
+        assert app.terminate() < EXIT_SECONDS
+        assert "Traceback" not in app.stderr(), app.stderr()
+    finally:
+        app.kill()
+
+
+async def test_a_slow_report_answers_504_at_its_timeout_and_the_shared_connection_serves_the_other_requests_at_once(
+    remote: tuple[SyncServer, DelayingProxy], tmp_path: Path
+) -> None:
+    _, proxy = remote
+    app = notes_app(tmp_path, proxy.url)
+    activity = f"{app.url}/notes/activity"
+    try:
+        async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT) as client:
+            await app.wait_healthy(client)
+            created = await client.post(f"{app.url}/notes", json={"body": "counted"})
+            assert created.status_code == 201, created.text
+            note_id = created.json()["id"]
+            # Hours over the last day: a quick report.
+            report = await client.get(activity, params={"since": time.time() - 86400, "bucket_seconds": 3600})
+            assert report.status_code == 200, report.text
+            assert sum(bucket["notes"] for bucket in report.json()) == 1
+
+            # Milliseconds since 1970: about 1.8e12 buckets, a query that would run for weeks. A read and a write come
+            # in while it runs: the shared connection runs them once the query has stopped, at its timeout.
+            started = time.monotonic()
+            slow = asyncio.create_task(client.get(activity, params={"since": 0, "bucket_seconds": 0.001}))
+            await asyncio.sleep(0.1)
+            meanwhile = await asyncio.gather(
+                client.get(f"{app.url}/notes/{note_id}"),
+                client.post(f"{app.url}/notes", json={"body": "written meanwhile"}),
+            )
+            answered = await asyncio.wait_for(slow, CLIENT_TIMEOUT)
+            assert answered.status_code == 504, answered.text
+            assert [response.status_code for response in meanwhile] == [200, 201]
+            assert time.monotonic() - started < QUERY_SECONDS + AFTER_THE_STOP_SECONDS
+            listed = await client.get(f"{app.url}/notes")
+            assert sorted(note["body"] for note in listed.json()) == ["counted", "written meanwhile"]
         assert app.terminate() < EXIT_SECONDS
         assert "Traceback" not in app.stderr(), app.stderr()
     finally:

@@ -3,8 +3,9 @@
 A pull or push runs its network part on the connection's sync lane; SQL keeps running on the SQL worker meanwhile.
 These tests hold the remote's answers with `DelayingProxy` (testkit/proxy.py) and check what users can rely on: local
 statements finish long before a slow sync does, nothing committed is left out of a push, pulled changes are applied
-(and checkpoints run) only between transactions, a cancelled sync still finishes exactly once, and engine operations
-that wait their turn spin no core. Every await is bounded, so a hang fails the test instead of blocking the run.
+(and checkpoints run) only between transactions, a cancelled push still finishes exactly once while a cancelled pull
+ends its request at once, and engine operations that wait their turn spin no core. Every await is bounded, so a hang
+fails the test instead of blocking the run.
 """
 
 import asyncio
@@ -337,7 +338,7 @@ async def test_pull_awaited_inside_its_own_open_transaction_fails_instead_of_han
         assert errors == []
 
 
-# --- a cancelled sync returns at once and still finishes once on the sync lane ----------------------------------
+# --- a cancelled sync returns at once: a push still finishes once on the sync lane, a pull ends its request -------
 
 
 @pytest.mark.parametrize("how", ["timeout", "cancel"])
@@ -367,7 +368,7 @@ async def test_cancelled_push_returns_at_once_and_its_rows_reach_the_server_exac
 
 
 @pytest.mark.parametrize("how", ["timeout", "cancel"])
-async def test_cancelled_pull_returns_at_once_and_its_changes_are_applied_exactly_once(
+async def test_cancelled_pull_returns_at_once_ends_its_request_and_the_next_pull_applies_the_changes_once(
     sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, how: str, local_speed: LocalSpeed
 ) -> None:
     sync_server.execute(LOG_SCHEMA)
@@ -379,10 +380,14 @@ async def test_cancelled_pull_returns_at_once_and_its_changes_are_applied_exactl
         assert returned_after < LOCAL_SECONDS, f"control came back {returned_after:.2f} s after the cancel"
         _, took, beside = await local_speed.beside(conn.execute_fetchall("SELECT count(*) FROM log"), write=False)
         assert took < LOCAL_SECONDS + beside, f"a local read took {took:.2f} s ({beside:.2f} s beside it)"
+        # A pull only reads: its request was cut, so its turn is free at once (stats() waits its turn).
+        _, took, beside = await local_speed.beside(conn.stats(), write=False)
+        assert took < LOCAL_SECONDS + beside, f"stats() took {took:.2f} s ({beside:.2f} s beside it)"
+        assert await local_keys(conn, "log") == []
 
         proxy.answer_delay = 0
-        # The next pull runs after the cancelled one, which applied the remote row.
-        assert await bounded(conn.pull()) is False
+        # Nothing was applied: the next pull fetches the remote row again, and applies it once.
+        assert await bounded(conn.pull()) is True
         assert await local_keys(conn, "log") == ["remote"]
         assert await bounded(conn.pull()) is False
         assert await local_keys(conn, "log") == ["remote"]

@@ -22,7 +22,7 @@ import turso
 import turso.aio
 from testkit.proxy import DelayingProxy
 from testkit.sync_server import SyncServer
-from tests.helpers import StatementGate, pool_thread_serves, turso_threads, wait_until
+from tests.helpers import RUNS_UNTIL_STOPPED, StatementGate, pool_thread_serves, turso_threads, wait_until
 from turso.background_sync_aio import BackgroundSync
 from turso.lib_sync_aio import ConnectionSync
 from turso.sqlalchemy_sync_aio import (
@@ -798,6 +798,62 @@ def test_request_timeout_is_the_dialects_own_parameter_and_not_warned_about(repl
         warnings.simplefilter("error")
         engine = create_async_engine(replica_url(replica_path, None, "remote_url=http://h:1&request_timeout=2.5"))
     assert isinstance(engine.pool, ReplicaPool)
+
+
+# --- query_timeout, and a cancelled statement that stops (issue 26) ---------------------------------------------------
+
+
+async def test_query_timeout_in_the_url_stops_a_long_statement_and_the_connection_goes_on(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    engine = create_async_engine(replica_url(replica_path, sync_server, "query_timeout=0.3"))
+    try:
+        async with engine.connect() as connection:
+            started = time.monotonic()
+            with pytest.raises(DBAPIError, match="interrupted"):
+                await asyncio.wait_for(connection.execute(text(RUNS_UNTIL_STOPPED)), TIMEOUT)
+            assert time.monotonic() - started < 2.0
+            assert (await connection.execute(text("SELECT 42"))).scalar() == 42
+        replica = await asyncio.wait_for(replica_of(engine), TIMEOUT)
+        assert replica.query_timeout == 0.3
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "nan", "inf", "1s", "1e12"])
+def test_a_bad_query_timeout_is_refused_when_the_engine_is_created(replica_path: str, value: str) -> None:
+    with pytest.raises(ArgumentError, match=rf"query_timeout must be .*{value!r}"):
+        create_async_engine(replica_url(replica_path, None, f"remote_url=http://h:1&query_timeout={value}"))
+    assert not os.path.exists(replica_path)
+
+
+def test_query_timeout_is_the_dialects_own_parameter_and_not_warned_about(replica_path: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine = create_async_engine(replica_url(replica_path, None, "remote_url=http://h:1&query_timeout=2.5"))
+    assert isinstance(engine.pool, ReplicaPool)
+
+
+async def test_a_cancelled_execute_stops_its_statement_and_the_pool_serves_the_next_connection_within_a_second(
+    sync_server: SyncServer, replica_path: str
+) -> None:
+    sync_server.execute(NOTES)
+    engine = create_async_engine(replica_url(replica_path, sync_server))
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("INSERT INTO notes(body) VALUES ('before')"))
+            await connection.commit()
+        async with engine.connect() as connection:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(connection.execute(text(RUNS_UNTIL_STOPPED)), 0.3)
+        stopped_at = time.monotonic()
+        # The cancel interrupted the statement; the pool terminated the connection it gave up on (interrupt, close) and
+        # opens the replica again for the next one.
+        async with engine.connect() as connection:
+            assert (await connection.execute(text("SELECT body FROM notes"))).scalars().all() == ["before"]
+        assert time.monotonic() - stopped_at < 1.0
+    finally:
+        await asyncio.wait_for(engine.dispose(), TIMEOUT)
 
 
 # --- a cancelled statement never leads to a second open of the replica (issue 18) ----------------------------------

@@ -84,6 +84,20 @@ async def time_out_on_the_stalled_remote(conn: ConnectionSync, proxy: DelayingPr
     return took
 
 
+async def stuck_on_the_stalled_remote(
+    conn: ConnectionSync, proxy: DelayingProxy, operation: str
+) -> "Optional[asyncio.Future[bool]]":
+    """Leave a pull or push stuck on the stalled remote: a push timed out by wait_for (it goes on, to be sent once), a
+    pull still awaited in a task, returned (a cancelled pull would end its request at once)."""
+    if operation == "push":
+        await time_out_on_the_stalled_remote(conn, proxy, operation)
+        return None
+    proxy.stall()
+    pulling = asyncio.ensure_future(conn.pull())
+    assert await wait_until(lambda: proxy.held >= 1), "the pull never reached the stalled remote"
+    return pulling
+
+
 async def test_pull_on_a_stalled_remote_times_out_after_half_a_second_and_local_sql_then_runs_at_local_speed(
     sync_server: SyncServer, proxy: DelayingProxy, replica_path: str, local_speed: LocalSpeed
 ) -> None:
@@ -113,7 +127,7 @@ async def test_close_returns_within_a_second_of_its_queued_sql_while_a_request_i
     conn = await open_replica(replica_path, proxy.url)
     errors = record_loop_errors()
     await insert_and_commit(conn, "log", ["a"])
-    await time_out_on_the_stalled_remote(conn, proxy, operation)
+    stuck = await stuck_on_the_stalled_remote(conn, proxy, operation)
     sql_done_at: list[float] = []
     with StatementGate() as gate:
         held: "Optional[asyncio.Task[list[Any]]]" = None
@@ -141,6 +155,9 @@ async def test_close_returns_within_a_second_of_its_queued_sql_while_a_request_i
     else:
         took = returned - started
     assert took < CLOSE_SECONDS, f"close() returned {took:.2f} s after its queued SQL while a {operation} was stuck"
+    if stuck is not None:
+        with pytest.raises(turso.ProgrammingError):
+            await asyncio.wait_for(stuck, AWAIT_SECONDS)
     # close() failed the stuck request: no thread of the connection is left, although the remote still holds it.
     assert not new_threads(baseline), f"threads left after close(): {sorted(t.name for t in new_threads(baseline))}"
     assert proxy.held >= 1
@@ -160,10 +177,13 @@ async def test_reopening_the_replica_while_the_old_request_is_stuck_works_and_ev
     await insert_and_commit(old, "log", ["old-1", "old-2"])
     sync_server.execute("INSERT INTO log VALUES ('remote-2', 0)")
     try:
-        await time_out_on_the_stalled_remote(old, proxy, operation)
+        stuck = await stuck_on_the_stalled_remote(old, proxy, operation)
         _, write, beside = await local_speed.beside(insert_and_commit(old, "log", ["old-3"]), write=True)
         assert write < LOCAL_SECONDS + beside, f"a local write took {write:.2f} s ({beside:.2f} s beside it)"
         await asyncio.wait_for(old.close(), CLOSE_SECONDS)
+        if stuck is not None:
+            with pytest.raises(turso.ProgrammingError):
+                await asyncio.wait_for(stuck, AWAIT_SECONDS)
     except BaseException:
         proxy.release()  # let the old connection close, then report the failure
         await asyncio.wait_for(old.close(), AWAIT_SECONDS)
@@ -242,9 +262,13 @@ async def test_sync_operations_queued_behind_a_stuck_request_fail_at_close_inste
     errors = record_loop_errors()
     conn = await open_replica(replica_path, proxy.url)
     await insert_and_commit(conn, "log", ["a"])
-    await time_out_on_the_stalled_remote(conn, proxy, operation)
+    stuck = await stuck_on_the_stalled_remote(conn, proxy, operation)
     # Queued behind the stuck request, in their turns; each waits its turn (none may spin meanwhile).
-    queued = [asyncio.ensure_future(call()) for call in (conn.stats, conn.checkpoint, conn.pull, conn.push)]
+    queued: "list[asyncio.Future[Any]]" = [
+        asyncio.ensure_future(call()) for call in (conn.stats, conn.checkpoint, conn.pull, conn.push)
+    ]
+    if stuck is not None:
+        queued.append(stuck)
     cpu_started, wall_started = time.process_time(), time.monotonic()
     await asyncio.sleep(0.5)
     assert not any(task.done() for task in queued), [task for task in queued if task.done()]

@@ -50,10 +50,13 @@ from .lib_sync import (
 from .lib_aio import (
     Connection as NonBlockingConnection,
 )
+from .lib_aio import Cursor as NonBlockingCursor
 from .lib import Connection as BlockingConnection
+from .lib import Cursor as BlockingCursor
 from .lib import Error, OperationalError, ProgrammingError
 from .background_sync_aio import CHECKPOINT_WAL_BYTES, STOP_TIMEOUT_SECONDS, BackgroundSync
 from ._sync_aio.arguments import seconds
+from ._sync_aio.cursor import Cursor
 from ._sync_aio.engine import EngineHttp, RequestTimeout, SyncEngine
 from ._sync_aio.errors import native_dbapi_error
 from ._sync_aio.loop_turns import LoopTurns
@@ -70,7 +73,7 @@ from ._sync_aio.replica_pool import ReplicaPoolStats as ReplicaPoolStats
 from ._sync_aio.transaction import Transaction as Transaction
 from ._sync_aio.transaction import TransactionHost, TransactionTurns
 from ._sync_aio.transaction import TransactionState as TransactionState
-from ._sync_aio.workers import Job, JobQueue, SerialWorker
+from ._sync_aio.workers import Job, JobQueue, RunToEndQueue, SerialWorker
 from ._sync_aio.workers import pool as _pool
 
 _T = TypeVar("_T")
@@ -92,6 +95,16 @@ APPLIES_AT_ONCE = 1
 
 # The default of `ConnectionSync.request_timeout`, in seconds (docs/design.md says why 30).
 REQUEST_TIMEOUT_SECONDS = 30.0
+
+# The largest `ConnectionSync.query_timeout`, in seconds: a year (the driver takes whole milliseconds as an unsigned
+# 64-bit number; anything longer is no limit in practice).
+MAX_QUERY_TIMEOUT_SECONDS = 365 * 24 * 3600.0
+
+# What a statement still queued when close() was cancelled raises instead of running.
+CLOSED_BEFORE_ITS_TURN = (
+    "Cannot run this statement: the connection was closed before its turn (close() was cancelled or timed out, which "
+    "stops the statements still queued)"
+)
 
 # Where close() and the sync operations warn; pyturso gives the `turso` logger a NullHandler (docs/lifecycle.md).
 logger = logging.getLogger(__name__)
@@ -210,6 +223,9 @@ class ConnectionSync(NonBlockingConnection):
         # The engine's HTTP, kept for the connection's life (a reopened replica keeps it) and closed by close().
         self._http: Optional[EngineHttp] = None
         self._request_timeout = RequestTimeout(REQUEST_TIMEOUT_SECONDS)
+        # `query_timeout` in seconds (None: off), and in the driver's milliseconds (0: off).
+        self._query_timeout: Optional[float] = None
+        self._query_timeout_ms = 0
         # Set once no sync operation may start any more (close(), or the quiet stops).
         self._refusing = False
         # Mirrors of the blocking connection's settings, for the inherited property getters.
@@ -223,8 +239,11 @@ class ConnectionSync(NonBlockingConnection):
         # transaction() blocks take turns; `_turns_busy` mirrors `turns.busy`, the one flag every SQL call checks.
         self._transaction_turns = TransactionTurns(self._jobs)
         self._turns_busy = False
-        # Sync operations (pull, push, checkpoint) in flight or waiting for their turn; one runs at a time.
+        # Sync operations (pull, push, checkpoint) in flight or waiting for their turn; one runs at a time: the last
+        # one to have started (`_sync_started`), and the pull waiting for the remote's changes (`_pull_fetching`).
         self._sync_operations: set[asyncio.Task[Any]] = set()
+        self._sync_started: Optional[asyncio.Task[Any]] = None
+        self._pull_fetching: Optional[asyncio.Task[Any]] = None
         # Set when a failed pull left the connection unable to use its replica: what every call says then.
         self._unusable: Optional[str] = None
         # Set when the event loop closed under the open connection, which still warns when collected (never closed).
@@ -243,8 +262,10 @@ class ConnectionSync(NonBlockingConnection):
 
         Work called before close() runs first. Sync operations get `LANE_CLOSE_SECONDS`; then the request in flight
         fails and they raise `turso.ProgrammingError`. When it returns, the replica's files are released, and if this
-        was the process's last open connection, no thread of ours runs. Cancelled, it still does all that, without
-        waiting (the request in flight fails at once).
+        was the process's last open connection, no thread of ours runs. Cancelled (or bounded, as by
+        `asyncio.wait_for`), it stops what it would wait for: the statement running is interrupted, the statements
+        still queued fail with `turso.ProgrammingError`, the request in flight fails at once; and the closing still
+        goes on to its end, so that the replica's path is released soon after.
         """
         if not self._started:
             self._state = _State.CLOSED
@@ -270,8 +291,11 @@ class ConnectionSync(NonBlockingConnection):
         try:
             await asyncio.shield(closing)
         except asyncio.CancelledError:
-            # The closing goes on; the request in flight fails now instead of after LANE_CLOSE_SECONDS.
+            # The closing goes on, without waiting for anything it can stop: the request in flight fails now instead of
+            # after LANE_CLOSE_SECONDS, the statement running is interrupted, and those still queued fail.
             self._refuse_requests()
+            self._serial.fail_statements(ProgrammingError(CLOSED_BEFORE_ITS_TURN))
+            self._serial.interrupt(self._conn, None)
             raise
 
     # typed so that the awaited value is ConnectionSync: the base class would type it as the plain Connection and
@@ -300,7 +324,7 @@ class ConnectionSync(NonBlockingConnection):
         Raises `turso.OperationalError` if the remote does not answer within `request_timeout`, or a transaction stays
         open for `TRANSACTION_WAIT_SECONDS`.
         """
-        return await self._sync_operation("pull", self._pull_in_turn)
+        return await self._sync_operation("pull", self._pull_in_turn, stops_when_cancelled=True)
 
     async def push(self) -> None:
         """Push the local changes: everything committed before push() was called. SQL goes on meanwhile; raises
@@ -310,7 +334,7 @@ class ConnectionSync(NonBlockingConnection):
     async def checkpoint(self) -> None:
         """Move the write-ahead log into the database file (`stats().main_wal_size` drops to 0), between
         transactions; `sync_in_background` does it for you when the log grows."""
-        await self._sync_operation("checkpoint", self._checkpoint_in_turn)
+        await self._sync_operation("checkpoint", self._checkpoint_in_turn, stops_when_cancelled=True)
 
     async def stats(self) -> SyncStats:
         """The replica's sync counters: pending local changes, log sizes, last sync times, bytes sent and received.
@@ -324,7 +348,7 @@ class ConnectionSync(NonBlockingConnection):
             if previous is not None and not previous.done():
                 await asyncio.wait([previous])
             future: asyncio.Future[SyncStats] = self._loop.create_future()
-            self._jobs.put_nowait((future, self._stats_blocking))
+            self._serial.run_to_end(future, self._stats_blocking)
             return await future
         finally:
             _hand_on_turn(previous, turn)
@@ -333,6 +357,22 @@ class ConnectionSync(NonBlockingConnection):
         """Run one statement and return all its rows, in one trip to the worker instead of three: use it when you
         want the rows at once, and `execute` for a cursor's metadata or for reading in parts."""
         return await self._run(functools.partial(self._fetchall_blocking, sql, parameters))
+
+    def cursor(self, factory: Optional[Callable[[BlockingConnection], BlockingCursor]] = None) -> NonBlockingCursor:
+        """A cursor (`turso.lib_aio.Cursor`'s API), made on the worker in call order; `factory` makes the blocking
+        cursor from the blocking connection, if given. `execute()` makes one for you."""
+        return Cursor(self, factory=factory)
+
+    async def interrupt(self) -> None:
+        """Stop the statement running on the connection now, whichever task awaits it: that await raises
+        `turso.OperationalError` ("interrupted"). Returns at once, without waiting behind the queued statements; with
+        no statement running it does nothing (a sync operation's steps and a transaction's BEGIN, COMMIT or ROLLBACK
+        are not statements it stops). Cursors read in part on the connection are ended too (docs/lifecycle.md)."""
+        if not self._started or self._loop.is_closed():
+            return
+        if _get_running_loop() is not self._loop:
+            raise ProgrammingError("ConnectionSync can only be used from the event loop that opened it")
+        self._serial.interrupt(self._conn, None)
 
     def transaction(self) -> Transaction:
         """`async with conn.transaction():` runs the block as one transaction: COMMIT at its end, ROLLBACK if it raises.
@@ -396,6 +436,31 @@ class ConnectionSync(NonBlockingConnection):
     def request_timeout(self, value: float) -> None:
         self._request_timeout.value = seconds("request_timeout", value)
 
+    @property
+    def query_timeout(self) -> Optional[float]:
+        """Seconds a statement may run, from its first step to its last row, before it stops with
+        `turso.OperationalError` (the connection stays usable); None (the default) for no limit. Settable at any time
+        before close(), also before the connection is opened; it applies to the statements called after it."""
+        return self._query_timeout
+
+    @query_timeout.setter
+    def query_timeout(self, value: Optional[float]) -> None:
+        timeout = None if value is None else seconds("query_timeout", value)
+        if self._state is _State.CLOSED:
+            raise ProgrammingError("Cannot operate on a closed connection")
+        if timeout is not None and timeout > MAX_QUERY_TIMEOUT_SECONDS:
+            raise ValueError(
+                f"query_timeout must be at most {MAX_QUERY_TIMEOUT_SECONDS:g} seconds (or None for no limit), not "
+                f"{value!r}"
+            )
+        if self._state is not _State.UNOPENED:
+            self._check_usable()
+        self._query_timeout = timeout
+        # The driver counts whole milliseconds, and 0 turns it off: a timeout under a millisecond is one.
+        self._query_timeout_ms = 0 if timeout is None else max(1, round(timeout * 1000))
+        if self._state is not _State.UNOPENED:
+            self._run_nowait(functools.partial(self._set_query_timeout_blocking, self._query_timeout_ms))
+
     def __del__(self) -> None:
         # Collected without close(): warn like asyncio and aiosqlite do (also when its loop closed first, which stopped
         # it), and let a worker close what it holds. Nothing here touches the event loop.
@@ -457,6 +522,8 @@ class ConnectionSync(NonBlockingConnection):
         else:
             blocking = await self._on_worker(connector)
             await self._on_worker(lambda: self._take_over_engine(blocking, 0.0))
+        if self._query_timeout_ms:
+            await self._on_worker(functools.partial(blocking.set_query_timeout, self._query_timeout_ms))
         self._conn = blocking
         self._isolation_level_cache = blocking.isolation_level
         self._row_factory_cache = blocking.row_factory
@@ -468,7 +535,10 @@ class ConnectionSync(NonBlockingConnection):
     def _take_over_engine(self, blocking: BlockingConnectionSync, long_poll_seconds: float) -> SyncEngine:
         # On the worker, while opening: our engine drives `blocking`'s from now on.
         http = self._http if self._http is not None else self._request_timeout
-        engine = self._engine = SyncEngine(blocking, self._loop, self._jobs, http, long_poll_seconds)
+        # Its native steps run to their end whatever happens to the awaits (never skipped nor interrupted).
+        native_steps = RunToEndQueue()
+        native_steps.worker = self._serial
+        engine = self._engine = SyncEngine(blocking, self._loop, native_steps, http, long_poll_seconds)
         self._http = engine.http
         return engine
 
@@ -493,7 +563,7 @@ class ConnectionSync(NonBlockingConnection):
         await self._end_sync_operations()
         self._refuse_requests()
         replica_closed: asyncio.Future[Optional[Exception]] = self._loop.create_future()
-        self._jobs.put_nowait((replica_closed, self._close_replica))
+        self._serial.run_to_end(replica_closed, self._close_replica)
         try:
             error = await self._replica_closed_unless_fetching_pages(replica_closed)
         finally:
@@ -630,16 +700,38 @@ class ConnectionSync(NonBlockingConnection):
 
     # --- the sync operations, one at a time ---------------------------------------------------------------------------
 
-    async def _sync_operation(self, name: str, operation: Callable[[SyncEngine], Awaitable[_T]]) -> _T:
-        # A sync operation runs as a task of its own, in its turn (taken now, in call order): cancelling the await does
-        # not stop it (a push sent is not sent twice), and close() waits for it (bounded).
+    async def _sync_operation(
+        self, name: str, operation: Callable[[SyncEngine], Awaitable[_T]], *, stops_when_cancelled: bool = False
+    ) -> _T:
+        # A sync operation runs as a task of its own, in its turn (taken now, in call order), and close() waits for it
+        # (bounded). Cancelling the await does not stop a push (a push sent is not sent twice); a pull or a checkpoint
+        # stops as far as it can (_stop_cancelled).
         self._check_usable()
         previous, turn = self._take_sync_turn()
         task = self._loop.create_task(self._in_sync_turn(previous, turn, name, operation))
         self._sync_operations.add(task)
         task.add_done_callback(self._sync_operations.discard)
         task.add_done_callback(_retrieve_outcome)
-        return await asyncio.shield(task)
+        # Also for a task cancelled before it ever ran, which never reaches _in_sync_turn's own hand-on.
+        task.add_done_callback(lambda _: _hand_on_turn(previous, turn))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if stops_when_cancelled:
+                self._stop_cancelled(task)
+            raise
+
+    def _stop_cancelled(self, task: "asyncio.Task[Any]") -> None:
+        # The await of a pull or a checkpoint was cancelled: one still waiting for its turn does nothing, and hands
+        # the turn on at once; a pull waiting for the remote's changes has its request cut (a pull only reads: nothing
+        # was applied, the next pull fetches them again), and hands the turn on once the engine has ended it. Once
+        # pulled changes are being applied, or a checkpoint runs (native steps on the worker), it runs to its end.
+        if task.done():
+            return
+        if self._sync_started is not task:
+            task.cancel()
+        elif self._pull_fetching is task and self._engine is not None:
+            self._engine.cut_operation("the pull was cancelled: its caller stopped waiting for it")
 
     def _take_sync_turn(self) -> tuple[Optional["asyncio.Future[None]"], "asyncio.Future[None]"]:
         # The turn after the last one taken: wait for `previous` to be settled, settle the returned one when done.
@@ -654,6 +746,7 @@ class ConnectionSync(NonBlockingConnection):
         name: str,
         operation: Callable[[SyncEngine], Awaitable[_T]],
     ) -> _T:
+        this_task = asyncio.current_task()
         try:
             if previous is not None and not previous.done():
                 await asyncio.wait([previous])
@@ -661,6 +754,7 @@ class ConnectionSync(NonBlockingConnection):
                 await asyncio.wait([self._open_task])
             if self._refusing or self._engine is None:
                 raise self._unusable_error(name)
+            self._sync_started = this_task
             # Not kept in a variable here: a failed apply may reopen the replica, which needs the old engine freed.
             return await operation(self._engine)
         except BaseException as error:
@@ -668,12 +762,20 @@ class ConnectionSync(NonBlockingConnection):
             traceback.clear_frames(error.__traceback__)
             raise
         finally:
+            if self._sync_started is this_task:
+                self._sync_started = None
+            # The task's error refers to this frame: the frame must not refer back to the task.
+            this_task = None
             _hand_on_turn(previous, turn)
 
     async def _pull_in_turn(self, engine: SyncEngine) -> bool:
         # The network wait here on the loop; the apply on the worker, between transactions. No reference to the engine
         # is kept while the worker applies: a failed apply may reopen the replica.
-        changes = await engine.wait_changes()
+        self._pull_fetching = asyncio.current_task()
+        try:
+            changes = await engine.wait_changes()
+        finally:
+            self._pull_fetching = None
         if changes is None or changes.empty():
             return False
         apply = functools.partial(self._apply_pulled_blocking, [changes])
@@ -752,6 +854,8 @@ class ConnectionSync(NonBlockingConnection):
         reopened.isolation_level, reopened.row_factory, reopened.text_factory = settings
         if autocommit != reopened.autocommit:
             reopened.autocommit = autocommit
+        if self._query_timeout_ms:
+            reopened.set_query_timeout(self._query_timeout_ms)
         logger.warning("pull: a failed apply (%s) left the connection unable to read its replica: reopened", failure)
         return type(failure)(f"{failure} (the connection reopened the replica; the next pull applies the changes)")
 
@@ -799,21 +903,32 @@ class ConnectionSync(NonBlockingConnection):
     def _run_transaction_step(self, step: Callable[[BlockingConnection], Any]) -> Any:
         return step(self._blocking())
 
+    def _set_query_timeout_blocking(self, milliseconds: int) -> None:
+        blocking = self._conn
+        if isinstance(blocking, BlockingConnection):  # not a wedged replica's stand-in, which runs nothing
+            blocking.set_query_timeout(milliseconds)
+
     # --- queueing work: the spec's pattern, a future and then the job on the unbounded queue ------------------------
 
     async def _run(self, func: Callable[[], _T]) -> _T:
-        # Every awaited SQL call's path, inlined on purpose. Cancelling the await cancels only `future`: the job still
-        # runs, in order (see SerialWorker). While a transaction() block is open, another task's call waits its turn.
+        # Every awaited SQL call's path, inlined on purpose: a statement's job. Cancelling the await cancels `future`:
+        # the worker skips the job if it has not started, and it is interrupted if it runs now (see SerialWorker).
+        # While a transaction() block is open, another task's call waits its turn.
         if self._state is not _OPENED or self._turns_busy or _get_running_loop() is not self._loop:
             await self._take_turn()
         future: asyncio.Future[_T] = self._loop.create_future()
         self._jobs.put_nowait((future, func))
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.cancelled():  # not when it had finished already: the race docs/lifecycle.md describes
+                self._serial.interrupt(self._conn, future)
+            raise
 
     def _on_worker(self, func: Callable[[], _T]) -> "asyncio.Future[_T]":
-        # A job of the connection's own (opening, sync steps), queued past the turns.
+        # A job of the connection's own (opening, sync steps), queued past the turns; it runs to its end.
         future: asyncio.Future[_T] = self._loop.create_future()
-        self._jobs.put_nowait((future, func))
+        self._serial.run_to_end(future, func)
         return future
 
     def _run_nowait(self, func: Callable[[], Any]) -> None:
@@ -868,7 +983,11 @@ class ConnectionSync(NonBlockingConnection):
             if future is not None and not future.done():
                 future.set_exception(ProgrammingError("the connection was closed while the transaction() block ran"))
             return
-        self._jobs.put_nowait((future, functools.partial(self._run_transaction_step, step)))
+        step_job = functools.partial(self._run_transaction_step, step)
+        if future is None:
+            self._jobs.put_nowait((None, step_job))
+        else:
+            self._serial.run_to_end(future, step_job)
 
     def _mirror_transaction_turns(self) -> None:
         self._turns_busy = self._transaction_turns.busy

@@ -11,8 +11,11 @@ from typing_extensions import Self, TypeAlias
 
 from turso._sync_aio.transaction import TransactionHost as _TransactionHost
 from turso.background_sync_aio import BackgroundSync, BackgroundSyncStatus
+from turso.lib import Connection as BlockingConnection
+from turso.lib import Cursor as BlockingCursor
 from turso.lib import DatabaseError, OperationalError
 from turso.lib_aio import Connection as NonBlockingConnection
+from turso.lib_aio import Cursor as NonBlockingCursor
 from turso.lib_sync import ConnectionSync as BlockingConnectionSync
 from turso.lib_sync import PartialSyncOpts
 
@@ -29,6 +32,10 @@ THREADS_EXIT_SECONDS: float
 APPLIES_AT_ONCE: int
 # The default of ConnectionSync.request_timeout, in seconds.
 REQUEST_TIMEOUT_SECONDS: float
+# The largest ConnectionSync.query_timeout, in seconds.
+MAX_QUERY_TIMEOUT_SECONDS: float
+# What a statement still queued when close() was cancelled raises (turso.ProgrammingError) instead of running.
+CLOSED_BEFORE_ITS_TURN: str
 # What ReplicaPool.close(timeout) may take beyond its timeout, whatever the remotes do.
 POOL_CLOSE_MARGIN_SECONDS: float
 # The module's logger: close() warns there when it leaves a request behind.
@@ -128,6 +135,9 @@ class ConnectionSync(NonBlockingConnection):
     async def checkpoint(self) -> None: ...
     async def stats(self) -> SyncStats: ...
     async def execute_fetchall(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]: ...
+    def cursor(self, factory: Callable[[BlockingConnection], BlockingCursor] | None = None) -> NonBlockingCursor: ...
+    # Stop the statement running now (its await raises turso.OperationalError); a no-op with none running.
+    async def interrupt(self) -> None: ...
     def transaction(self) -> Transaction: ...
     async def commit(self) -> None: ...
     async def rollback(self) -> None: ...
@@ -139,6 +149,11 @@ class ConnectionSync(NonBlockingConnection):
     def request_timeout(self) -> float: ...
     @request_timeout.setter
     def request_timeout(self, value: float) -> None: ...
+    # Seconds a statement may run before it stops with turso.OperationalError; None (the default): no limit.
+    @property
+    def query_timeout(self) -> float | None: ...
+    @query_timeout.setter
+    def query_timeout(self, value: float | None) -> None: ...
     def __del__(self) -> None: ...
 
 def connect_sync(

@@ -4,8 +4,9 @@
     replica = await replica_of(engine)   # the engine's ConnectionSync, for pull, push, checkpoint and stats
 
 The URL takes the query parameters of pyturso's `sqlite+turso_sync://`, and this dialect's own `request_timeout`,
-`sync_interval` and `checkpoint_wal_bytes`; `connect_args` takes every parameter of `connect_sync`. The pool holds one
-connection per replica. docs/sqlalchemy.md has the rest, and how to register the dialect in a checkout."""
+`query_timeout`, `sync_interval` and `checkpoint_wal_bytes`; `connect_args` takes every parameter of `connect_sync`.
+The pool holds one connection per replica. docs/sqlalchemy.md has the rest, and how to register the dialect in a
+checkout."""
 
 import asyncio
 import functools
@@ -24,12 +25,13 @@ import turso
 import turso.aio.sync
 from turso.background_sync_aio import CHECKPOINT_WAL_BYTES as _DEFAULT_CHECKPOINT_WAL_BYTES
 from turso.background_sync_aio import BackgroundSync
-from turso.lib_sync_aio import ConnectionSync
+from turso.lib_sync_aio import MAX_QUERY_TIMEOUT_SECONDS, ConnectionSync
 from turso.sqlalchemy.dialect import AioTursoDialect, AsyncAdapt_turso_dbapi, TursoSyncDialect
 
 __all__ = [
     "CHECKPOINT_WAL_BYTES",
     "DRIVER_NAME",
+    "QUERY_TIMEOUT",
     "REQUEST_TIMEOUT",
     "SYNC_INTERVAL",
     "AioTursoSyncDialect",
@@ -46,6 +48,8 @@ DRIVER_NAME = "aioturso_sync"
 SYNC_INTERVAL = "sync_interval"
 # The URL query parameter that sets the replica's `request_timeout`: the deadline of every sync request, in seconds.
 REQUEST_TIMEOUT = "request_timeout"
+# The URL query parameter that sets the replica's `query_timeout`: the most seconds a statement may run.
+QUERY_TIMEOUT = "query_timeout"
 # The URL query parameter for background sync's `checkpoint_wal_bytes`: a whole number of bytes, or `none`.
 CHECKPOINT_WAL_BYTES = "checkpoint_wal_bytes"
 
@@ -83,8 +87,9 @@ class AsyncAdaptTursoSyncDbapi(AsyncAdapt_turso_dbapi):
     def __init__(self) -> None:
         # pyturso's adapter has no annotations (mypy's untyped_calls_exclude does not cover super() calls).
         super().__init__(turso.aio.sync, turso)  # type: ignore[no-untyped-call]
-        # SQLAlchemy >= 2.0.58 reads has_stop (aiosqlite's force-close) in the dialect's constructor. A ConnectionSync
-        # cannot be stopped mid-operation, so False: SQLAlchemy then closes connections normally instead.
+        # SQLAlchemy >= 2.0.58 reads has_stop (aiosqlite's force-close, a method of the connection) in the dialect's
+        # constructor. A ConnectionSync has no such method (interrupt() stops its statement, close() ends it), so
+        # False: SQLAlchemy then closes connections normally instead.
         self.has_stop = False
         # SQLAlchemy 2.1 adapters name the driver module and the module holding the DB-API exceptions.
         self.driver = turso.aio.sync
@@ -107,6 +112,8 @@ class AioTursoSyncDialect(AioTursoDialect):
         self._checkpoint_wal_bytes: Optional[int] = _DEFAULT_CHECKPOINT_WAL_BYTES
         # The URL's request_timeout in seconds, or None for the replica's default.
         self._request_timeout: Optional[float] = None
+        # The URL's query_timeout in seconds, or None for none.
+        self._query_timeout: Optional[float] = None
 
     @classmethod
     # SQLAlchemy's aiosqlite dialect annotates its import_dbapi with its own adapter class; ours is a sibling.
@@ -130,10 +137,16 @@ class AioTursoSyncDialect(AioTursoDialect):
             )
         self._sync_interval = _seconds_parameter(url, SYNC_INTERVAL, "the time between background sync rounds")
         self._request_timeout = _seconds_parameter(url, REQUEST_TIMEOUT, "the deadline of every sync request")
+        self._query_timeout = _seconds_parameter(url, QUERY_TIMEOUT, "the most a statement may run")
+        if self._query_timeout is not None and self._query_timeout > MAX_QUERY_TIMEOUT_SECONDS:
+            raise exc.ArgumentError(
+                f"sqlite+{DRIVER_NAME}:// {QUERY_TIMEOUT} must be at most {MAX_QUERY_TIMEOUT_SECONDS:g} seconds, not "
+                f"{url.query[QUERY_TIMEOUT]!r}"
+            )
         self._checkpoint_wal_bytes = _checkpoint_wal_bytes(url, self._sync_interval)
         try:
             return _SYNC_URL_PARSER.create_connect_args(
-                url.difference_update_query([SYNC_INTERVAL, REQUEST_TIMEOUT, CHECKPOINT_WAL_BYTES])
+                url.difference_update_query([SYNC_INTERVAL, REQUEST_TIMEOUT, QUERY_TIMEOUT, CHECKPOINT_WAL_BYTES])
             )
         except ValueError as error:
             # pyturso's message names its blocking dialect; say which URL of ours is wrong.
@@ -142,8 +155,8 @@ class AioTursoSyncDialect(AioTursoDialect):
             ) from None
 
     def connect(self, *cargs: Any, **cparams: Any) -> DBAPIConnection:
-        """Open the replica with `connect_sync` (called by the pool), with the URL's `request_timeout` set before the
-        bootstrap; a replica that does not exist yet and has no remote is refused."""
+        """Open the replica with `connect_sync` (called by the pool), with the URL's `request_timeout` and
+        `query_timeout` set before the bootstrap; a replica that does not exist yet and has no remote is refused."""
         path = cargs[0] if cargs else cparams.get("path")
         remote_url = cargs[1] if len(cargs) > 1 else cparams.get("remote_url")
         if remote_url is None and isinstance(path, str) and not os.path.exists(path):
@@ -152,17 +165,19 @@ class AioTursoSyncDialect(AioTursoDialect):
                 "it from: add ?remote_url=libsql://... (or https://, http://) to the URL, or pass "
                 "connect_args={'remote_url': ...}. remote_url may be left out only to reopen an existing replica."
             )
-        if self._request_timeout is not None and "async_creator_fn" not in cparams:
-            # The deadline must be set before the replica opens, since opening may bootstrap it from the remote.
-            cparams["async_creator_fn"] = functools.partial(_connect_with_request_timeout, self._request_timeout)
+        settings = (self._request_timeout, self._query_timeout)
+        if settings != (None, None) and "async_creator_fn" not in cparams:
+            # Set before the replica opens: opening may bootstrap it from the remote, within request_timeout.
+            cparams["async_creator_fn"] = functools.partial(_connect_with_settings, *settings)
         return super().connect(*cargs, **cparams)
 
     def do_terminate(self, dbapi_connection: DBAPIConnection) -> None:
         """Close a connection the pool gave up on (invalidated after a cancelled statement, say) before it opens the
-        next one, shielded from that cancellation (called by SQLAlchemy; its aiosqlite base would leave it open)."""
+        next one: its statement still running is interrupted first, and the close is shielded from that cancellation
+        (called by SQLAlchemy; its aiosqlite base would leave it open)."""
         replica = getattr(dbapi_connection, "driver_connection", None)
         if isinstance(replica, ConnectionSync) and in_greenlet():
-            await_only(asyncio.shield(replica.close()))
+            await_only(asyncio.shield(_terminate(replica)))
 
     @classmethod
     def engine_created(cls, engine: Engine) -> None:
@@ -288,11 +303,22 @@ def _checkpoint_wal_bytes(url: URL, sync_interval: Optional[float]) -> Optional[
     )
 
 
-def _connect_with_request_timeout(request_timeout: float, *args: Any, **kwargs: Any) -> ConnectionSync:
-    # The pool's connector when the URL has request_timeout: the replica, unopened, with its deadline set.
+def _connect_with_settings(
+    request_timeout: Optional[float], query_timeout: Optional[float], *args: Any, **kwargs: Any
+) -> ConnectionSync:
+    # The pool's connector when the URL has request_timeout or query_timeout: the replica, unopened, with them set.
     replica = turso.aio.sync.connect(*args, **kwargs)
-    replica.request_timeout = request_timeout
+    if request_timeout is not None:
+        replica.request_timeout = request_timeout
+    if query_timeout is not None:
+        replica.query_timeout = query_timeout
     return replica
+
+
+async def _terminate(replica: ConnectionSync) -> None:
+    # A connection given up on: its statement running stops now, then it closes (what was queued before still runs).
+    await replica.interrupt()
+    await replica.close()
 
 
 # pyturso's blocking sync dialect, used only for its URL parsing (the same query parameters, errors and warnings).

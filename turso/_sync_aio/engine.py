@@ -93,6 +93,8 @@ class SyncEngine:
         self.identity: Optional[ReplicaGuard] = None
         # The refusal of the operation in flight, which the operation then raises instead of the engine's error.
         self._identity_failure: Optional[Error] = None
+        # Why the operation in flight was cut (`cut_operation`): its requests fail with this.
+        self._cut: Optional[str] = None
         blocking.extra_io = self.fetch_pages_for_statement
 
     async def wait_changes(self) -> Any:
@@ -147,6 +149,13 @@ class SyncEngine:
         it."""
         self.http.requests.abort()
 
+    def cut_operation(self, reason: str) -> None:
+        """On the loop: the operation in flight (a pull whose caller gave up, say) fails now: its request in flight is
+        cut, and it makes no other; it is then resumed to its failed end as usual. The next operation is not
+        affected."""
+        self._cut = reason
+        self.http.requests.cut(reason)
+
     def fetch_pages_for_statement(self) -> None:
         """The blocking connection's `extra_io`, called on the worker when a statement waits for IO: perform the page
         reads that partial sync asks for (none otherwise)."""
@@ -175,6 +184,7 @@ class SyncEngine:
     async def _run(self, start: Callable[[], Any], description: str, extra_wait: float = 0.0) -> Any:
         # Start the operation, then resume it until it finishes, performing the IO it asks for in between.
         self._request_failure = None
+        self._cut = None
         try:
             operation = await self._on_worker(start)
             while True:
@@ -284,6 +294,8 @@ class SyncEngine:
 
         try:
             base_url, token = await self._credentials()
+            if self._cut is not None:
+                raise TransportError(self._cut)
             await _send(self.http.requests, http, body, base_url, token, extra_wait, item.status, on_chunk)
         except TransportError as error:
             # Its frames refer back to this engine: a cycle that would keep the native sync database, and the
@@ -309,6 +321,8 @@ class SyncEngine:
         try:
             check = await self._on_worker(lambda: identity.watch(str(http.method), str(http.path), body))
             try:
+                if self._cut is not None:
+                    raise TransportError(self._cut)
                 base_url, token = await self._credentials()
                 await _send(self.http.requests, http, body, base_url, token, extra_wait, status.append, keep)
             except TransportError as error:

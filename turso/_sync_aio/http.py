@@ -724,6 +724,12 @@ class RemoteHttp:
         for flight in list(self._flights):
             flight.cut_with(TransportClosed(f"the request to {flight.where} was cut: the sync connection is closing"))
 
+    def cut(self, message: str) -> None:
+        """On the loop: every request in flight fails at once with TransportError(`message`) (its work is cancelled, its
+        connection closed); later requests are made as usual (abort() refuses those too)."""
+        for flight in list(self._flights):
+            flight.cut_with(TransportError(message))
+
     async def close(self) -> None:
         """No more requests: later ones raise TransportClosed. Lets go of this replica's share of the loop's session;
         the last RemoteHttp of the loop closes it (and its kept-alive connections). A request in flight is not cut

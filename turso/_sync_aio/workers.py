@@ -8,6 +8,7 @@ when no connection is open any more. A long statement occupies one thread; the o
 """
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -17,15 +18,18 @@ import traceback
 import weakref
 from collections import deque
 from queue import Empty, SimpleQueue
-from typing import Any, Callable, Optional, TypeVar, cast
+from typing import Any, Callable, Optional, Protocol, TypeVar, cast
 
+from ..lib import Connection as BlockingConnection
 from ..lib import Error, OperationalError, ProgrammingError
 from ..worker import Worker
 from .errors import job_error
 
 _T = TypeVar("_T")
 
-# A job: the future that awaits its outcome (None when nobody awaits it) and the function to run.
+# A job: the future that awaits its outcome and the function to run. A job with a future is a statement's own job
+# (skipped if its await was cancelled before its turn, interrupted if it is cancelled while it runs); a job without one
+# always runs to its end (cursor creation, settings, and what `SerialWorker.run_to_end` queues).
 Job = tuple[Optional["asyncio.Future[Any]"], Callable[[], Any]]
 
 # The name of every thread of the pool (numbered); tests and tools find them by this prefix.
@@ -344,10 +348,14 @@ class SerialWorker(Worker):
     """A connection's worker: the driver's `Worker` (a queue of `(future, function)` jobs run in order, outcomes
     handed to the loop), run not as a thread of its own but by a thread of the pool whenever its queue has jobs.
 
-    Every job runs, also one whose caller was cancelled; an outcome nobody waits for is dropped; SystemExit fails its
-    call instead of ending the thread; a job without a future does not wake the loop; nothing of a job is kept once it
-    ran; a closed loop stops the connection (`on_loop_closed`) instead of printing a traceback. Between jobs it runs a
-    step that waits for the connection to be between transactions (`run_between_transactions`).
+    A job with a future is a statement's own job (an SQL call's): when its turn comes it is skipped if its future is
+    done already (its await was cancelled, or a cancelled close() failed it: `fail_statements`), and while it runs it
+    is `running`, the one statement `interrupt()` may stop. A job without a future always runs to its end: cursor
+    creation, settings, and what `run_to_end` queues (transaction steps, the native steps of sync operations, the last
+    job), whose futures it settles itself. An outcome nobody waits for is dropped; SystemExit fails its call instead
+    of ending the thread; a job without a future does not wake the loop; nothing of a job is kept once it ran; a closed
+    loop stops the connection (`on_loop_closed`) instead of printing a traceback. Between jobs it runs a step that
+    waits for the connection to be between transactions (`run_between_transactions`).
     """
 
     def __init__(
@@ -377,6 +385,20 @@ class SerialWorker(Worker):
         self._lingers = False
         # The step waiting for the connection to be between transactions, if any.
         self._waiting: Optional[BetweenTransactions] = None
+        # The future of the statement running now; None between statements and during jobs without a future. Written
+        # on the worker, read by interrupt() on the loop (see there for how the two never miss each other).
+        self.running: Optional[asyncio.Future[Any]] = None
+        # Set by interrupt() while it decides and interrupts (`_interrupting`, under `_interrupt_lock`), and once it
+        # interrupted the statement running (`_interrupted`, cleared by the worker when it has cleaned up after it).
+        self._interrupt_lock = threading.Lock()
+        self._interrupting = False
+        self._interrupted = False
+        # Once set (by a cancelled close()), every statement still queued fails with this error instead of running.
+        self.failing: Optional[Error] = None
+        # Cursors whose statement a fetch left part-read (rows fetched, not its end): the driver keeps such a statement
+        # in progress, and an interrupt of the connection ends it too (see `end_part_read`). Kept by the cursors'
+        # fetches, on the worker.
+        self.part_read: weakref.WeakSet[PartRead] = weakref.WeakSet()
         jobs.worker = self
 
     def schedule(self) -> None:
@@ -388,7 +410,7 @@ class SerialWorker(Worker):
         self._lingers = time.monotonic() - self._emptied_at < BACK_TO_BACK_SECONDS
         self.pool.submit(self)
 
-    def serve(self) -> bool:
+    def serve(self) -> bool:  # noqa: C901 - one loop, inlined on purpose (see below)
         """On a thread of the pool: run jobs until the queue is empty (False), or for one turn of JOBS_PER_TURN jobs
         while it still has some (True; it stays scheduled)."""
         jobs = self.jobs
@@ -405,6 +427,13 @@ class SerialWorker(Worker):
                 if not self._idle_if_empty():
                     continue
                 return False
+            if future is not None:
+                # A statement: `running` before its future is looked at, so that interrupt() cannot miss it.
+                self.running = future
+                if future.done() or self.failing is not None:
+                    self._skip(future)
+                    del future, function
+                    continue
             try:
                 outcome = function()
             except BaseException as error:
@@ -414,6 +443,10 @@ class SerialWorker(Worker):
             else:
                 settle = set_result_unless_done
             del function
+            if future is not None:
+                self.running = None
+                if self._interrupting or self._interrupted:
+                    self._after_interrupt()
             if future is not None or settle is _report_unawaited_failure:
                 try:
                     post(settle, future, outcome)
@@ -424,6 +457,52 @@ class SerialWorker(Worker):
             if waiting is not None and waiting.run_if_between_transactions():
                 self._waiting = None
         return True
+
+    def interrupt(self, blocking: Optional[BlockingConnection], statement: Optional["asyncio.Future[Any]"]) -> bool:
+        """On the loop: interrupt the statement running now on `blocking` (the driver's `interrupt()`) if it is
+        `statement`'s job, or any statement's if `statement` is None; True if it did. Never a job without a future, and
+        never a statement that started after this call (the next one waits until this call has returned).
+
+        How the two threads never miss each other: the worker marks a statement `running` before it looks whether the
+        statement's future is done, and clears the mark once it returned; then, if `_interrupting` or `_interrupted` is
+        set, it takes `_interrupt_lock` (held here for the whole decision) before it goes on. Under the interpreter
+        lock these steps are seen in order by both threads, so either this call sees the mark cleared and interrupts
+        nothing, or the worker sees the flags and waits for this call, then cleans up after the interrupt
+        (`end_part_read`) before its next job. A statement cancelled just as it was about to start counts as running:
+        it is interrupted, or skipped, never both run and missed."""
+        with self._interrupt_lock:
+            self._interrupting = True
+            try:
+                running = self.running
+                if blocking is None or running is None or (statement is not None and running is not statement):
+                    return False
+                try:
+                    blocking.interrupt()
+                except Error:
+                    return False  # a connection that cannot be used any more: its statement fails by itself
+                self._interrupted = True
+                return True
+            finally:
+                self._interrupting = False
+
+    def fail_statements(self, error: Error) -> None:
+        """On the loop, from a cancelled close(): every statement still queued fails with `error` instead of running;
+        the jobs without a future still run, in order."""
+        self.failing = error
+
+    def run_to_end(self, future: "asyncio.Future[Any]", function: Callable[[], Any]) -> None:
+        """On the loop: queue `function` as a job that runs whatever happens to its caller (its await cancelled, a
+        cancelled close()) and that nothing interrupts: a transaction step, a native step of a sync operation, the
+        last job. `future` gets its outcome, if it is still waited for."""
+        self.jobs.put_nowait((None, functools.partial(self._run_to_end, future, function)))
+
+    def end_part_read(self) -> None:
+        """On the worker, after an interrupt: end every statement that a fetch left part-read. The driver's interrupt
+        stops every statement in progress on the connection, and goes on stopping new ones until none is left in
+        progress (as sqlite3's does): a part-read cursor would otherwise make the next statements fail too."""
+        for cursor in list(self.part_read):
+            cursor.end_interrupted()
+        self.part_read.clear()
 
     def deliver(self, settle: Callable[..., object], future: "asyncio.Future[Any]", outcome: Any) -> None:
         """On a thread of the pool: run `settle(future, outcome)` on the loop, or stop the connection if the loop has
@@ -467,6 +546,32 @@ class SerialWorker(Worker):
         else:
             self.deliver(_call, cast(Any, self._arm_deadline), handoff)
 
+    def _skip(self, future: "asyncio.Future[Any]") -> None:
+        # A statement whose await was cancelled before its turn (or that a cancelled close() fails): it does not run.
+        self.running = None
+        failing = self.failing
+        if failing is not None and not future.done():
+            self.deliver(set_exception_unless_done, future, failing)
+        if self._interrupting or self._interrupted:
+            self._after_interrupt()
+
+    def _after_interrupt(self) -> None:
+        # A statement ended while interrupt() may have interrupted it: wait for interrupt() to be done, and clean up
+        # after the interrupt, if there was one, before the next job.
+        with self._interrupt_lock:
+            interrupted, self._interrupted = self._interrupted, False
+        if interrupted:
+            self.end_part_read()
+
+    def _run_to_end(self, future: "asyncio.Future[Any]", function: Callable[[], Any]) -> None:
+        try:
+            outcome = function()
+        except BaseException as error:
+            traceback.clear_frames(error.__traceback__)
+            self.deliver(set_exception_unless_done, future, error if isinstance(error, Error) else job_error(error))
+        else:
+            self.deliver(set_result_unless_done, future, outcome)
+
     def _hold(self, handoff: "BetweenTransactions") -> None:
         # The handed-over step as a job: run it now, or keep it until the transaction ends.
         if not handoff.run_if_between_transactions():
@@ -494,6 +599,33 @@ class SerialWorker(Worker):
         on_loop_closed = self.on_loop_closed() if self.on_loop_closed is not None else None
         if on_loop_closed is not None:
             on_loop_closed()
+
+
+class PartRead(Protocol):
+    """A cursor whose statement a fetch left part-read (`SerialWorker.part_read`)."""
+
+    def end_interrupted(self) -> None:
+        """On the worker, after an interrupt of its connection: end the statement (it raises on its next use)."""
+        ...
+
+
+class RunToEndQueue(SimpleQueue[Job]):
+    """What a connection's `SyncEngine` queues its native steps on: `put_nowait((future, function))` hands the job to
+    the connection's worker with `SerialWorker.run_to_end`, so that a step of a sync operation runs to its end whatever
+    happens to the await (neither skipped nor interrupted). It holds no job itself, and nothing reads it."""
+
+    __slots__ = ("worker",)
+
+    # The connection's worker; set right after this queue is made.
+    worker: SerialWorker
+
+    def put_nowait(self, item: Job) -> None:
+        """Queue `item` on the connection's worker, as a job that runs to its end."""
+        future, function = item
+        if future is None:
+            self.worker.jobs.put_nowait(item)
+        else:
+            self.worker.run_to_end(future, function)
 
 
 class BetweenTransactions:
