@@ -10,11 +10,9 @@ from testkit.sync_server import SyncServer
 from tests.helpers import (
     AWAIT_SECONDS,
     POOL_THREAD_PREFIX,
-    StatementGate,
     open_replica,
     rows,
     turso_threads,
-    wait_until,
 )
 from turso.lib_sync_aio import connect_sync
 
