@@ -46,7 +46,7 @@ else:  # Python 3.10: async-timeout, which aiohttp installs there, is the same c
     from async_timeout import timeout  # pyright: ignore[reportMissingImports, reportUnknownVariableType]
 
 # How long POST /sync waits for its round before it answers 202 (the round goes on), and GET /stats for the counters
-# (they wait for a sync in flight on the sync lane) before it answers 503. uvicorn waits for requests in flight before
+# (they wait for a sync in flight, in its turn) before it answers 503. uvicorn waits for requests in flight before
 # it runs the lifespan's shutdown, so no handler may wait on the network unbounded: this bound, plus the lifespan's
 # exit (under a second), is what a SIGTERM can take.
 SYNC_WAIT_SECONDS = 0.5

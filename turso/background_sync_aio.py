@@ -30,7 +30,7 @@ from .lib import ProgrammingError
 logger = logging.getLogger(__name__)
 
 # How long stop() waits for a round in progress by default: short, so that stop() and then the connection's close()
-# take under a second whatever the remote does (the round's operation is not lost; it ends on the sync lane).
+# take under a second whatever the remote does (the round's operation is not lost; it ends in its turn).
 STOP_TIMEOUT_SECONDS = 0.25
 # The default of `checkpoint_wal_bytes`: a successful round checkpoints once the WAL holds more than this (16 MiB).
 CHECKPOINT_WAL_BYTES = 16 * 1024 * 1024
@@ -212,7 +212,7 @@ class BackgroundSync:
 
     async def stop(self, *, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
         """Stop it: no round starts after this; a round in progress gets `timeout` seconds, then stop() warns and stops
-        waiting (its operation still ends on the sync lane, nothing lost). Safe to call more than once."""
+        waiting (its operation still ends in its turn, nothing lost). Safe to call more than once."""
         self._stop_requested = True
         self._wake()
         task = self._task
@@ -225,7 +225,7 @@ class BackgroundSync:
             if not done:
                 logger.warning(
                     "Background sync stopped waiting for its round after %.3g s; the round's push or pull in "
-                    "progress still ends on the connection's sync lane",
+                    "progress still ends in its turn",
                     timeout,
                 )
                 task.cancel()

@@ -24,7 +24,7 @@ def applied_before_failing(error: BaseException) -> bool:
 
 
 def is_wedged(blocking: BlockingConnectionSync) -> bool:
-    """On the SQL worker, after a failed apply: whether the connection can no longer read its replica."""
+    """On the connection's worker, after a failed apply: whether the connection can no longer read its replica."""
     try:
         cursor = blocking.execute(WEDGE_PROBE)
         try:

@@ -590,7 +590,7 @@ class ReplicaPoolBase(Generic[ReplicaT]):
             left = 0 if self._sync_interval is not None else (await connection.stats()).cdc_operations
         except BaseException as error:
             if connection is not None:
-                # Also after a failed or cancelled open, which stopped its threads without waiting for them.
+                # Also after a failed or cancelled open, which let go of its work without waiting for it.
                 await _close_quietly(connection, replica.tenant)
             self._opens_running -= 1
             self._open_failed(replica, error)
@@ -881,7 +881,7 @@ async def _push_if_pending(connection: PooledConnection) -> int:
 
 
 async def _close_quietly(connection: PooledConnection, tenant: str) -> None:
-    # A replica's close() is bounded, and stops its threads also when cancelled; its error is logged, not raised into
+    # A replica's close() is bounded, and ends its work also when cancelled; its error is logged, not raised into
     # a task nobody awaits.
     try:
         await connection.close()

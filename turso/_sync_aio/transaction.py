@@ -21,7 +21,8 @@ from ..lib import Error, ProgrammingError
 # Where a rollback that failed while the block's own exception propagates is reported (the block's exception wins).
 logger = logging.getLogger("turso.lib_sync_aio")
 
-# A job for the SQL worker: the future that awaits its outcome (None when nobody awaits it) and the function to run.
+# A job for the connection's worker: the future that awaits its outcome (None when nobody awaits it) and the
+# function to run.
 Job = tuple[Optional["asyncio.Future[Any]"], Callable[[], Any]]
 
 # Savepoint names are unique per process, so that a name never meets one of an enclosing block.
@@ -54,7 +55,8 @@ class TransactionHost:
     loop: asyncio.AbstractEventLoop
     # Raises `turso.ProgrammingError` if the connection is not open, or is used from another event loop.
     check_usable: Callable[[], None]
-    # Queues `step(blocking connection)` on the SQL worker now, past the turns; fails the future once it cannot.
+    # Queues `step(blocking connection)` on the connection's worker now, past the turns; fails the future once it
+    # cannot.
     queue: Callable[[Optional["asyncio.Future[Any]"], Callable[[BlockingConnection], Any]], None]
     # Tells the connection that `turns.busy` may have changed (its statements check that flag).
     turns_changed: Callable[[], None]
@@ -79,12 +81,12 @@ class _Waiter:
 class TransactionTurns:
     """Which context's statements may run on one connection now, and who waits: the rules are in the module docstring.
 
-    One per connection, made with it. It holds no reference to the connection, only to the SQL worker's queue (for
-    the jobs it holds back), so that an unclosed connection can still be garbage collected.
+    One per connection, made with it. It holds no reference to the connection, only to its queue of jobs (for the
+    jobs it holds back), so that an unclosed connection can still be garbage collected.
     """
 
     def __init__(self, jobs: "SimpleQueue[Job]") -> None:
-        """Turns for the connection whose SQL worker takes `jobs`."""
+        """Turns for the connection whose worker takes `jobs`."""
         self._jobs = jobs
         # The innermost open block, whose context's statements run now; None when no block is open.
         self.innermost: Optional[Transaction] = None
@@ -394,7 +396,7 @@ class Transaction:
 
         return record
 
-    # --- on the SQL worker --------------------------------------------------------------------------------------
+    # --- on the connection's worker -------------------------------------------------------------------------------
 
     def _begin_step(self, blocking: BlockingConnection) -> None:
         name = self.savepoint_name
