@@ -31,7 +31,9 @@ from turso.lib_sync_aio import ConnectionSync, connect_sync
 if sys.version_info >= (3, 11):
     from asyncio import timeout
 else:  # Python 3.10: async-timeout, which aiohttp installs there, is the same context manager
-    from async_timeout import timeout  # pyright: ignore[reportMissingImports, reportUnknownVariableType]
+    import async_timeout  # type: ignore[import-not-found, unused-ignore]  # pyright: ignore[reportMissingImports]
+
+    timeout = async_timeout.timeout  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
 
 # How long after it is stopped the next statement must have run (it takes about a millisecond).
 NEXT_WITHIN_SECONDS = 1.0
