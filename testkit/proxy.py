@@ -9,8 +9,9 @@ The verbs, one set for both:
   order (pipelined, like a link with that one-way latency). `connect_delay` also charges a new connection that long
   before its first byte flows: the kernel answers a client's connect at once, a far remote would not. `wan(rtt)` sets
   all three for a link with that round-trip time.
-- `stall()` / `release()`: connections are still accepted, but no request byte reaches the server until `release()`
-  (on the connections already open too); `held` counts the connections that have bytes waiting.
+- `stall()` / `release()`: connections are still accepted, but no request reaches the server until `release()` (on
+  the connections already open too; a request the server has begun to read is let through whole, since tursodb stops
+  answering everyone while one request is cut short); `held` counts the connections that have bytes waiting.
 - `flaky`: the share of new connections that misbehave, chosen by `random.Random(seed)`, each in one of `flaky_modes`:
   `"refuse"` closes it at once (the server never sees the request); `"cut_answer"` forwards the request, reads the
   answer and closes the connection without it (the server acted; the client hears an error).
@@ -82,6 +83,10 @@ class _Connection:
         self.held = False
         # The request's bytes so far, for hold_answers (kept only while it is set).
         self._request_bytes = bytearray()
+        # True from a request's first byte sent to the server until the server's first byte back: stall() does not
+        # hold the rest of a request the server has begun to read. tursodb reads one request at a time: a request cut
+        # short at the server would stop it answering anyone (every client's request then times out).
+        self._mid_request = False
 
     async def run(self) -> None:
         """Relay both ways until each direction has ended, or nothing moved for IDLE_SECONDS."""
@@ -142,7 +147,8 @@ class _Connection:
         while True:
             due, chunk = await requests.get()
             await self._wait_until(due)
-            await self._pass_stall()
+            if not self._mid_request:
+                await self._pass_stall()
             if self._upstream_writer is None:
                 if not chunk:
                     return  # the client left before sending a byte: the server never hears of it
@@ -157,6 +163,7 @@ class _Connection:
                     if writer.can_write_eof():
                         writer.write_eof()
                     return
+                self._mid_request = True
                 writer.write(chunk)
                 await writer.drain()
             except OSError:
@@ -198,6 +205,7 @@ class _Connection:
         held = False
         while True:
             due, chunk = await answers.get()
+            self._mid_request = False
             await self._wait_until(due)
             hold = self._proxy.answer_hold
             if not held and hold is not None and hold in self._request_bytes:

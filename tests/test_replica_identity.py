@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, cast
@@ -72,9 +73,12 @@ def restore_over(backup: Path, live: Path) -> None:
 
 
 def restore_as_new_files(backup: Path, live: Path) -> None:
-    """A restore as new files: the live files removed, the backup's copied in their place (new inodes)."""
+    """A restore as new files: the live files moved away, the backup's copied in their place (new inodes: the old files
+    are kept until the test ends, so that a file system cannot hand their inode numbers straight back)."""
+    replaced = live.parent / f"replaced-{uuid.uuid4().hex}"
+    replaced.mkdir()
     for entry in files_of(live):
-        entry.unlink()
+        entry.rename(replaced / entry.name)
     copy_files(backup, live)
 
 

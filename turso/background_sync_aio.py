@@ -17,12 +17,12 @@ import logging
 import math
 import random
 import time
-import traceback
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Callable, Optional, Protocol
 
 from ._sync_aio.arguments import optional_byte_count, seconds
+from ._sync_aio.errors import clear_frames
 from ._sync_aio.loop_turns import LoopTurns
 from .lib import ProgrammingError
 
@@ -333,7 +333,7 @@ class BackgroundSync:
             await target.checkpoint()
         except Exception as error:
             self._checkpoint_failures += 1
-            traceback.clear_frames(error.__traceback__)
+            clear_frames(error)
             if self._checkpoint_failures == 1:
                 logger.warning(
                     "Background sync could not checkpoint the WAL: %s: %s; the next round tries again",
@@ -358,7 +358,7 @@ class BackgroundSync:
     def _round_failed(self, error: Exception) -> None:
         self._failures += 1
         # Kept in the status: drop the locals of the frames it passed through (they hold the connection).
-        traceback.clear_frames(error.__traceback__)
+        clear_frames(error)
         self._last_error = error
         if self._failures == 1:
             self._streak_started = self._loop.time()

@@ -36,7 +36,6 @@ import functools
 import logging
 import sys
 import threading
-import traceback
 import warnings
 import weakref
 from types import TracebackType
@@ -58,7 +57,7 @@ from .background_sync_aio import CHECKPOINT_WAL_BYTES, STOP_TIMEOUT_SECONDS, Bac
 from ._sync_aio.arguments import seconds
 from ._sync_aio.cursor import Cursor
 from ._sync_aio.engine import EngineHttp, RequestTimeout, SyncEngine
-from ._sync_aio.errors import native_dbapi_error
+from ._sync_aio.errors import clear_frames, native_dbapi_error
 from ._sync_aio.loop_turns import LoopTurns
 from ._sync_aio.open_replicas import ReplicaPathClaim
 from ._sync_aio.opening import ReplicaOpener, copy_replica as _copy_replica, recover_identity_of
@@ -640,7 +639,7 @@ class ConnectionSync(NonBlockingConnection):
                 blocking.close()
         except Exception as error:
             # The error's frames would keep the blocking connection alive for as long as the caller keeps the error.
-            traceback.clear_frames(error.__traceback__)
+            clear_frames(error)
             return native_dbapi_error(error) or error
         finally:
             del engine, blocking
@@ -759,7 +758,7 @@ class ConnectionSync(NonBlockingConnection):
             return await operation(self._engine)
         except BaseException as error:
             # The caller may keep the error: its frames must not keep the engine, and the replica's files, alive.
-            traceback.clear_frames(error.__traceback__)
+            clear_frames(error)
             raise
         finally:
             if self._sync_started is this_task:
@@ -817,7 +816,7 @@ class ConnectionSync(NonBlockingConnection):
             failure = error
         del engine
         # Its frames hold the engine and the native sync database, which a reopen must see freed.
-        traceback.clear_frames(failure.__traceback__)
+        clear_frames(failure)
         outcome = self._recover_after_failed_apply(failure)
         if not applied_before_failing(failure):
             raise outcome

@@ -13,7 +13,6 @@ sync), whose worker waits for the loop to fetch them.
 import asyncio
 import functools
 import logging
-import traceback
 from queue import SimpleQueue
 from typing import Any, Awaitable, Callable, Optional, Sequence, TypeVar, cast
 
@@ -28,6 +27,7 @@ from ..lib_sync import (
     _process_full_read_item,  # pyright: ignore[reportPrivateUsage, reportUnknownVariableType]
     _process_full_write_item,  # pyright: ignore[reportPrivateUsage, reportUnknownVariableType]
 )
+from .errors import clear_frames
 from .http import RemoteHttp, TransportClosed, TransportError
 from .replica_identity import PIPELINE_PATH, ReplicaGuard
 from .workers import Job
@@ -300,7 +300,7 @@ class SyncEngine:
         except TransportError as error:
             # Its frames refer back to this engine: a cycle that would keep the native sync database, and the
             # replica's files, alive after close() until a garbage collection.
-            traceback.clear_frames(error.__traceback__)
+            clear_frames(error)
             self._request_failure = error
             item.poison(str(error))
         else:
@@ -326,7 +326,7 @@ class SyncEngine:
                 base_url, token = await self._credentials()
                 await _send(self.http.requests, http, body, base_url, token, extra_wait, status.append, keep)
             except TransportError as error:
-                traceback.clear_frames(error.__traceback__)  # as in _request
+                clear_frames(error)  # as in _request
                 self._request_failure = error
                 item.poison(str(error))
                 return
@@ -334,7 +334,7 @@ class SyncEngine:
             if check is not None:
                 await self._on_worker(lambda: check(status[-1] if status else 0, answer))
         except Error as refusal:
-            traceback.clear_frames(refusal.__traceback__)
+            clear_frames(refusal)
             self._identity_failure = refusal
             item.poison(str(refusal))
             return
@@ -361,7 +361,7 @@ class SyncEngine:
             except TransportClosed:
                 raise
             except TransportError as error:
-                traceback.clear_frames(error.__traceback__)  # as in _request
+                clear_frames(error)  # as in _request
                 logger.debug("partial sync: a page read failed (%s); retrying in %.2g s", error, delay)
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, PAGE_RETRY_MAX_SECONDS)
@@ -486,7 +486,7 @@ async def post(
     except TransportClosed:
         raise ProgrammingError("Cannot sync: the connection was closed while it ran") from None
     except TransportError as error:
-        traceback.clear_frames(error.__traceback__)
+        clear_frames(error)
         raise OperationalError(f"sync failed: {error}") from None
     answer = b"".join(chunks)
     if not status or not 200 <= status[-1] < 300:

@@ -4,6 +4,7 @@ The driver leaves some native exceptions unmapped (`IoError` on a full disk, `Re
 recognised by their module, "turso", since not all of them can be imported.
 """
 
+import traceback
 from typing import Optional
 
 from ..lib import (
@@ -59,3 +60,15 @@ def job_error(error: BaseException) -> BaseException:
     internal = InternalError(f"a worker job raised {error!r}")
     internal.__cause__ = error
     return internal
+
+
+def clear_frames(error: BaseException) -> None:
+    """Drop the local variables of the finished frames that `error`, and the errors it was raised from or while
+    handling (`__cause__`, `__context__`), passed through: they hold the blocking connection, its cursors and the
+    engine, so a caller who keeps the error would keep the replica's files open, also after close()."""
+    seen: set[int] = set()
+    chained: Optional[BaseException] = error
+    while chained is not None and id(chained) not in seen:
+        seen.add(id(chained))
+        traceback.clear_frames(chained.__traceback__)
+        chained = chained.__cause__ or chained.__context__

@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 import time
-import traceback
 import weakref
 from collections import deque
 from queue import Empty, SimpleQueue
@@ -23,7 +22,7 @@ from typing import Any, Callable, Optional, Protocol, TypeVar, cast
 from ..lib import Connection as BlockingConnection
 from ..lib import Error, OperationalError, ProgrammingError
 from ..worker import Worker
-from .errors import job_error
+from .errors import clear_frames, job_error
 
 _T = TypeVar("_T")
 
@@ -437,7 +436,7 @@ class SerialWorker(Worker):
             try:
                 outcome = function()
             except BaseException as error:
-                traceback.clear_frames(error.__traceback__)
+                clear_frames(error)
                 outcome = error if isinstance(error, Error) else job_error(error)
                 settle = set_exception_unless_done if future is not None else _report_unawaited_failure
             else:
@@ -567,7 +566,7 @@ class SerialWorker(Worker):
         try:
             outcome = function()
         except BaseException as error:
-            traceback.clear_frames(error.__traceback__)
+            clear_frames(error)
             self.deliver(set_exception_unless_done, future, error if isinstance(error, Error) else job_error(error))
         else:
             self.deliver(set_result_unless_done, future, outcome)
@@ -679,7 +678,7 @@ class BetweenTransactions:
         try:
             result = step()
         except BaseException as error:
-            traceback.clear_frames(error.__traceback__)
+            clear_frames(error)
             self.settle(None, error if isinstance(error, Error) else job_error(error))
         else:
             self.settle(result, None)
