@@ -24,11 +24,14 @@ class LoopServer:
     """Serves `serve_connection` for each connection to `port`, on a loop in a thread named `thread_name`.
 
     Subclasses implement `serve_connection`, and run their verbs on the loop with `on_loop`. Use a subclass as a
-    context manager, or call `close()`. `ssl_context` (a server context) makes the port TLS, and `url` https.
+    context manager, or call `close()`. `ssl_context` (a server context) makes the port TLS, and `url` https. `port`
+    defaults to a free one.
     """
 
-    def __init__(self, thread_name: str, ssl_context: Optional[ssl.SSLContext] = None, **server_options: Any) -> None:
-        self._listener = socket.create_server((HOST, 0))
+    def __init__(
+        self, thread_name: str, ssl_context: Optional[ssl.SSLContext] = None, port: int = 0, **server_options: Any
+    ) -> None:
+        self._listener = socket.create_server((HOST, port))
         self.port: int = self._listener.getsockname()[1]
         self.url = f"{'https' if ssl_context is not None else 'http'}://{HOST}:{self.port}"
         self._closed = False

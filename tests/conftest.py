@@ -21,7 +21,7 @@ if UNDER_TEST == "checkout":
 @pytest.fixture
 def sync_server(tmp_path: Path) -> Iterator[SyncServer]:
     """A fresh `tursodb --sync-server` on a free loopback port, its data in a file so that it survives a restart."""
-    with SyncServer(tmp_path / "remote.db") as server:
+    with SyncServer(tmp_path / "remote.db", relay=True) as server:
         yield server
 
 

@@ -79,7 +79,7 @@ def notes_app(workdir: Path, remote_url: str, query_seconds: float = QUERY_SECON
 
 @pytest.fixture
 def remote(tmp_path: Path) -> Iterator[tuple[SyncServer, DelayingProxy]]:
-    with SyncServer(tmp_path / "remote.db") as server, DelayingProxy(server.port) as proxy:
+    with SyncServer(tmp_path / "remote.db", relay=True) as server, DelayingProxy(server.port) as proxy:
         yield server, proxy
 
 

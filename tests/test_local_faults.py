@@ -152,7 +152,7 @@ async def pull_onto_full_disk(
     connection stays referenced throughout."""
     outcome = PullOnFullDisk(margin)
     base.mkdir(parents=True)
-    with SyncServer(base / "remote.db") as server, SmallDisk(base / "disk", DISK_BYTES) as disk:
+    with SyncServer(base / "remote.db", relay=True) as server, SmallDisk(base / "disk", DISK_BYTES) as disk:
         server.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, body BLOB)")
         server.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)")
         conn = await asyncio.wait_for(connect_sync(str(disk.path / "replica.db"), server.url), AWAIT_SECONDS)
@@ -268,7 +268,7 @@ async def test_a_wedged_replica_that_cannot_be_reopened_in_place_says_on_every_c
         pytest.fail("no margin wedged the connection (the driver may have changed)")
     base = tmp_path / "kept-cursor"
     base.mkdir()
-    with SyncServer(base / "remote.db") as server, SmallDisk(base / "disk", DISK_BYTES) as disk:
+    with SyncServer(base / "remote.db", relay=True) as server, SmallDisk(base / "disk", DISK_BYTES) as disk:
         server.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, body BLOB)")
         server.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)")
         path = str(disk.path / "replica.db")

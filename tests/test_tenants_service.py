@@ -88,7 +88,7 @@ def tenants_app(workdir: Path, remote_urls: list[str]) -> ServedApp:
 
 @pytest.fixture
 def remotes(tmp_path: Path) -> Iterator[list[tuple[SyncServer, DelayingProxy]]]:
-    servers = [SyncServer(tmp_path / f"remote-{number}.db") for number in range(REMOTES)]
+    servers = [SyncServer(tmp_path / f"remote-{number}.db", relay=True) for number in range(REMOTES)]
     proxies: list[DelayingProxy] = []
     try:
         for server in servers:

@@ -92,6 +92,30 @@ def proxy_before_front_end(front_end: FrontEnd) -> Iterator[DelayingProxy]:
         yield proxy
 
 
+# --- the sync server ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sent", ["nothing", "half a head", "a head and half a body"])
+def test_a_client_that_has_not_sent_its_whole_request_does_not_stop_the_server_for_others(
+    sync_server: SyncServer, sent: str
+) -> None:
+    # tursodb alone serves one connection at a time, and waits for the whole request of the one it took; the relay in
+    # front of it (what the tests' server fixture starts) takes requests concurrently, as Turso's servers do.
+    sync_server.execute(SCHEMA)
+    whole = raw_request("INSERT INTO t VALUES ('answered')")
+    partial = {"nothing": b"", "half a head": whole[:20], "a head and half a body": whole[: len(whole) - 5]}[sent]
+    with socket.create_connection(("127.0.0.1", sync_server.port), timeout=SOCKET_SECONDS) as waiting:
+        waiting.sendall(partial)
+        time.sleep(0.1)  # the relay has taken the waiting connection
+        with socket.create_connection(("127.0.0.1", sync_server.port), timeout=SOCKET_SECONDS) as other:
+            other.sendall(whole)
+            assert other.recv(64).startswith(b"HTTP/1.1 200")
+        assert remote_keys(sync_server) == ["answered"]
+        waiting.sendall(whole[len(partial) :])
+        assert waiting.recv(64).startswith(b"HTTP/1.1 200")
+    assert remote_keys(sync_server) == ["answered", "answered"]
+
+
 # --- the proxy ---------------------------------------------------------------------------------------------------
 
 

@@ -559,12 +559,29 @@ _sessions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SharedSession]
 
 
 def _close_now(session: aiohttp.ClientSession) -> None:
-    """Close a session whose loop is closed (or gone): aiohttp then only marks its connector closed, with no wait, so
-    that the session is not reported as unclosed."""
+    """Close a session's connections now, in this call: on its loop, or once that loop has closed (from any thread;
+    aiohttp then only marks its connector closed). Nobody waits for the sockets to be closed."""
     connector = session.connector
     if connector is not None and not connector.closed:
-        for _ in connector.close().__await__():
-            pass
+        _close_connections_now(connector)
+
+
+def _close_connections_now(connector: aiohttp.BaseConnector) -> "Optional[asyncio.Future[object]]":
+    """On the connector's loop: close every connection of `connector` now, in this call; returns aiohttp's task that
+    waits for their sockets to be closed (None if there were none).
+
+    TCPConnector.close() is a coroutine, which closes nothing until a task runs it: a loop that closes first (a test's,
+    a service's at exit) would leave the session to be reported as unclosed when collected. Its base class's close()
+    does the closing at once; what it returns is awaited here as far as its first step, which only hands over that
+    task. The connector's resolver is aiohttp's threaded one, which holds nothing to close."""
+    steps = aiohttp.BaseConnector.close(connector, abort_ssl=True).__await__()
+    try:
+        waiting: "asyncio.Future[object]" = next(steps)
+    except StopIteration:
+        return None
+    finally:
+        steps.close()
+    return waiting
 
 
 async def _close_session(session: aiohttp.ClientSession) -> None:
@@ -572,15 +589,9 @@ async def _close_session(session: aiohttp.ClientSession) -> None:
     connector = session.connector
     if connector is None or connector.closed:
         return
-    closing = asyncio.ensure_future(_awaited(connector.close(abort_ssl=True)))
-    try:
-        await asyncio.wait((closing,), timeout=SESSION_CLOSE_SECONDS)
-    finally:
-        closing.cancel()
-
-
-async def _awaited(awaitable: Awaitable[None]) -> None:
-    await awaitable
+    waiting = _close_connections_now(connector)
+    if waiting is not None:
+        await asyncio.wait((waiting,), timeout=SESSION_CLOSE_SECONDS)
 
 
 def _drop_share(shared: _SharedSession) -> bool:
@@ -608,22 +619,18 @@ def _let_go(shared: _SharedSession) -> None:
 
 def _let_go_on_the_loop(shared: _SharedSession) -> None:
     if _drop_share(shared):
-        _start_closing(shared.session)
+        _close_now(shared.session)
 
 
 def _close_on_its_loop(shared: _SharedSession) -> None:
     """Close `shared`'s session on its own loop, from outside it; at once if that loop has closed."""
     if not shared.loop.is_closed():
         try:
-            shared.loop.call_soon_threadsafe(_start_closing, shared.session)
+            shared.loop.call_soon_threadsafe(_close_now, shared.session)
             return
         except RuntimeError:  # the loop closed meanwhile
             pass
     _close_now(shared.session)
-
-
-def _start_closing(session: aiohttp.ClientSession) -> None:
-    asyncio.ensure_future(_close_session(session))
 
 
 def _forget_history(error: BaseException) -> None:
