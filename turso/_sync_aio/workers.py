@@ -563,13 +563,20 @@ class SerialWorker(Worker):
             self.end_part_read()
 
     def _run_to_end(self, future: "asyncio.Future[Any]", function: Callable[[], Any]) -> None:
+        settle: Callable[..., object]
         try:
             outcome = function()
         except BaseException as error:
             clear_frames(error)
-            self.deliver(set_exception_unless_done, future, error if isinstance(error, Error) else job_error(error))
+            outcome = error if isinstance(error, Error) else job_error(error)
+            settle = set_exception_unless_done
         else:
-            self.deliver(set_result_unless_done, future, outcome)
+            settle = set_result_unless_done
+        # This frame outlives the call when the error's traceback holds a frame called from here (as its f_back), and
+        # keeps its variables: not the job, which holds the engine and so the replica's files (as serve() does).
+        del function
+        self.deliver(settle, future, outcome)
+        del future, outcome
 
     def _hold(self, handoff: "BetweenTransactions") -> None:
         # The handed-over step as a job: run it now, or keep it until the transaction ends.
