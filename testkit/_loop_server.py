@@ -25,19 +25,31 @@ class LoopServer:
 
     Subclasses implement `serve_connection`, and run their verbs on the loop with `on_loop`. Use a subclass as a
     context manager, or call `close()`. `ssl_context` (a server context) makes the port TLS, and `url` https. `port`
-    defaults to a free one.
+    defaults to a free one; `listener`, a socket bound already (not listening yet), is served instead of either.
     """
 
     def __init__(
-        self, thread_name: str, ssl_context: Optional[ssl.SSLContext] = None, port: int = 0, **server_options: Any
+        self,
+        thread_name: str,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        port: int = 0,
+        listener: Optional[socket.socket] = None,
+        **server_options: Any,
     ) -> None:
-        self._listener = socket.create_server((HOST, port))
+        if listener is not None:
+            listener.listen()
+            self._listener = listener
+        else:
+            self._listener = socket.create_server((HOST, port))
         self.port: int = self._listener.getsockname()[1]
         self.url = f"{'https' if ssl_context is not None else 'http'}://{HOST}:{self.port}"
         self._closed = False
         self._server: Optional[asyncio.Server] = None
         # The connections being served, by the task serving each.
         self._serving: dict["asyncio.Task[Any]", asyncio.StreamWriter] = {}
+        # Every connection accepted and not yet closed, from the moment it is accepted: one whose task has not started
+        # when the server closes is in no `_serving`, and would be left open (and reported unclosed when collected).
+        self._accepted: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         started: "concurrent.futures.Future[None]" = concurrent.futures.Future()
         self._thread = threading.Thread(
@@ -65,6 +77,8 @@ class LoopServer:
             # close_notify (the graceful close would wait for it).
             writer.transport.abort()
             task.cancel()
+        for writer in self._accepted:  # also those whose task has not started yet
+            writer.transport.abort()
         if self._serving:
             await asyncio.wait(list(self._serving), timeout=LOOP_SECONDS)
 
@@ -99,7 +113,7 @@ class LoopServer:
         asyncio.set_event_loop(self._loop)
         try:
             self._server = self._loop.run_until_complete(
-                asyncio.start_server(self._accept, sock=self._listener, ssl=ssl_context, **server_options)
+                asyncio.start_server(self._on_connection, sock=self._listener, ssl=ssl_context, **server_options)
             )
             started.set_result(None)
             self._loop.run_forever()
@@ -108,6 +122,9 @@ class LoopServer:
             for task in left:
                 task.cancel()
             self._loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            for writer in self._accepted:
+                writer.transport.abort()
+            self._loop.run_until_complete(asyncio.sleep(0))  # their connection_lost callbacks
         except BaseException as error:
             if not started.done():
                 started.set_exception(error)
@@ -120,6 +137,12 @@ class LoopServer:
         if self._server is not None:
             self._server.close()
         await self.cut_connections()
+
+    def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Coroutine[Any, Any, None]:
+        self._accepted.add(writer)
+        return self._accept(reader, writer)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -139,4 +162,5 @@ class LoopServer:
             pass
         finally:
             self._serving.pop(task, None)
+            self._accepted.discard(writer)
             writer.close()

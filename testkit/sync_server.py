@@ -62,9 +62,10 @@ class RequestRelay(LoopServer):
     it. Every request of our clients, and of the testkit's, carries a Content-Length.
     """
 
-    def __init__(self, port: int, target_port: int) -> None:
+    def __init__(self, listener: socket.socket, target_port: int) -> None:
+        """Relay what comes to `listener` (a bound socket, which the relay closes) to tursodb on `target_port`."""
         self.target_port = target_port
-        super().__init__(RELAY_THREAD_NAME, port=port)
+        super().__init__(RELAY_THREAD_NAME, listener=listener)
 
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -108,7 +109,13 @@ class SyncServer:
             raise RuntimeError(f"{TURSODB} is missing; run `make setup`")
         if port is not None and not 0 < port < 65536:
             raise ValueError(f"port must be between 1 and 65535, not {port}")
-        self.port = port if port is not None else free_port()
+        # With a relay, its port is held from here on (bound, refusing connections until start()): a port only looked
+        # up as free could be taken by another process first.
+        self._relay_listener = _bound(port if port is not None else 0) if relay else None
+        if self._relay_listener is not None:
+            self.port: int = self._relay_listener.getsockname()[1]
+        else:
+            self.port = port if port is not None else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # ":memory:" loses the remote database on stop; a file keeps it across restarts.
         self.data_file = str(data_file) if data_file is not None else ":memory:"
@@ -138,8 +145,9 @@ class SyncServer:
                     raise RuntimeError(f"tursodb did not listen on port {self.port} within {timeout}s") from None
                 time.sleep(0.02)
         if self._relay_wanted:
+            listener, self._relay_listener = self._relay_listener, None
             try:
-                self._relay = RequestRelay(self.port, self._tursodb_port)
+                self._relay = RequestRelay(listener if listener is not None else _bound(self.port), self._tursodb_port)
             except BaseException:
                 self.stop()
                 raise
@@ -149,6 +157,9 @@ class SyncServer:
         if self._relay is not None:
             self._relay.close()
             self._relay = None
+        if self._relay_listener is not None:  # never started: let go of the port
+            self._relay_listener.close()
+            self._relay_listener = None
         if self._process is None:
             return
         self._process.terminate()
@@ -187,6 +198,18 @@ class SyncServer:
         traceback: Optional[TracebackType],
     ) -> None:
         self.stop()
+
+
+def _bound(port: int) -> socket.socket:
+    """A TCP socket bound to `port` (0: a free one) on 127.0.0.1, not listening yet: connections to it are refused."""
+    listener = socket.socket()
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
 def _encode(value: Value) -> dict[str, str]:

@@ -14,13 +14,16 @@ still varies).
 
 import asyncio
 import functools
+import io
 import random
+import sys
 import time
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, cast
 
 import pytest
 
@@ -28,7 +31,7 @@ import turso
 from testkit.proxy import CUT_ANSWER, REFUSE, DelayingProxy
 from testkit.sync_server import SyncServer
 from tests.helpers import new_threads, record_loop_errors, turso_threads, wait_until
-from turso.lib_sync_aio import ConnectionSync, connect_sync
+from turso.lib_sync_aio import ConnectionSync, connect_sync, worker_pool_stats
 
 SEEDS = [1, 2, 3, 4, 5]
 # Upper bound for any single await, and for a whole run of a seed.
@@ -160,6 +163,13 @@ class Replica:
                 self.unexpected.append(error)
                 self.maybe += keys
             await asyncio.sleep(self.write_rng.uniform(0.0, 0.02))
+        # A commit cancelled before its turn did not run, and left the transaction open (the next step's commit ends
+        # it). After the last step, end it as a service would: left open, every later pull and checkpoint of this
+        # connection would wait 5 s for it, then fail (the rows are among `maybe` already).
+        try:
+            await self.commit_unless_a_write_was_stopped()
+        except Exception as error:
+            self.unexpected.append(error)
 
     async def commit_unless_a_write_was_stopped(self) -> None:
         """Commit a transaction one of whose INSERTs was cancelled: if the cancel interrupted it while it ran, the
@@ -188,13 +198,41 @@ class Replica:
         return [row[0] for row in rows]
 
 
-async def finish_within(awaitable: Awaitable[object], seconds: float) -> Optional[str]:
+def what_waits(replicas: list["Replica"]) -> str:
+    """The stack of every task of the running loop and of every thread: where a hang waits."""
+    report = io.StringIO()
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            task.print_stack(limit=12, file=report)
+    report.write(f"{worker_pool_stats()}\n")
+    for replica in replicas:
+        # What the replica's worker holds (private, not in the stub): for the report only.
+        serial: Any = cast(Any, replica.conn)._serial
+        report.write(
+            f"replica {replica.name}: jobs queued {serial.jobs.qsize()}, scheduled {serial.scheduled}, "
+            f"waiting between transactions {serial._waiting!r} "
+            + (
+                f"(step {'kept' if serial._waiting.step is not None else 'gone'}, "
+                f"{serial._waiting.seconds_left():.2f} s"
+                f" left, outcome {serial._waiting.outcome!r}), "
+                if serial._waiting is not None
+                else ""
+            )
+            + f"running {serial.running!r}, failing {serial.failing!r}\n"
+        )
+    for thread_id, frame in sys._current_frames().items():  # pyright: ignore[reportPrivateUsage]
+        report.write(f"thread {thread_id}:\n{''.join(traceback.format_stack(frame, limit=12))}")
+    return report.getvalue()
+
+
+async def finish_within(awaitable: Awaitable[object], seconds: float, replicas: list["Replica"]) -> Optional[str]:
     """Await `awaitable` for at most `seconds`, without waiting for it to unwind if it hangs; None if it finished."""
     task = asyncio.ensure_future(awaitable)
     done, _ = await asyncio.wait({task}, timeout=seconds)
     if not done:
+        stacks = what_waits(replicas)
         task.cancel()
-        return f"still running after {seconds} s"
+        return f"still running after {seconds} s; the tasks and threads then:\n{stacks}"
     task.result()
     return None
 
@@ -228,7 +266,7 @@ async def test_random_interleaving_loses_no_row_doubles_none_and_converges(
 
         started = time.monotonic()
         tasks = [task for replica in replicas for task in (replica.write(), replica.sync())]
-        hung = await finish_within(asyncio.gather(*tasks), RUN_SECONDS)
+        hung = await finish_within(asyncio.gather(*tasks), RUN_SECONDS, replicas)
         assert hung is None, f"seed {seed}: the interleaving hung ({hung})"
         run_seconds = time.monotonic() - started
         misbehaved = flaky_proxy.misbehaved
@@ -238,7 +276,7 @@ async def test_random_interleaving_loses_no_row_doubles_none_and_converges(
 
         flaky_proxy.flaky = 0
         flaky_proxy.answer_delay = 0
-        hung = await finish_within(settle(replicas), 2 * AWAIT_SECONDS)
+        hung = await finish_within(settle(replicas), 2 * AWAIT_SECONDS, replicas)
         assert hung is None, f"seed {seed}: settling hung ({hung})"
 
         unexpected = [(replica.name, repr(error)) for replica in replicas for error in replica.unexpected]
