@@ -162,5 +162,11 @@ class LoopServer:
             pass
         finally:
             self._serving.pop(task, None)
-            self._accepted.discard(writer)
+            # Closed politely, a connection stays open until what is left in its buffer is sent: for ever, to a
+            # client that reads no more. It stays in `_accepted` until it is closed, so that nothing outlives close().
             writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), LOOP_SECONDS)
+            except BaseException:  # noqa: BLE001 - the connection ends either way: cancelled (close()), reset, or stuck
+                writer.transport.abort()
+            self._accepted.discard(writer)

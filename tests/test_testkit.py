@@ -5,6 +5,7 @@ Requests go through `http.client` or raw sockets with timeouts, so a hang fails 
 as lower bounds (a delay holds at least that long); the machine running the suite may be busy.
 """
 
+import asyncio
 import concurrent.futures
 import http.client
 import http.server
@@ -22,8 +23,10 @@ from typing import Any
 import pytest
 
 import turso.aio.sync
+from testkit._loop_server import HOST, LoopServer
 from testkit.front_end import FrontEnd, FrontEndProcess
 from testkit.proxy import CUT_ANSWER, REFUSE, DelayingProxy, ProxyProcess
+from testkit.sockets import held_connections
 from testkit.sync_server import SyncServer, free_port
 from tests.helpers import bounded, remote_keys, wait_until_blocking
 
@@ -114,6 +117,29 @@ def test_a_client_that_has_not_sent_its_whole_request_does_not_stop_the_server_f
         waiting.sendall(whole[len(partial) :])
         assert waiting.recv(64).startswith(b"HTTP/1.1 200")
     assert remote_keys(sync_server) == ["answered", "answered"]
+
+
+class _AnswersAndLeaves(LoopServer):
+    """Writes a large answer to each connection and returns at once, whether or not its client reads it."""
+
+    def __init__(self) -> None:
+        self.left = threading.Event()
+        super().__init__("test-answers-and-leaves")
+
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(bytes(8 * 1024 * 1024))
+        self.left.set()
+
+
+def test_a_testkit_server_closes_a_connection_whose_client_reads_nothing() -> None:
+    # Closed politely, such a connection would wait for its client to read the rest of the answer: past close(), with
+    # its socket open until a garbage collection (which, on Python 3.13.0, then failed in asyncio's Server._wakeup).
+    with _AnswersAndLeaves() as server:
+        with socket.create_connection((HOST, server.port), timeout=SOCKET_SECONDS):
+            assert server.left.wait(SOCKET_SECONDS)
+            assert held_connections(local_port=server.port) == 1
+            server.close()
+            assert held_connections(local_port=server.port) == 0
 
 
 # --- the proxy ---------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from testkit.http_servers import (
     RecordedRequest,
     SilentServer,
 )
+from testkit.sockets import held_connections
 from testkit.sync_server import SyncServer, free_port
 from testkit.tls import LoopbackCertificates
 from turso._sync_aio import http as http_module
@@ -403,6 +404,29 @@ async def test_a_request_the_server_does_not_read_fails_when_sending_makes_no_pr
     assert str(error) == (
         f"could not send the request to 127.0.0.1:{server.port}: no progress for 0.5 s (request_timeout)"
     )
+
+
+@pytest.mark.parametrize("cut", ["no_progress", "abort", "cancel"])
+async def test_a_request_cut_while_sending_lets_go_of_its_socket_at_once(
+    stack: ExitStack, make_remote: MakeRemote, cut: str
+) -> None:
+    # A server that never reads leaves the rest of the body in the socket's buffer. Closed politely, the socket would
+    # stay open until that peer reads it (for ever here; until TCP gives up on a half-open link, a quarter of an hour).
+    server = started(stack, SilentServer())
+    remote = make_remote(server.url, timeout=0.5 if cut == "no_progress" else 30.0)
+    running = in_flight(remote, body=bytes(64 * 1024 * 1024))
+    await wait_until(lambda: server.connections == 1 and held_connections(remote_port=server.port) == 1)
+    if cut == "abort":
+        remote.http.abort()
+    elif cut == "cancel":
+        running.cancel()
+    await asyncio.wait({running}, timeout=REQUEST_SECONDS)
+    assert running.done()
+    if cut == "cancel":
+        assert running.cancelled()
+    else:
+        assert isinstance(running.exception(), TransportClosed if cut == "abort" else TransportError)
+    await wait_until(lambda: held_connections(remote_port=server.port) == 0, seconds=1.0)
 
 
 async def test_a_large_body_sent_slowly_but_steadily_is_not_cut(stack: ExitStack, make_remote: MakeRemote) -> None:

@@ -10,6 +10,8 @@ What aiohttp does here, and what this module adds on top (each for a reason):
 - aiohttp has no deadline for sending a body: a server that stops reading would hold the request for ever. Bodies
   larger than SEND_SLICE_BYTES go in slices, and a request whose next slice could not be handed over for the
   request_timeout is cut (_Flight.watch_send).
+- aiohttp closes the connection of a failed or cancelled request politely, and a polite close keeps the socket until
+  the rest of the body is sent: for ever to a server that reads nothing. Ours are aborted (_Flight.drop_connection).
 - aiohttp's redirects are off: ours follow 307 and 308 only for a POST, never leave https, and keep the token and the
   engine's credentials at the remote's origin.
 - Proxies are chosen with urllib's own helpers (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), not with aiohttp's trust_env:
@@ -27,6 +29,7 @@ What transport.py did that aiohttp does not let us keep (without reaching into i
 
 import asyncio
 import base64
+import contextvars
 import functools
 import math
 import os
@@ -43,6 +46,7 @@ from types import SimpleNamespace
 from typing import Optional
 
 import aiohttp
+from aiohttp.connector import Connection
 from yarl import URL
 
 from .arguments import seconds
@@ -423,7 +427,7 @@ class _Flight:
     A cut cancels the task, unless it is in one of the caller's callbacks: that one is let finish (it hands a piece of
     the answer to the engine), and the cut is raised when it returns."""
 
-    __slots__ = ("_watch", "cancelled", "cut", "ended", "in_callback", "task", "where")
+    __slots__ = ("_watch", "cancelled", "cut", "ended", "in_callback", "task", "transport", "where")
 
     def __init__(self, task: "asyncio.Task[object]") -> None:
         self.task = task
@@ -437,11 +441,23 @@ class _Flight:
         # nothing may cut the task any more, which has gone on to its caller's next work.
         self.ended = False
         self._watch: Optional[asyncio.TimerHandle] = None
+        # The connection the current hop is sent on, from when aiohttp sends it until its answer is read and the
+        # connection goes back to the pool (None otherwise: it may then be another request's).
+        self.transport: Optional[asyncio.Transport] = None
+
+    def drop_connection(self) -> None:
+        """Abort the connection of a request that failed or was cut. aiohttp closes it politely, and a polite close
+        keeps the socket open until the rest of the body in its buffer is sent: for ever, to a peer that reads
+        nothing (until TCP gives up, on a half-open link)."""
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.abort()
 
     def cut_with(self, error: TransportError) -> None:
         if self.cut is not None or self.ended:
             return
         self.cut = error
+        self.drop_connection()
         if not self.in_callback:
             self.cancelled = True
             self.task.cancel()
@@ -486,6 +502,20 @@ class _Slices:
         self._flight.watch_send(self._timeout)
         start, self._offset = self._offset, self._offset + SEND_SLICE_BYTES
         return self._view[start : self._offset].tobytes()
+
+
+# The flight of the request that aiohttp sends in this task (read by _FlightRequest).
+_sending_flight: "contextvars.ContextVar[Optional[_Flight]]" = contextvars.ContextVar("_sending_flight", default=None)
+
+
+class _FlightRequest(aiohttp.ClientRequest):
+    """aiohttp's request, which tells the flight it is sent for which connection it goes out on."""
+
+    async def send(self, conn: Connection) -> aiohttp.ClientResponse:
+        flight = _sending_flight.get()
+        if flight is not None:
+            flight.transport = conn.transport
+        return await super().send(conn)
 
 
 class _Attempt:
@@ -551,6 +581,7 @@ class _SharedSession:
             skip_auto_headers=_SKIPPED_AUTO_HEADERS,
             trust_env=False,
             trace_configs=[_trace_config()],
+            request_class=_FlightRequest,
         )
 
 
@@ -699,6 +730,7 @@ class RemoteHttp:
             raise RuntimeError("RemoteHttp.request must be awaited in a task of the connection's event loop")
         flight = _Flight(task)
         self._flights.add(flight)
+        sending = _sending_flight.set(flight)
         error: Optional[BaseException] = None
         try:
             await self._request(
@@ -706,7 +738,9 @@ class RemoteHttp:
             )
         except BaseException as raised:  # noqa: BLE001 - sorted out below, once the flight has ended
             error = raised
+            flight.drop_connection()
         finally:
+            _sending_flight.reset(sending)
             flight.ended = True
             flight.stop_watch()
             self._flights.discard(flight)
@@ -845,6 +879,7 @@ class RemoteHttp:
                 response.close()
                 raise
             # Read to its end, the answer leaves its connection to the pool (unless the server closes it).
+            flight.transport = None
             response.release()
             if next_hop is None:
                 return
