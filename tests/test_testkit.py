@@ -54,9 +54,23 @@ def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
+# The connections http_to made in the running test, closed after it.
+_made_connections: list[http.client.HTTPConnection] = []
+
+
+@pytest.fixture(autouse=True)
+def close_made_connections() -> Iterator[None]:
+    yield
+    while _made_connections:
+        _made_connections.pop().close()
+
+
 def http_to(url: str, timeout: float = SOCKET_SECONDS) -> http.client.HTTPConnection:
-    """A keep-alive HTTP connection to a testkit server's `url` (opened by the first request)."""
-    return http.client.HTTPConnection("127.0.0.1", port_of(url), timeout=timeout)
+    """A keep-alive HTTP connection to a testkit server's `url` (opened by the first request; closed after the
+    test)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port_of(url), timeout=timeout)
+    _made_connections.append(connection)
+    return connection
 
 
 def execute(connection: http.client.HTTPConnection, sql: str) -> http.client.HTTPResponse:
@@ -543,5 +557,6 @@ def test_the_front_end_process_forwards_and_counts(sync_server: SyncServer, cert
         connection = http.client.HTTPSConnection(
             "127.0.0.1", front_end.port, timeout=SOCKET_SECONDS, context=ssl.create_default_context(cafile=str(cert))
         )
+        _made_connections.append(connection)
         execute(connection, "SELECT 1")
         assert front_end.counters() == {"connections": 1, "requests": 1}
