@@ -8,6 +8,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -292,6 +293,27 @@ class PerCallResult:
             median_us=round(statistics.median(every_call), 2),
             round_medians_us=[round(statistics.median(durations) * 1e6, 2) for durations in per_round],
         )
+
+
+# The name of each thread of our worker pool (turso/_sync_aio/workers.py) starts with this.
+OUR_WORKER_THREAD_PREFIX = "turso-worker"
+# Every CPU this process may use, as it started.
+ALL_CPUS = frozenset(os.sched_getaffinity(0))
+
+
+def pin_our_workers(cpus: Optional[set[int]]) -> None:
+    """Put our worker threads on `cpus` (None: on every CPU), before a block of calls of a placement.
+
+    A worker thread inherits the affinity of the thread that starts it, and pyturso's module and aiosqlite start one
+    per connection: a connection opened under a placement keeps its thread there. Ours are the process's pool, shared
+    by every connection, and started by whichever placement needed one first; left alone, a thread started under "one
+    core" would go on serving the "not pinned" connections pinned (and the other way round)."""
+    for thread in threading.enumerate():
+        if thread.name.startswith(OUR_WORKER_THREAD_PREFIX) and thread.native_id is not None:
+            try:
+                os.sched_setaffinity(thread.native_id, ALL_CPUS if cpus is None else cpus)
+            except ProcessLookupError:
+                pass  # it exited meanwhile (idle): the next one starts from the loop's thread, pinned as it is
 
 
 def blocks(calls: int, size: int = INTERLEAVE_CALLS) -> list[int]:

@@ -10,7 +10,8 @@ Where the worker thread runs matters more than anything the wrappers do: handing
 and back costs about twice as much as on the same core on a small VM. Left to the scheduler, that placement changes
 from run to run and swamps the difference between the implementations. So each asyncio implementation is measured in
 two fixed placements (with `os.sched_setaffinity`; a worker thread inherits the affinity of the thread that starts
-it): its worker on the event loop's core, and on another core. The blocking driver has no worker and is measured with
+it, and our pool's threads are put there before every block of calls): its worker on the event loop's core, and on
+another core. The blocking driver has no worker and is measured with
 the loop on the same core. A third placement, "not pinned", leaves both threads to the scheduler, as an application
 does: the figure users get, noisier.
 """
@@ -32,6 +33,7 @@ from benchmarks.common import (
     Settings,
     blocks,
     connect_blocking,
+    pin_our_workers,
     rotated,
 )
 from testkit.sync_server import SyncServer
@@ -127,9 +129,11 @@ async def _time_round(
     where = placements()
     this_round: dict[tuple[str, str], list[float]] = {subject: [] for subject in order}
     for placement in dict.fromkeys(placement for _, placement in order):
-        with pinned(where[placement][0]):
+        loop_cpu, worker_cpu = where[placement]
+        with pinned(loop_cpu):
             for block in blocks(calls):
                 for name in [name for name, measured in order if measured == placement]:
+                    pin_our_workers(None if worker_cpu is None else {worker_cpu})
                     subject = replicas.get((name, placement), blocking)
                     this_round[name, placement] += await _time_block(subject, operation, block)
     return this_round

@@ -14,10 +14,12 @@ Operations, each awaited from the event loop and timed call by call:
 
 Two placements: **one core** (the event loop and the worker thread on the same CPU, as under `taskset -c 0`) and
 **not pinned** (the scheduler places both threads; the default for applications). A worker thread inherits the
-affinity of the thread that starts it, so each placement has its own connections. Each round runs every operation on
-every (implementation, placement), the order rotating every round; within a placement the implementations take turns
-in blocks of 10 calls (each makes 10 calls, then the next its 10, until each has made the round's calls), so that
-all of them meet the machine's slow and fast moments alike. The figures are the median over every call.
+affinity of the thread that starts it, so each placement has its own connections; our worker threads are the
+process's pool, and are put on the placement's CPUs before every block of calls (`pin_our_workers`). Each round runs
+every operation on every (implementation, placement), the order rotating every round; within a placement the
+implementations take turns in blocks of 10 calls (each makes 10 calls, then the next its 10, until each has made the
+round's calls), so that all of them meet the machine's slow and fast moments alike. The figures are the median over
+every call.
 """
 
 import os
@@ -35,6 +37,7 @@ from benchmarks.common import (
     PerCallResult,
     Settings,
     blocks,
+    pin_our_workers,
     rotated,
 )
 from benchmarks.overhead import NOT_PINNED
@@ -165,6 +168,7 @@ async def _time_round(
         try:
             for block in blocks(calls):
                 for name in names:
+                    pin_our_workers(where[placement])
                     call = _operation(connections[name, placement], operation)
                     this_round[name, placement] += await _time(call, block, len(this_round[name, placement]))
         finally:
