@@ -109,7 +109,9 @@ async def test_200_replicas_with_background_sync_run_on_a_bounded_handful_of_thr
         watcher.cancel()
     assert most_seen <= ceiling, f"{most_seen} threads at most, for {MANY_REPLICAS} replicas (ceiling {ceiling})"
     assert turso_threads() == baseline_threads, sorted(thread.name for thread in turso_threads() - baseline_threads)
-    assert os_threads() <= baseline_os_threads
+    # A thread that has ended for Python (the pool waited for it) leaves /proc moments later, once its last steps in
+    # the C library have run, which a busy machine can delay; a thread left behind never leaves.
+    assert await wait_until(lambda: os_threads() <= baseline_os_threads), f"{os_threads()} > {baseline_os_threads}"
     assert sync_server.execute("SELECT k FROM notes") == [("from-7",)]
 
 
